@@ -1,0 +1,99 @@
+//! `renderq bench`: submit time and drain throughput with rendering taken out (`noop`,
+//! tiny images), every state recorded. Prints figures; asserts nothing.
+
+use std::{io::Write, process::ExitCode, sync::Arc, time::{Duration, Instant}};
+
+use anyhow::Result;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cli::{Global, connect_dispatch, connect_record},
+    job::Limits,
+    render::Renderers,
+    store, submit,
+    worker::{Worker, WorkerConfig},
+};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Jobs to submit and drain
+    #[arg(long, default_value_t = 100_000)]
+    pub jobs: usize,
+    /// Image side in pixels
+    #[arg(long, default_value_t = 8)]
+    pub size: u32,
+    /// Worker concurrency
+    #[arg(long, default_value_t = 2048)]
+    pub concurrency: usize,
+    /// Jobs per device call
+    #[arg(long, default_value_t = 256)]
+    pub max_batch: usize,
+}
+
+pub async fn run(g: &Global, args: BenchArgs) -> Result<ExitCode> {
+    // A queue of its own, so the bench never mixes with real work.
+    let mut g = g.clone();
+    g.queue = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let record = connect_record(&g, !g.no_migrate).await?;
+    let dispatch = connect_dispatch(&g).await?;
+    let store: Arc<dyn store::Store> = Arc::from(store::open(&g.store).await?);
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bench.jsonl");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for i in 0..args.jobs {
+            writeln!(
+                f,
+                r#"{{"prompt":"bench job {i}","model":"noop","width":{s},"height":{s}}}"#,
+                s = args.size
+            )?;
+        }
+    }
+    let t = Instant::now();
+    let jobs = submit::read_jsonl(&path, &Limits::default())?;
+    let parsed = t.elapsed();
+    let done = submit::submit(&record, dispatch.as_ref(), "bench", &jobs, 3).await?;
+    let submitted = t.elapsed();
+    drop(jobs);
+    println!(
+        "submit: {} jobs in {:.2} s ({:.0} jobs/s; parse and validate {:.2} s, write and dispatch {:.2} s)",
+        done.jobs,
+        submitted.as_secs_f64(),
+        done.jobs as f64 / submitted.as_secs_f64(),
+        parsed.as_secs_f64(),
+        (submitted - parsed).as_secs_f64()
+    );
+
+    let cfg = WorkerConfig {
+        concurrency: args.concurrency,
+        max_batch: args.max_batch,
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(cfg, record.clone(), dispatch, store, Renderers::builtin(0));
+    let shutdown = CancellationToken::new();
+    let t = Instant::now();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(p) = record.progress(done.batch).await?
+            && p.done
+        {
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "drain: {} jobs in {secs:.2} s ({:.0} jobs/s; one worker, concurrency {}, max batch {}, {}x{} noop)",
+                p.total,
+                p.total as f64 / secs,
+                args.concurrency,
+                args.max_batch,
+                args.size,
+                args.size
+            );
+            break;
+        }
+    }
+    shutdown.cancel();
+    handle.await?;
+    Ok(ExitCode::SUCCESS)
+}

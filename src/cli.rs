@@ -1,0 +1,288 @@
+//! The `renderq` command line: parses configuration (flags, then environment, then
+//! defaults) and calls the library.
+
+mod watch;
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    db::PgRecord,
+    dispatch::{Dispatch, RedisDispatch},
+    job::Limits,
+    redact::redact_url,
+    render::Renderers,
+    store,
+    submit::{self, SubmitError},
+    worker::{Worker, WorkerConfig, default_worker_id},
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "renderq", version, about = "Bulk text-to-image rendering: submit, work, watch")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the parts are. Each is a flag and an environment variable.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The record: postgres://user:password@host/db
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Dispatch: redis://host:6379
+    #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Where images go: s3://bucket/prefix, or a local directory
+    #[arg(long, env = "RENDERQ_STORE", global = true, default_value = "renderq-out")]
+    pub store: String,
+    /// The queue to submit to or work on
+    #[arg(long, env = "RENDERQ_QUEUE", global = true, default_value = "default")]
+    pub queue: String,
+    /// Do not apply database migrations on start
+    #[arg(long, env = "RENDERQ_NO_MIGRATE", global = true)]
+    pub no_migrate: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Apply the database migrations
+    Migrate,
+    /// Validate a JSON Lines file and queue it as one batch; prints the batch id last
+    Submit(SubmitArgs),
+    /// Claim, render, store and record jobs until SIGTERM / SIGINT
+    Worker(WorkerArgs),
+    /// Counts by state and failures: of one batch, or of recent batches
+    Status {
+        /// A batch id; without it, recent batches and the queue's counts
+        batch: Option<String>,
+    },
+    /// Wait until every job of a batch is finished; exit 0 if all succeeded, 1 if not
+    Wait {
+        batch: String,
+        /// How often to poll the record
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+    },
+    /// Cancel a job, or every unfinished job of a batch
+    Cancel { id: String },
+    /// Measure drain throughput and submit time (noop model, tiny images)
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// JSON Lines file, one job per line
+    pub file: PathBuf,
+    /// A name for the batch (default: the file name)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print {"batch_id": …, "jobs": N} instead of the batch id
+    #[arg(long)]
+    pub json: bool,
+    /// Attempts per job before it is marked failed
+    #[arg(long, env = "RENDERQ_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: i32,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// Jobs in flight at once
+    #[arg(long, env = "RENDERQ_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    /// Jobs per device call
+    #[arg(long, env = "RENDERQ_MAX_BATCH", default_value_t = 8)]
+    pub max_batch: usize,
+    /// Seconds without a heartbeat before another worker takes a job over
+    #[arg(long, env = "RENDERQ_LEASE_SECS", default_value_t = 15.0)]
+    pub lease_secs: f64,
+    /// Seconds in-flight jobs may take after SIGTERM before they are released
+    #[arg(long, env = "RENDERQ_SHUTDOWN_SECS", default_value_t = 30.0)]
+    pub shutdown_secs: f64,
+    /// First retry backoff in seconds (doubles per attempt, with jitter)
+    #[arg(long, env = "RENDERQ_BACKOFF_SECS", default_value_t = 2.0)]
+    pub backoff_secs: f64,
+    /// Attempts of jobs that arrive as raw stream messages
+    #[arg(long, env = "RENDERQ_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: i32,
+    /// Milliseconds the noop model waits per device call
+    #[arg(long, env = "RENDERQ_NOOP_DELAY_MS", default_value_t = 0)]
+    pub noop_delay_ms: u64,
+    /// This worker's name (default: host-pid-random)
+    #[arg(long, env = "RENDERQ_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    // rustls finds two crypto providers in this dependency set and refuses to pick one.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RENDERQ_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("renderq=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Migrate => {
+            let record = connect_record(g, false).await?;
+            record.migrate().await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit(args) => submit_cmd(g, args).await,
+        Command::Worker(args) => worker_cmd(g, args).await,
+        Command::Status { batch } => watch::status(&connect_record(g, !g.no_migrate).await?, &g.queue, batch).await,
+        Command::Wait { batch, interval_ms } => {
+            let record = connect_record(g, !g.no_migrate).await?;
+            watch::wait(&record, &batch, Duration::from_millis(interval_ms)).await
+        }
+        Command::Cancel { id } => watch::cancel(&connect_record(g, !g.no_migrate).await?, &id).await,
+        Command::Bench(args) => crate::bench::run(g, args).await,
+    }
+}
+
+pub async fn connect_record(g: &Global, migrate: bool) -> Result<PgRecord> {
+    let Some(url) = &g.database_url else {
+        bail!("DATABASE_URL is not set: point it at Postgres (postgres://user:password@host/db)");
+    };
+    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+        bail!(
+            "DATABASE_URL `{}` is not a postgres:// URL (the SQLite backend is not built yet)",
+            redact_url(url)
+        );
+    }
+    PgRecord::connect(url, migrate)
+        .await
+        .with_context(|| format!("connecting to the database at {}", redact_url(url)))
+}
+
+pub async fn connect_dispatch(g: &Global) -> Result<Arc<dyn Dispatch>> {
+    let Some(url) = &g.redis_url else {
+        bail!("REDIS_URL is not set: point it at Redis (redis://host:6379); database dispatch is not built yet");
+    };
+    let dispatch = RedisDispatch::connect(url, &g.queue)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
+    Ok(Arc::new(dispatch))
+}
+
+async fn submit_cmd(g: &Global, args: SubmitArgs) -> Result<ExitCode> {
+    let limits = Limits::default();
+    let path = args.file.clone();
+    // Validate before connecting to anything: a bad file never touches the servers.
+    let jobs = match tokio::task::spawn_blocking(move || submit::read_jsonl(&path, &limits)).await? {
+        Ok(jobs) => jobs,
+        Err(e @ (SubmitError::Invalid { .. } | SubmitError::TooLarge(_) | SubmitError::Empty)) => {
+            eprintln!("error: {}: {e}", args.file.display());
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let record = connect_record(g, !g.no_migrate).await?;
+    let dispatch = connect_dispatch(g).await?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "batch".into())
+    });
+    let started = std::time::Instant::now();
+    let done = submit::submit(&record, dispatch.as_ref(), &name, &jobs, args.max_attempts).await?;
+    eprintln!(
+        "queued {} jobs on `{}` in {:.2?}{}",
+        done.jobs,
+        g.queue,
+        started.elapsed(),
+        if done.duplicates > 0 {
+            format!(" ({} ids existed already and were not queued again)", done.duplicates)
+        } else {
+            String::new()
+        }
+    );
+    if args.json {
+        println!("{}", serde_json::json!({"batch_id": done.batch.to_string(), "jobs": done.jobs}));
+    } else {
+        println!("{}", done.batch);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn worker_cmd(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
+    let record = connect_record(g, !g.no_migrate).await?;
+    let dispatch = connect_dispatch(g).await?;
+    let store = store::open(&g.store).await?;
+    let secs = |name: &str, v: f64| -> Result<Duration> {
+        Duration::try_from_secs_f64(v).with_context(|| format!("--{name} must be a positive number of seconds"))
+    };
+    if args.concurrency == 0 || args.max_batch == 0 {
+        bail!("--concurrency and --max-batch must be at least 1");
+    }
+    let cfg = WorkerConfig {
+        concurrency: args.concurrency,
+        max_batch: args.max_batch,
+        lease: secs("lease-secs", args.lease_secs)?,
+        shutdown_deadline: secs("shutdown-secs", args.shutdown_secs)?,
+        backoff_base: secs("backoff-secs", args.backoff_secs)?,
+        max_attempts: args.max_attempts,
+        id: args.worker_id.unwrap_or_else(default_worker_id),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(
+        cfg,
+        record,
+        dispatch,
+        Arc::from(store),
+        Renderers::builtin(args.noop_delay_ms),
+    );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    worker.run(shutdown).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub async fn signal_shutdown(token: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+    token.cancel();
+}

@@ -1,0 +1,124 @@
+//! `renderq status`, `wait` and `cancel`: reading and steering the record.
+
+use std::{io::IsTerminal, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{
+    db::{PgRecord, Progress},
+    job::BatchId,
+};
+
+fn parse_batch(text: &str) -> Result<BatchId> {
+    text.parse()
+        .with_context(|| format!("`{text}` is not a batch id (a UUID, as submit prints)"))
+}
+
+fn counts(p: &Progress) -> String {
+    format!(
+        "total {}  queued {}  running {}  succeeded {}  failed {}  cancelled {}{}",
+        p.total,
+        p.queued,
+        p.running,
+        p.succeeded,
+        p.failed,
+        p.cancelled,
+        if p.done { "  (done)" } else { "" }
+    )
+}
+
+pub async fn status(record: &PgRecord, queue: &str, batch: Option<String>) -> Result<ExitCode> {
+    let Some(batch) = batch else {
+        let batches = record.recent_batches(20).await?;
+        if batches.is_empty() {
+            println!("no batches yet");
+        }
+        for p in &batches {
+            println!(
+                "{}  {}  {}  {}",
+                p.batch_id,
+                p.created_at.format("%Y-%m-%d %H:%M:%S"),
+                p.name,
+                counts(p)
+            );
+        }
+        let by_state = record.queue_counts(queue).await?;
+        let line: Vec<String> = by_state.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        println!("queue `{queue}`: {}", if line.is_empty() { "empty".into() } else { line.join("  ") });
+        return Ok(ExitCode::SUCCESS);
+    };
+    let id = parse_batch(&batch)?;
+    let Some(p) = record.progress(id).await? else {
+        eprintln!("error: no batch {id}");
+        return Ok(ExitCode::from(2));
+    };
+    println!("batch {} ({}), created {}", p.batch_id, p.name, p.created_at.format("%Y-%m-%d %H:%M:%S UTC"));
+    println!("  {}", counts(&p));
+    if p.failed > 0 {
+        println!("failed jobs (first 20):");
+        for f in record.failures(id, 20).await? {
+            println!("  {}  attempt {}  {}", f.id, f.attempt, f.error.unwrap_or_default());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Polls until the batch is done. A bar on a terminal; otherwise a line whenever the
+/// counts change (at most every few seconds), which reads well in CI logs.
+pub async fn wait(record: &PgRecord, batch: &str, every: Duration) -> Result<ExitCode> {
+    let id = parse_batch(batch)?;
+    let tty = std::io::stderr().is_terminal();
+    let mut bar: Option<ProgressBar> = None;
+    let mut last_line = String::new();
+    let mut last_print = std::time::Instant::now() - Duration::from_secs(60);
+    loop {
+        let Some(p) = record.progress(id).await? else {
+            eprintln!("error: no batch {id}");
+            return Ok(ExitCode::from(2));
+        };
+        if tty {
+            let b = bar.get_or_insert_with(|| {
+                let b = ProgressBar::new(p.total as u64);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{bar:40} {pos}/{len} ({per_sec}, eta {eta}) {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                b
+            });
+            b.set_position(p.finished() as u64);
+            b.set_message(format!("failed {} cancelled {}", p.failed, p.cancelled));
+        } else {
+            let line = counts(&p);
+            if line != last_line && (p.done || last_print.elapsed() >= Duration::from_secs(2)) {
+                eprintln!("{id}: {line}");
+                last_line = line;
+                last_print = std::time::Instant::now();
+            }
+        }
+        if p.done {
+            if let Some(b) = bar {
+                b.finish();
+            }
+            let ok = p.failed == 0 && p.cancelled == 0;
+            println!("{id}: {}", if ok { "all succeeded".to_string() } else { counts(&p) });
+            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+pub async fn cancel(record: &PgRecord, id: &str) -> Result<ExitCode> {
+    let uuid: uuid::Uuid = id
+        .parse()
+        .with_context(|| format!("`{id}` is not a job or batch id"))?;
+    if !record.exists(uuid).await? {
+        eprintln!("error: no job or batch {uuid}");
+        return Ok(ExitCode::from(2));
+    }
+    let n = record.cancel(uuid).await?;
+    println!("cancelled {n} unfinished job(s) of {uuid}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,459 @@
+//! The record on Postgres. Bulk writes go through `unnest` of arrays: one round trip
+//! per chunk of jobs, never one per job.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row, postgres::PgPoolOptions};
+use uuid::Uuid;
+
+use super::{ClaimRequest, ClaimedJob, DbError, FailedJob, NewJob, Outcome, Progress, Recorded};
+use crate::job::{BatchId, JobId, JobSpec, JobState};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Rows per INSERT statement at submit.
+const INSERT_CHUNK: usize = 10_000;
+
+#[derive(Clone)]
+pub struct PgRecord {
+    pool: PgPool,
+}
+
+impl PgRecord {
+    /// Connects (with a bounded wait) and, unless `migrate` is false, applies migrations.
+    pub async fn connect(url: &str, migrate: bool) -> Result<Self, DbError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        let record = PgRecord { pool };
+        if migrate {
+            record.migrate().await?;
+        }
+        Ok(record)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Writes a batch and its jobs in one transaction. Returns the ids that were new:
+    /// a job whose id exists already is not written again (nor dispatched again).
+    pub async fn create_batch(
+        &self,
+        name: &str,
+        queue: &str,
+        jobs: &[NewJob],
+        max_attempts: i32,
+    ) -> Result<(BatchId, Vec<JobId>), DbError> {
+        let batch = BatchId::generate();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO renderq.batches (id, name, queue, total) VALUES ($1, $2, $3, $4)")
+            .bind(batch.0)
+            .bind(name)
+            .bind(queue)
+            .bind(jobs.len() as i32)
+            .execute(&mut *tx)
+            .await?;
+        let mut inserted = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(INSERT_CHUNK) {
+            let ids: Vec<Uuid> = chunk.iter().map(|j| j.id.0).collect();
+            let models: Vec<&str> = chunk.iter().map(|j| j.spec.model.as_str()).collect();
+            let seeds: Vec<i64> = chunk
+                .iter()
+                .map(|j| j.spec.effective_seed(j.id) as i64)
+                .collect();
+            let specs: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|j| serde_json::to_value(&j.spec))
+                .collect::<Result<_, _>>()?;
+            let rows = sqlx::query(
+                "INSERT INTO renderq.jobs (id, batch_id, queue, model, seed, spec, max_attempts)
+                 SELECT u.id, $2, $3, u.model, u.seed, u.spec, $4
+                 FROM unnest($1::uuid[], $5::text[], $6::bigint[], $7::jsonb[]) AS u(id, model, seed, spec)
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(&ids)
+            .bind(batch.0)
+            .bind(queue)
+            .bind(max_attempts)
+            .bind(&models)
+            .bind(&seeds)
+            .bind(&specs)
+            .fetch_all(&mut *tx)
+            .await?;
+            inserted.extend(rows.iter().map(|r| JobId(r.get::<Uuid, _>(0))));
+        }
+        tx.commit().await?;
+        Ok((batch, inserted))
+    }
+
+    /// Creates the row of a job that arrived on the stream without one (a raw producer).
+    /// Does nothing when the row exists.
+    pub async fn ensure_raw_job(
+        &self,
+        id: JobId,
+        queue: &str,
+        spec: &JobSpec,
+        max_attempts: i32,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO renderq.jobs (id, queue, model, seed, spec, max_attempts)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id.0)
+        .bind(queue)
+        .bind(&spec.model)
+        .bind(spec.effective_seed(id) as i64)
+        .bind(serde_json::to_value(spec)?)
+        .bind(max_attempts)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a stream message that is not a valid job as a failed job, so the producer
+    /// can see why; returns false if that job was recorded already.
+    pub async fn record_unparseable(
+        &self,
+        id: JobId,
+        queue: &str,
+        raw: &str,
+        error: &str,
+    ) -> Result<(), DbError> {
+        let raw: String = raw.chars().take(4096).collect();
+        sqlx::query(
+            "INSERT INTO renderq.jobs (id, queue, state, model, seed, spec, error, finished_at)
+             VALUES ($1, $2, 'failed', '', 0, jsonb_build_object('raw', $3::text), $4, now())
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id.0)
+        .bind(queue)
+        .bind(raw)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Claims delivered jobs for `worker`, bumping each one's attempt. Jobs that are
+    /// not claimable (cancelled, finished, held by a live worker) are left out.
+    /// A takeover of a job whose attempts are used up fails it instead: a job that
+    /// kills its worker every time must not circle for ever.
+    pub async fn claim(
+        &self,
+        requests: &[ClaimRequest],
+        worker: &str,
+    ) -> Result<Vec<ClaimedJob>, DbError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let taken: Vec<Uuid> = requests
+            .iter()
+            .filter(|r| r.takeover)
+            .map(|r| r.id.0)
+            .collect();
+        if !taken.is_empty() {
+            sqlx::query(
+                "UPDATE renderq.jobs SET state = 'failed', finished_at = now(),
+                        error = format('worker stopped responding during attempt %s of %s', attempt, max_attempts)
+                 WHERE id = ANY($1) AND state = 'running' AND attempt >= max_attempts",
+            )
+            .bind(&taken)
+            .execute(&self.pool)
+            .await?;
+        }
+        let ids: Vec<Uuid> = requests.iter().map(|r| r.id.0).collect();
+        let takeover: Vec<bool> = requests.iter().map(|r| r.takeover).collect();
+        let rows = sqlx::query(
+            "UPDATE renderq.jobs j
+             SET state = 'running', attempt = j.attempt + 1, started_at = now(), worker = $3, run_at = NULL
+             FROM unnest($1::uuid[], $2::bool[]) AS c(id, takeover)
+             WHERE j.id = c.id
+               AND (j.state = 'queued' OR (c.takeover AND j.state IN ('running', 'retrying')))
+             RETURNING j.id, j.batch_id, j.attempt, j.seed, j.spec",
+        )
+        .bind(&ids)
+        .bind(&takeover)
+        .bind(worker)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(ClaimedJob {
+                    id: JobId(r.get(0)),
+                    batch_id: r.get::<Option<Uuid>, _>(1).map(BatchId),
+                    attempt: r.get(2),
+                    seed: r.get::<i64, _>(3) as u64,
+                    spec: serde_json::from_value(r.get(4))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records the outcomes of attempts, fenced by attempt. Returns, per input, what
+    /// happened, in input order.
+    pub async fn record_outcomes(
+        &self,
+        outcomes: &[(JobId, i32, Outcome)],
+    ) -> Result<Vec<Recorded>, DbError> {
+        let mut result = vec![Recorded::Stale; outcomes.len()];
+        let (ok, failed): (Vec<_>, Vec<_>) = outcomes
+            .iter()
+            .enumerate()
+            .partition(|(_, (_, _, o))| matches!(o, Outcome::Stored { .. }));
+        if !ok.is_empty() {
+            let ids: Vec<Uuid> = ok.iter().map(|(_, (id, _, _))| id.0).collect();
+            let attempts: Vec<i32> = ok.iter().map(|(_, (_, a, _))| *a).collect();
+            let keys: Vec<&str> = ok
+                .iter()
+                .map(|(_, (_, _, o))| match o {
+                    Outcome::Stored { key } => key.as_str(),
+                    Outcome::Failed { .. } => unreachable!("partitioned"),
+                })
+                .collect();
+            let rows = sqlx::query(
+                "UPDATE renderq.jobs j
+                 SET state = 'succeeded', finished_at = now(), output_key = c.key, error = NULL
+                 FROM unnest($1::uuid[], $2::int[], $3::text[]) AS c(id, attempt, key)
+                 WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = 'running'
+                 RETURNING j.id",
+            )
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&keys)
+            .fetch_all(&self.pool)
+            .await?;
+            let moved: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+            for (i, (id, _, _)) in &ok {
+                if moved.contains(&id.0) {
+                    result[*i] = Recorded::Moved(JobState::Succeeded, None);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            let mut ids = Vec::new();
+            let mut attempts = Vec::new();
+            let mut errors = Vec::new();
+            let mut retry = Vec::new();
+            let mut delays = Vec::new();
+            for (_, (id, attempt, o)) in &failed {
+                if let Outcome::Failed {
+                    error,
+                    retry: r,
+                    backoff_ms,
+                } = o
+                {
+                    ids.push(id.0);
+                    attempts.push(*attempt);
+                    errors.push(error.as_str());
+                    retry.push(*r);
+                    delays.push(*backoff_ms);
+                }
+            }
+            let rows = sqlx::query(
+                "UPDATE renderq.jobs j
+                 SET state = CASE WHEN c.retry AND j.attempt < j.max_attempts THEN 'retrying' ELSE 'failed' END,
+                     error = c.error,
+                     run_at = CASE WHEN c.retry AND j.attempt < j.max_attempts
+                                   THEN now() + c.delay_ms * interval '1 millisecond' END,
+                     finished_at = CASE WHEN c.retry AND j.attempt < j.max_attempts THEN NULL ELSE now() END
+                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bool[], $5::bigint[])
+                      AS c(id, attempt, error, retry, delay_ms)
+                 WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = 'running'
+                 RETURNING j.id, j.state, j.run_at",
+            )
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&errors)
+            .bind(&retry)
+            .bind(&delays)
+            .fetch_all(&self.pool)
+            .await?;
+            let moved: std::collections::HashMap<Uuid, (String, Option<DateTime<Utc>>)> = rows
+                .iter()
+                .map(|r| (r.get(0), (r.get(1), r.get(2))))
+                .collect();
+            for (i, (id, _, _)) in &failed {
+                if let Some((state, run_at)) = moved.get(&id.0) {
+                    let state = state.parse().map_err(DbError::Invalid)?;
+                    result[*i] = Recorded::Moved(state, *run_at);
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    /// Current state and attempt of jobs (missing ids are left out).
+    pub async fn states(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobState, i32)>, DbError> {
+        let ids: Vec<Uuid> = ids.iter().map(|j| j.0).collect();
+        let rows = sqlx::query("SELECT id, state, attempt FROM renderq.jobs WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let state: String = r.get(1);
+                Ok((
+                    JobId(r.get(0)),
+                    state.parse().map_err(DbError::Invalid)?,
+                    r.get(2),
+                ))
+            })
+            .collect()
+    }
+
+    /// Moves due retries back to `queued`. Returns the jobs now `queued` among `ids`
+    /// (including ones an earlier, interrupted move left queued).
+    pub async fn requeue_due(&self, ids: &[JobId]) -> Result<Vec<JobId>, DbError> {
+        let ids: Vec<Uuid> = ids.iter().map(|j| j.0).collect();
+        sqlx::query(
+            "UPDATE renderq.jobs SET state = 'queued', run_at = NULL
+             WHERE id = ANY($1) AND state = 'retrying'",
+        )
+        .bind(&ids)
+        .execute(&self.pool)
+        .await?;
+        let rows =
+            sqlx::query("SELECT id FROM renderq.jobs WHERE id = ANY($1) AND state = 'queued'")
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
+    }
+
+    /// Gives back running attempts a draining worker could not finish: they become
+    /// `queued` again (fenced by attempt) and are dispatched anew by the caller.
+    pub async fn release(&self, jobs: &[(JobId, i32)]) -> Result<Vec<JobId>, DbError> {
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.0.0).collect();
+        let attempts: Vec<i32> = jobs.iter().map(|j| j.1).collect();
+        let rows = sqlx::query(
+            "UPDATE renderq.jobs j SET state = 'queued', worker = NULL
+             FROM unnest($1::uuid[], $2::int[]) AS c(id, attempt)
+             WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = 'running'
+             RETURNING j.id",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
+    }
+
+    /// Cancels a job, or every unfinished job of a batch. Returns how many moved.
+    pub async fn cancel(&self, id: Uuid) -> Result<u64, DbError> {
+        let done = sqlx::query(
+            "UPDATE renderq.jobs SET state = 'cancelled', finished_at = now()
+             WHERE (id = $1 OR batch_id = $1) AND state IN ('queued', 'retrying', 'running')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Whether `id` names a batch or a job (for messages to the user).
+    pub async fn exists(&self, id: Uuid) -> Result<bool, DbError> {
+        let row = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM renderq.batches WHERE id = $1)
+                 OR EXISTS (SELECT 1 FROM renderq.jobs WHERE id = $1)",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get(0))
+    }
+
+    pub async fn progress(&self, batch: BatchId) -> Result<Option<Progress>, DbError> {
+        Ok(sqlx::query_as::<_, Progress>(
+            "SELECT batch_id, name, created_at, total, queued, running, succeeded, failed, cancelled, done
+             FROM renderq.batch_progress WHERE batch_id = $1",
+        )
+        .bind(batch.0)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn recent_batches(&self, limit: i64) -> Result<Vec<Progress>, DbError> {
+        Ok(sqlx::query_as::<_, Progress>(
+            "SELECT p.batch_id, p.name, p.created_at, p.total, p.queued, p.running, p.succeeded,
+                    p.failed, p.cancelled, p.done
+             FROM (SELECT id FROM renderq.batches ORDER BY created_at DESC LIMIT $1) b
+             JOIN renderq.batch_progress p ON p.batch_id = b.id
+             ORDER BY p.created_at DESC",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn failures(&self, batch: BatchId, limit: i64) -> Result<Vec<FailedJob>, DbError> {
+        Ok(sqlx::query_as::<_, FailedJob>(
+            "SELECT id, attempt, error FROM renderq.jobs
+             WHERE batch_id = $1 AND state = 'failed' ORDER BY finished_at LIMIT $2",
+        )
+        .bind(batch.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Counts of jobs by state for one queue (`renderq status` without a batch).
+    pub async fn queue_counts(&self, queue: &str) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT state, count(*) FROM renderq.jobs WHERE queue = $1 GROUP BY state ORDER BY state",
+        )
+        .bind(queue)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Registers a worker and keeps its heartbeat (`renderq.workers`).
+    pub async fn worker_heartbeat(
+        &self,
+        worker: &WorkerInfo,
+        jobs_done: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO renderq.workers (id, host, device, models, queue, jobs_done)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET last_heartbeat = now(), jobs_done = $6",
+        )
+        .bind(&worker.id)
+        .bind(&worker.host)
+        .bind(&worker.device)
+        .bind(&worker.models)
+        .bind(&worker.queue)
+        .bind(jobs_done)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn worker_stopped(&self, id: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE renderq.workers SET stopped_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A worker as `renderq.workers` shows it.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub host: String,
+    pub device: String,
+    pub models: Vec<String>,
+    pub queue: String,
+}

@@ -1,0 +1,80 @@
+//! Dispatch: how jobs reach workers. The record (Postgres) says what a job is; dispatch
+//! only says "this one is yours now" and keeps that lease alive.
+
+pub mod redis;
+
+use async_trait::async_trait;
+
+use crate::job::JobId;
+
+pub use self::redis::RedisDispatch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("redis: {0}")]
+    Redis(String),
+}
+
+/// What a delivered message carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// A job submitted through renderq: its row and spec are in the record.
+    Id(JobId),
+    /// A raw producer's job JSON (`XADD … job <json>`): its row may not exist yet.
+    Job(String),
+    /// Neither: the message is recorded as a failed job and acknowledged.
+    Invalid(String),
+}
+
+/// One message handed to this worker.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The dispatch's own handle (the stream entry id).
+    pub entry: String,
+    pub payload: Payload,
+    /// Taken over from a worker whose lease ran out.
+    pub takeover: bool,
+}
+
+/// A queue of jobs shared by workers, with leases.
+#[async_trait]
+pub trait Dispatch: Send + Sync {
+    /// The queue's name.
+    fn queue(&self) -> &str;
+    /// Dispatches jobs whose rows are committed.
+    async fn enqueue(&self, ids: &[JobId]) -> Result<(), DispatchError>;
+    /// Takes up to `count` new deliveries, waiting up to `block_ms` for the first.
+    async fn fetch(
+        &self,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Delivery>, DispatchError>;
+    /// Takes over deliveries whose lease (idle time) passed `lease_ms`.
+    async fn reclaim(
+        &self,
+        consumer: &str,
+        lease_ms: u64,
+        count: usize,
+    ) -> Result<Vec<Delivery>, DispatchError>;
+    /// Renews the leases of `entries`; returns those this consumer no longer holds.
+    async fn heartbeat(
+        &self,
+        consumer: &str,
+        entries: &[String],
+    ) -> Result<Vec<String>, DispatchError>;
+    /// Forgets finished deliveries (acknowledged and deleted).
+    async fn ack(&self, entries: &[String]) -> Result<(), DispatchError>;
+    /// Forgets a delivery and puts its job in the delayed set until `due_ms` (Unix ms).
+    async fn defer(&self, entry: &str, job: JobId, due_ms: i64) -> Result<(), DispatchError>;
+    /// Jobs in the delayed set whose time has come.
+    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<JobId>, DispatchError>;
+    /// Moves due jobs (already `queued` in the record) from the delayed set to the queue.
+    async fn move_due(&self, ids: &[JobId]) -> Result<usize, DispatchError>;
+    /// Forgets jobs in the delayed set that are no longer waiting (cancelled, finished).
+    async fn drop_due(&self, ids: &[JobId]) -> Result<(), DispatchError>;
+    /// Gives a delivery back: acknowledged, and its job dispatched anew.
+    async fn release(&self, entry: &str, job: JobId) -> Result<(), DispatchError>;
+    /// Messages waiting or in flight (for status and tests).
+    async fn len(&self) -> Result<usize, DispatchError>;
+}

@@ -1,0 +1,167 @@
+//! Renderers: a batch of requests in, one image (or error) per request out.
+//!
+//! Built in: `placeholder` (the default; a legible, deterministic card per job) and
+//! `noop` (a blank image after `RENDERQ_NOOP_DELAY_MS` per call, for benchmarks and
+//! drills). A job asking for a model this worker does not serve fails with that said.
+
+pub mod noop;
+pub mod placeholder;
+
+use std::{collections::BTreeMap, io::Cursor, sync::Arc};
+
+use async_trait::async_trait;
+use image::{ImageEncoder, RgbImage};
+
+use crate::{
+    db::ClaimedJob,
+    job::{ImageFormat, JobId},
+};
+
+pub use self::{noop::NoopRenderer, placeholder::PlaceholderRenderer};
+
+/// Why a render failed, and whether to try again.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RenderError {
+    /// Transient: out of device memory, an upstream 503, a timeout.
+    #[error("{0}")]
+    Retry(String),
+    /// Will fail again: a bad request, an unknown model, a missing weight file.
+    #[error("{0}")]
+    Abort(String),
+}
+
+impl RenderError {
+    pub fn is_retry(&self) -> bool {
+        matches!(self, RenderError::Retry(_))
+    }
+}
+
+/// What a renderer needs of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderRequest {
+    pub job_id: JobId,
+    pub model: String,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    pub steps: Option<u32>,
+    pub guidance: Option<f64>,
+    pub seed: u64,
+}
+
+impl RenderRequest {
+    pub fn from_job(job: &ClaimedJob) -> Self {
+        RenderRequest {
+            job_id: job.id,
+            model: job.spec.model.clone(),
+            prompt: job.spec.prompt.clone(),
+            negative_prompt: job.spec.negative_prompt.clone(),
+            width: job.spec.width,
+            height: job.spec.height,
+            steps: job.spec.steps,
+            guidance: job.spec.guidance,
+            seed: job.seed,
+        }
+    }
+
+    /// Jobs with equal keys can share one device call.
+    pub fn batch_key(&self) -> BatchKey {
+        BatchKey {
+            model: self.model.clone(),
+            width: self.width,
+            height: self.height,
+            steps: self.steps,
+            guidance_bits: self.guidance.map(f64::to_bits),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchKey {
+    pub model: String,
+    pub width: u32,
+    pub height: u32,
+    pub steps: Option<u32>,
+    pub guidance_bits: Option<u64>,
+}
+
+#[async_trait]
+pub trait Renderer: Send + Sync {
+    /// Renders every request of a batch (all share one `BatchKey`). Returns exactly one
+    /// result per request, in order.
+    async fn render(&self, batch: &[RenderRequest]) -> Vec<Result<RgbImage, RenderError>>;
+}
+
+/// The models a worker serves, by name.
+#[derive(Clone, Default)]
+pub struct Renderers {
+    by_model: BTreeMap<String, Arc<dyn Renderer>>,
+}
+
+impl Renderers {
+    /// `placeholder` and `noop`.
+    pub fn builtin(noop_delay_ms: u64) -> Self {
+        let mut r = Renderers::default();
+        r.insert("placeholder", Arc::new(PlaceholderRenderer));
+        r.insert("noop", Arc::new(NoopRenderer::new(noop_delay_ms)));
+        r
+    }
+
+    pub fn insert(&mut self, model: &str, renderer: Arc<dyn Renderer>) {
+        self.by_model.insert(model.to_string(), renderer);
+    }
+
+    pub fn get(&self, model: &str) -> Option<Arc<dyn Renderer>> {
+        self.by_model.get(model).cloned()
+    }
+
+    pub fn models(&self) -> Vec<String> {
+        self.by_model.keys().cloned().collect()
+    }
+
+    /// The error a job for an unserved model fails with.
+    pub fn unknown_model(&self, model: &str) -> RenderError {
+        RenderError::Abort(format!(
+            "model `{model}` is not served by this worker (it serves: {}); \
+             send it to a queue whose workers serve it",
+            self.models().join(", ")
+        ))
+    }
+}
+
+/// Encodes an image in the job's format.
+pub fn encode(image: &RgbImage, format: ImageFormat) -> Result<Vec<u8>, image::ImageError> {
+    let mut out = Cursor::new(Vec::with_capacity(image.len() / 2 + 1024));
+    let (w, h) = image.dimensions();
+    let color = image::ExtendedColorType::Rgb8;
+    match format {
+        ImageFormat::Png => image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(image.as_raw(), w, h, color)?,
+        ImageFormat::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .write_image(image.as_raw(), w, h, color)?,
+        ImageFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out)
+            .write_image(image.as_raw(), w, h, color)?,
+    }
+    Ok(out.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_format_decodes_back_at_its_size() {
+        let img = RgbImage::from_pixel(24, 16, image::Rgb([200, 10, 10]));
+        for (format, want) in [
+            (ImageFormat::Png, image::ImageFormat::Png),
+            (ImageFormat::Jpeg, image::ImageFormat::Jpeg),
+            (ImageFormat::Webp, image::ImageFormat::WebP),
+        ] {
+            let bytes = encode(&img, format).unwrap();
+            assert_eq!(image::guess_format(&bytes).unwrap(), want);
+            let back = image::load_from_memory(&bytes).unwrap();
+            assert_eq!((back.width(), back.height()), (24, 16));
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Object storage for rendered images: S3-compatible servers or a local directory.
+//!
+//! Keys are deterministic per job (`<prefix>/<batch_id or "adhoc">/<job_id>.<ext>`, or
+//! the job's own `output_key` under the prefix), so a repeated render overwrites its
+//! object instead of adding a second one.
+
+pub mod fs;
+pub mod s3;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::{
+    db::ClaimedJob,
+    job::ImageFormat,
+};
+
+pub use self::{fs::DirStore, s3::S3Store};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    pub message: String,
+    /// Worth trying again later (server down, timeout, 5xx).
+    pub retry: bool,
+}
+
+/// What an object says about itself besides its bytes.
+#[derive(Debug, Clone)]
+pub struct ObjectMeta {
+    pub content_type: &'static str,
+    pub seed: u64,
+    pub model: String,
+    pub job_id: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Writes the object; returns only once the store has acknowledged it.
+    async fn put(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> Result<(), StoreError>;
+    /// The prefix every key of this store starts with ("" for none).
+    fn prefix(&self) -> &str;
+    /// Where a person or program finds the object.
+    fn url(&self, key: &str) -> String;
+}
+
+/// The key a job's image is stored under.
+pub fn object_key(prefix: &str, job: &ClaimedJob) -> String {
+    let ext = job.spec.format.extension();
+    let relative = match &job.spec.output_key {
+        Some(key) if has_extension(key, job.spec.format) => key.clone(),
+        Some(key) => format!("{key}.{ext}"),
+        None => {
+            let batch = job
+                .batch_id
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "adhoc".into());
+            format!("{batch}/{}.{ext}", job.id)
+        }
+    };
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        relative
+    } else {
+        format!("{prefix}/{relative}")
+    }
+}
+
+fn has_extension(key: &str, format: ImageFormat) -> bool {
+    let lower = key.to_ascii_lowercase();
+    match format {
+        ImageFormat::Jpeg => lower.ends_with(".jpg") || lower.ends_with(".jpeg"),
+        other => lower.ends_with(&format!(".{}", other.extension())),
+    }
+}
+
+/// Opens the store named by `RENDERQ_STORE`: `s3://bucket/prefix` or a directory.
+pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
+    if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StoreError {
+                message: format!("RENDERQ_STORE `{location}` names no bucket: use s3://bucket/prefix"),
+                retry: false,
+            });
+        }
+        Ok(Box::new(S3Store::from_env(bucket, prefix).await))
+    } else {
+        Ok(Box::new(DirStore::new(location)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{JobId, JobSpec, Limits};
+
+    fn job(extra: &str) -> ClaimedJob {
+        let spec = JobSpec::parse(&format!(r#"{{"prompt":"p"{extra}}}"#), &Limits::default()).unwrap();
+        ClaimedJob { id: JobId::generate(), batch_id: None, attempt: 1, seed: 1, spec }
+    }
+
+    #[test]
+    fn keys_are_deterministic_and_under_the_prefix() {
+        let j = job("");
+        assert_eq!(object_key("out/", &j), format!("out/adhoc/{}.png", j.id));
+        assert_eq!(object_key("out", &j), object_key("out", &j));
+        let j = job(r#","output_key":"sku/1","format":"jpeg""#);
+        assert_eq!(object_key("", &j), "sku/1.jpg");
+        let j = job(r#","output_key":"sku/1.webp","format":"webp""#);
+        assert_eq!(object_key("p", &j), "p/sku/1.webp");
+    }
+}

@@ -1,0 +1,210 @@
+//! Submit: read a JSON Lines file, validate every line, then write one batch (rows in
+//! a few large statements) and dispatch it (pipelined chunks). Nothing is written
+//! unless every line is valid.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read},
+    path::Path,
+};
+
+use crate::{
+    db::{DbError, NewJob, PgRecord},
+    dispatch::{Dispatch, DispatchError},
+    job::{BatchId, FieldError, JobId, JobSpec, Limits},
+};
+
+/// One refused line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("line {line}: {error}")]
+pub struct LineError {
+    pub line: usize,
+    pub error: FieldError,
+}
+
+/// Errors reported when at most this many lines are refused; the rest are counted.
+const MAX_REPORTED: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{}", invalid_summary(.errors, *.total))]
+    Invalid { errors: Vec<LineError>, total: usize },
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("the file has no jobs")]
+    Empty,
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(
+        "{0}; the batch's rows are committed, and the reconciler will dispatch them when Redis is back"
+    )]
+    Dispatch(#[from] DispatchError),
+}
+
+fn invalid_summary(errors: &[LineError], total: usize) -> String {
+    let mut s = format!("{total} invalid line(s); nothing was queued");
+    for e in errors {
+        s.push_str(&format!("\n  {e}"));
+    }
+    if total > errors.len() {
+        s.push_str(&format!("\n  … and {} more", total - errors.len()));
+    }
+    s
+}
+
+/// Reads and validates a JSON Lines file.
+pub fn read_jsonl(path: &Path, limits: &Limits) -> Result<Vec<NewJob>, SubmitError> {
+    let io = |source| SubmitError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size > limits.max_file_bytes {
+        return Err(SubmitError::TooLarge(format!(
+            "{} is {size} bytes, over the limit of {} bytes per submit; split it",
+            path.display(),
+            limits.max_file_bytes
+        )));
+    }
+    parse_jsonl(BufReader::with_capacity(1 << 20, file), limits).map_err(|e| match e {
+        SubmitError::Io { source, .. } => io(source),
+        other => other,
+    })
+}
+
+/// Parses and validates every line; blank lines are skipped. Reports up to 20
+/// errors, each with its line number and field, and counts the rest.
+pub fn parse_jsonl(reader: impl Read, limits: &Limits) -> Result<Vec<NewJob>, SubmitError> {
+    let mut reader = BufReader::new(reader);
+    let mut jobs = Vec::new();
+    let mut errors = Vec::new();
+    let mut total_errors = 0;
+    let mut seen: HashMap<JobId, usize> = HashMap::new();
+    let mut buf = Vec::new();
+    let mut line = 0;
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|source| SubmitError::Io {
+                path: String::new(),
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+        line += 1;
+        let mut refuse = |error: FieldError| {
+            total_errors += 1;
+            if errors.len() < MAX_REPORTED {
+                errors.push(LineError { line, error });
+            }
+        };
+        let text = match std::str::from_utf8(&buf) {
+            Ok(t) => t.trim(),
+            Err(e) => {
+                refuse(FieldError {
+                    field: "line",
+                    reason: format!("not valid UTF-8 (byte {})", e.valid_up_to()),
+                });
+                continue;
+            }
+        };
+        if text.is_empty() {
+            continue;
+        }
+        match JobSpec::parse(text, limits) {
+            Ok(spec) => {
+                let id = spec.id.unwrap_or_else(JobId::generate);
+                if let Some(first) = seen.insert(id, line) {
+                    refuse(FieldError {
+                        field: "id",
+                        reason: format!("{id} is also the id of line {first}"),
+                    });
+                    continue;
+                }
+                if jobs.len() >= limits.max_jobs_per_batch {
+                    return Err(SubmitError::TooLarge(format!(
+                        "more than {} jobs in one batch; split the file",
+                        limits.max_jobs_per_batch
+                    )));
+                }
+                jobs.push(NewJob { id, spec });
+            }
+            Err(error) => refuse(error),
+        }
+    }
+    if total_errors > 0 {
+        return Err(SubmitError::Invalid {
+            errors,
+            total: total_errors,
+        });
+    }
+    if jobs.is_empty() {
+        return Err(SubmitError::Empty);
+    }
+    Ok(jobs)
+}
+
+/// What a submit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    pub batch: BatchId,
+    pub jobs: usize,
+    /// Jobs whose id existed already were not added again.
+    pub duplicates: usize,
+}
+
+/// Writes the batch, then dispatches the jobs that were new.
+pub async fn submit(
+    record: &PgRecord,
+    dispatch: &dyn Dispatch,
+    name: &str,
+    jobs: &[NewJob],
+    max_attempts: i32,
+) -> Result<Submitted, SubmitError> {
+    let (batch, inserted) = record
+        .create_batch(name, dispatch.queue(), jobs, max_attempts)
+        .await?;
+    dispatch.enqueue(&inserted).await?;
+    Ok(Submitted {
+        batch,
+        jobs: inserted.len(),
+        duplicates: jobs.len() - inserted.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_line_is_named_with_its_field() {
+        let text = "{\"prompt\":\"ok\"}\n\n{\"prompt\":\"x\",\"width\":0}\nnot json\n{\"prompt\":\"\"}\n";
+        let Err(SubmitError::Invalid { errors, total }) = parse_jsonl(text.as_bytes(), &Limits::default()) else {
+            panic!("accepted invalid lines");
+        };
+        assert_eq!(total, 3);
+        assert_eq!((errors[0].line, errors[0].error.field), (3, "width"));
+        assert_eq!(errors[1].line, 4);
+        assert_eq!((errors[2].line, errors[2].error.field), (5, "prompt"));
+    }
+
+    #[test]
+    fn invalid_utf8_and_duplicate_ids_are_refused() {
+        let id = uuid::Uuid::new_v4();
+        let mut text = format!("{{\"prompt\":\"a\",\"id\":\"{id}\"}}\n{{\"prompt\":\"b\",\"id\":\"{id}\"}}\n").into_bytes();
+        text.extend_from_slice(b"{\"prompt\":\"\xff\"}\n");
+        let Err(SubmitError::Invalid { errors, .. }) = parse_jsonl(&text[..], &Limits::default()) else {
+            panic!("accepted");
+        };
+        assert_eq!((errors[0].line, errors[0].error.field), (2, "id"));
+        assert_eq!((errors[1].line, errors[1].error.field), (3, "line"));
+    }
+}

@@ -1,0 +1,279 @@
+//! The worker: claim → render → encode → upload → record, as a pipeline of tasks
+//! joined by bounded channels, so the device renders one batch while the previous one
+//! is encoded and uploaded, and memory stays flat whatever the queue length.
+//!
+//! ```text
+//! intake ──▶ render (grouped by model/size/steps, ≤ max_batch) ──▶ finish (encode,
+//!   │                                                               upload)
+//!   │ claims in batches                                                │
+//!   ▼                                                                  ▼
+//! Postgres ◀──────── completions in batches, fenced by attempt ── complete ──▶ XACK+XDEL
+//! heartbeat: renews this worker's leases; mover: dispatches due retries
+//! ```
+//!
+//! `--concurrency` permits bound the jobs between intake and complete.
+
+mod intake;
+mod stages;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    db::{ClaimedJob, PgRecord, postgres::WorkerInfo},
+    dispatch::Dispatch,
+    job::{JobId, Limits},
+    render::Renderers,
+    store::Store,
+};
+
+/// How a worker behaves. Every field has a flag and a variable (see the CLI).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs in flight at once (claimed, not yet recorded).
+    pub concurrency: usize,
+    /// Jobs per device call.
+    pub max_batch: usize,
+    /// A delivery not renewed for this long is taken over by another worker.
+    pub lease: Duration,
+    /// On SIGTERM: how long in-flight jobs may take before they are released.
+    pub shutdown_deadline: Duration,
+    /// Retry backoff: `base * 2^(attempt-1)`, capped, with jitter.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How long an upload keeps retrying (store down) before the attempt fails.
+    pub upload_deadline: Duration,
+    /// Attempts of jobs created from raw stream messages.
+    pub max_attempts: i32,
+    /// This worker's name in the stream's consumer group and `renderq.workers`.
+    pub id: String,
+    pub device: String,
+    pub limits: Limits,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 64,
+            max_batch: 8,
+            lease: Duration::from_secs(15),
+            shutdown_deadline: Duration::from_secs(30),
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(300),
+            upload_deadline: Duration::from_secs(300),
+            max_attempts: 3,
+            id: default_worker_id(),
+            device: "cpu".into(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `<host>-<pid>-<random>`: unique per process, readable in `renderq.workers`.
+pub fn default_worker_id() -> String {
+    format!(
+        "{}-{}-{}",
+        hostname(),
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// A claimed job on its way through the pipeline. Holding it holds a concurrency permit.
+pub(crate) struct InFlight {
+    pub job: ClaimedJob,
+    pub entry: String,
+    pub _permit: OwnedSemaphorePermit,
+}
+
+/// What every stage shares.
+pub(crate) struct Shared {
+    pub cfg: WorkerConfig,
+    pub record: PgRecord,
+    pub dispatch: Arc<dyn Dispatch>,
+    pub store: Arc<dyn Store>,
+    pub renderers: Renderers,
+    /// Stream entry → (job, attempt) of every claimed job not yet recorded.
+    pub in_flight: Mutex<HashMap<String, (JobId, i32)>>,
+    pub jobs_done: AtomicU64,
+}
+
+/// What a worker did, returned when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    pub jobs_done: u64,
+    /// Jobs still held at the deadline and given back to the queue.
+    pub released: usize,
+}
+
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    pub fn new(
+        cfg: WorkerConfig,
+        record: PgRecord,
+        dispatch: Arc<dyn Dispatch>,
+        store: Arc<dyn Store>,
+        renderers: Renderers,
+    ) -> Self {
+        Worker {
+            shared: Arc::new(Shared {
+                cfg,
+                record,
+                dispatch,
+                store,
+                renderers,
+                in_flight: Mutex::new(HashMap::new()),
+                jobs_done: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains: no new claims; jobs in flight
+    /// finish until the deadline, and what is left is released to the queue.
+    pub async fn run(self, shutdown: CancellationToken) -> WorkerReport {
+        let s = self.shared;
+        let cfg = &s.cfg;
+        info!(
+            worker = %cfg.id, queue = s.dispatch.queue(), concurrency = cfg.concurrency,
+            max_batch = cfg.max_batch, lease_secs = cfg.lease.as_secs_f64(),
+            models = ?s.renderers.models(), "worker started"
+        );
+        let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+        let depth = cfg.concurrency.max(1);
+        let (claimed_tx, claimed_rx) = mpsc::channel(depth);
+        let (rendered_tx, rendered_rx) = mpsc::channel(depth);
+        let (outcome_tx, outcome_rx) = mpsc::channel(depth);
+        // Background tasks stop with `background`; the pipeline stops by draining.
+        let background = CancellationToken::new();
+        let heartbeat = tokio::spawn(stages::heartbeat(s.clone(), background.clone()));
+        let mover = tokio::spawn(stages::move_due_retries(s.clone(), background.clone()));
+        let mut pipeline = tokio::task::JoinSet::new();
+        pipeline.spawn(intake::run(
+            s.clone(),
+            permits,
+            claimed_tx,
+            shutdown.clone(),
+        ));
+        pipeline.spawn(stages::render(s.clone(), claimed_rx, rendered_tx));
+        pipeline.spawn(stages::finish(s.clone(), rendered_rx, outcome_tx));
+        pipeline.spawn(stages::complete(s.clone(), outcome_rx));
+
+        shutdown.cancelled().await;
+        info!(worker = %cfg.id, deadline_secs = cfg.shutdown_deadline.as_secs_f64(), "draining");
+        let drained = tokio::time::timeout(cfg.shutdown_deadline, async {
+            while let Some(res) = pipeline.join_next().await {
+                if let Err(e) = res {
+                    warn!("a pipeline task ended abnormally: {e}");
+                }
+            }
+        })
+        .await;
+        pipeline.abort_all();
+        let released = if drained.is_err() {
+            release_in_flight(&s).await
+        } else {
+            0
+        };
+        background.cancel();
+        let _ = heartbeat.await;
+        let _ = mover.await;
+        if let Err(e) = s.record.worker_stopped(&cfg.id).await {
+            warn!("could not mark the worker stopped: {e}");
+        }
+        let report = WorkerReport {
+            jobs_done: s.jobs_done.load(Ordering::Relaxed),
+            released,
+        };
+        info!(worker = %cfg.id, jobs_done = report.jobs_done, released, "worker stopped");
+        report
+    }
+}
+
+/// Gives every job still in flight back to the queue (fenced: a job another worker
+/// took over, or that finished meanwhile, is left alone).
+async fn release_in_flight(s: &Shared) -> usize {
+    let held: Vec<(String, (JobId, i32))> = s.in_flight.lock().unwrap().drain().collect();
+    if held.is_empty() {
+        return 0;
+    }
+    let jobs: Vec<(JobId, i32)> = held.iter().map(|(_, j)| *j).collect();
+    let released = match s.record.release(&jobs).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            // Their leases run out and another worker takes them over.
+            warn!("could not release {} jobs at shutdown: {e}", jobs.len());
+            return 0;
+        }
+    };
+    for (entry, (id, _)) in &held {
+        if released.contains(id)
+            && let Err(e) = s.dispatch.release(entry, *id).await
+        {
+            warn!(job = %id, "could not re-dispatch a released job: {e}");
+        }
+    }
+    warn!(
+        released = released.len(),
+        "shutdown deadline passed: unfinished jobs were given back to the queue"
+    );
+    released.len()
+}
+
+/// Exponential backoff with jitter, for retry number `attempt` (1-based).
+pub fn backoff(cfg: &WorkerConfig, attempt: i32) -> Duration {
+    let exp = cfg
+        .backoff_base
+        .saturating_mul(1u32 << (attempt.clamp(1, 20) - 1) as u32);
+    let capped = exp.min(cfg.backoff_max);
+    capped.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
+/// WorkerInfo for `renderq.workers`.
+pub(crate) fn info(s: &Shared) -> WorkerInfo {
+    WorkerInfo {
+        id: s.cfg.id.clone(),
+        host: hostname(),
+        device: s.cfg.device.clone(),
+        models: s.renderers.models(),
+        queue: s.dispatch.queue().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cfg = WorkerConfig {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1000),
+            ..WorkerConfig::default()
+        };
+        let first = backoff(&cfg, 1);
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        let third = backoff(&cfg, 3);
+        assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+        assert!(backoff(&cfg, 30) <= Duration::from_millis(1000));
+    }
+}

@@ -1,0 +1,217 @@
+//! Intake: takes deliveries (new ones, and ones whose lease ran out), turns raw
+//! messages into rows, claims the jobs in Postgres in one statement per chunk, and
+//! hands what it claimed to the render stage.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{InFlight, Shared};
+use crate::{
+    db::ClaimRequest,
+    dispatch::{Delivery, Payload},
+    job::{JobId, JobSpec},
+};
+
+/// Most deliveries taken in one read.
+const READ_CHUNK: usize = 1024;
+const BLOCK: Duration = Duration::from_millis(1000);
+
+pub(crate) async fn run(
+    s: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    out: mpsc::Sender<InFlight>,
+    shutdown: CancellationToken,
+) {
+    let lease_ms = s.cfg.lease.as_millis() as u64;
+    let reclaim_every = (s.cfg.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut next_reclaim = tokio::time::Instant::now();
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        // Wait for room before taking anything: a job is only read when it can be held.
+        let first = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
+            _ = shutdown.cancelled() => break,
+        };
+        let mut held = vec![first];
+        while held.len() < READ_CHUNK {
+            match permits.clone().try_acquire_owned() {
+                Ok(p) => held.push(p),
+                Err(_) => break,
+            }
+        }
+        let takeover = tokio::time::Instant::now() >= next_reclaim;
+        let read = if takeover {
+            next_reclaim = tokio::time::Instant::now() + reclaim_every;
+            let reclaimed = s
+                .dispatch
+                .reclaim(&s.cfg.id, lease_ms, held.len())
+                .await;
+            match reclaimed {
+                Ok(d) if d.is_empty() => {
+                    fetch(&s, held.len(), &shutdown).await
+                }
+                other => other,
+            }
+        } else {
+            fetch(&s, held.len(), &shutdown).await
+        };
+        let deliveries = match read {
+            Ok(d) => {
+                failures = 0;
+                d
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                warn!("reading the queue failed (retrying in {wait:?}): {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        };
+        if deliveries.is_empty() {
+            continue;
+        }
+        debug!(n = deliveries.len(), "delivered");
+        let claimed = claim(&s, deliveries, &shutdown).await;
+        let mut held = held.into_iter();
+        for (job, entry) in claimed {
+            let Some(permit) = held.next() else { break };
+            s.in_flight
+                .lock()
+                .unwrap()
+                .insert(entry.clone(), (job.id, job.attempt));
+            let item = InFlight {
+                job,
+                entry,
+                _permit: permit,
+            };
+            if out.send(item).await.is_err() {
+                return;
+            }
+        }
+        // Permits left in `held` return to the semaphore here.
+    }
+}
+
+async fn fetch(
+    s: &Shared,
+    count: usize,
+    shutdown: &CancellationToken,
+) -> Result<Vec<Delivery>, crate::dispatch::DispatchError> {
+    tokio::select! {
+        r = s.dispatch.fetch(&s.cfg.id, count, BLOCK.as_millis() as u64) => r,
+        _ = shutdown.cancelled() => Ok(Vec::new()),
+    }
+}
+
+/// Claims the jobs behind deliveries. Unparseable messages are recorded as failed;
+/// deliveries whose job is not claimable (finished, cancelled, a duplicate) are
+/// acknowledged so they never block the stream.
+async fn claim(
+    s: &Shared,
+    deliveries: Vec<Delivery>,
+    shutdown: &CancellationToken,
+) -> Vec<(crate::db::ClaimedJob, String)> {
+    let queue = s.dispatch.queue().to_string();
+    let mut requests = Vec::with_capacity(deliveries.len());
+    let mut entries = std::collections::HashMap::with_capacity(deliveries.len());
+    let mut to_ack = Vec::new();
+    for d in deliveries {
+        let id = match d.payload {
+            Payload::Id(id) => id,
+            Payload::Job(text) => {
+                let fallback = JobId::for_raw_message(&queue, &d.entry);
+                match JobSpec::parse(&text, &s.cfg.limits) {
+                    Ok(spec) => {
+                        let id = spec.id.unwrap_or(fallback);
+                        let made = retry_db(shutdown, || {
+                            s.record.ensure_raw_job(id, &queue, &spec, s.cfg.max_attempts)
+                        })
+                        .await;
+                        if made.is_none() {
+                            continue; // shutting down; the delivery's lease runs out
+                        }
+                        id
+                    }
+                    Err(e) => {
+                        let error = format!("invalid job message {}: {e}", d.entry);
+                        warn!(entry = %d.entry, "{error}");
+                        let recorded = retry_db(shutdown, || {
+                            s.record.record_unparseable(fallback, &queue, &text, &error)
+                        })
+                        .await;
+                        if recorded.is_some() {
+                            to_ack.push(d.entry);
+                        }
+                        continue;
+                    }
+                }
+            }
+            Payload::Invalid(reason) => {
+                let fallback = JobId::for_raw_message(&queue, &d.entry);
+                let error = format!("invalid job message {}: {reason}", d.entry);
+                warn!(entry = %d.entry, "{error}");
+                let recorded = retry_db(shutdown, || {
+                    s.record.record_unparseable(fallback, &queue, "", &error)
+                })
+                .await;
+                if recorded.is_some() {
+                    to_ack.push(d.entry);
+                }
+                continue;
+            }
+        };
+        requests.push(ClaimRequest {
+            id,
+            takeover: d.takeover,
+        });
+        entries.insert(id, d.entry);
+    }
+    let claimed = retry_db(shutdown, || s.record.claim(&requests, &s.cfg.id)).await;
+    let mut out = Vec::new();
+    if let Some(claimed) = claimed {
+        for job in claimed {
+            if let Some(entry) = entries.remove(&job.id) {
+                out.push((job, entry));
+            }
+        }
+        if !entries.is_empty() {
+            debug!(n = entries.len(), "deliveries with nothing to claim acknowledged");
+        }
+        to_ack.extend(entries.into_values());
+    }
+    // When the claim never ran (shutdown), the deliveries stay pending: their leases
+    // run out and another worker takes them over.
+    if let Err(e) = s.dispatch.ack(&to_ack).await {
+        warn!("acknowledging {} deliveries failed: {e}", to_ack.len());
+    }
+    out
+}
+
+/// Retries a database call with backoff until it works or shutdown begins: a
+/// Postgres restart must pause the worker, not fail its jobs.
+pub(crate) async fn retry_db<T, F, Fut>(shutdown: &CancellationToken, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::db::DbError>>,
+{
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                warn!("database call failed (retrying in {wait:?}): {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The pipeline stages after intake, and the worker's background tasks.
+
+use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use image::RgbImage;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{InFlight, Shared, backoff, intake::retry_db};
+use crate::{
+    db::{Outcome, Recorded},
+    job::JobState,
+    render::{BatchKey, RenderError, RenderRequest, encode},
+    store::{ObjectMeta, object_key},
+};
+
+type Rendered = (InFlight, Result<RgbImage, RenderError>);
+
+/// Renders claimed jobs, grouping those that can share a device call.
+pub(crate) async fn render(
+    s: Arc<Shared>,
+    mut rx: mpsc::Receiver<InFlight>,
+    tx: mpsc::Sender<Rendered>,
+) {
+    let max_batch = s.cfg.max_batch.max(1);
+    while let Some(first) = rx.recv().await {
+        let mut pending = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            pending.push(more);
+            if pending.len() >= s.cfg.concurrency {
+                break;
+            }
+        }
+        let mut groups: Vec<(BatchKey, Vec<InFlight>)> = Vec::new();
+        for item in pending {
+            let key = RenderRequest::from_job(&item.job).batch_key();
+            match groups
+                .iter_mut()
+                .find(|(k, g)| *k == key && g.len() < max_batch)
+            {
+                Some((_, g)) => g.push(item),
+                None => groups.push((key, vec![item])),
+            }
+        }
+        for (key, group) in groups {
+            let results = render_group(&s, &key.model, &group).await;
+            for (item, result) in group.into_iter().zip(results) {
+                if tx.send((item, result)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One device call. A panic is contained: a batch that panics is rendered again one
+/// job at a time, so only the job that causes it fails.
+async fn render_group(
+    s: &Shared,
+    model: &str,
+    group: &[InFlight],
+) -> Vec<Result<RgbImage, RenderError>> {
+    let Some(renderer) = s.renderers.get(model) else {
+        let err = s.renderers.unknown_model(model);
+        return group.iter().map(|_| Err(err.clone())).collect();
+    };
+    let requests: Vec<RenderRequest> = group
+        .iter()
+        .map(|i| RenderRequest::from_job(&i.job))
+        .collect();
+    let call = |reqs: Vec<RenderRequest>| {
+        let r = renderer.clone();
+        tokio::spawn(async move {
+            let n = reqs.len();
+            let out = r.render(&reqs).await;
+            if out.len() == n {
+                out
+            } else {
+                let msg = format!("renderer returned {} images for {n} requests", out.len());
+                (0..n).map(|_| Err(RenderError::Retry(msg.clone()))).collect()
+            }
+        })
+    };
+    match call(requests.clone()).await {
+        Ok(results) => results,
+        Err(e) if requests.len() > 1 => {
+            warn!(model, "renderer panicked on a batch of {}; rendering one by one: {e}", requests.len());
+            let mut out = Vec::with_capacity(requests.len());
+            for req in requests {
+                out.push(match call(vec![req]).await {
+                    Ok(mut r) => r.remove(0),
+                    Err(e) => Err(panic_error(e)),
+                });
+            }
+            out
+        }
+        Err(e) => vec![Err(panic_error(e))],
+    }
+}
+
+fn panic_error(e: tokio::task::JoinError) -> RenderError {
+    let msg = match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into()),
+        Err(e) => e.to_string(),
+    };
+    RenderError::Retry(format!("renderer panicked: {msg}"))
+}
+
+/// Uploads at a time per worker.
+const UPLOADS: usize = 32;
+/// Images at most this many pixels are encoded inline; larger ones on the blocking pool.
+const INLINE_ENCODE_PIXELS: u32 = 128 * 128;
+
+/// Encodes and uploads rendered images, several at a time.
+pub(crate) async fn finish(
+    s: Arc<Shared>,
+    rx: mpsc::Receiver<Rendered>,
+    tx: mpsc::Sender<(InFlight, Outcome)>,
+) {
+    let items = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    items
+        .for_each_concurrent(UPLOADS, |(item, result)| {
+            let s = s.clone();
+            let tx = tx.clone();
+            async move {
+                let outcome = match result {
+                    Ok(image) => store_image(&s, &item, image).await,
+                    Err(e) => failed(&s, &item, e.to_string(), e.is_retry()),
+                };
+                let _ = tx.send((item, outcome)).await;
+            }
+        })
+        .await;
+}
+
+fn failed(s: &Shared, item: &InFlight, error: String, retry: bool) -> Outcome {
+    Outcome::Failed {
+        error,
+        retry,
+        backoff_ms: backoff(&s.cfg, item.job.attempt).as_millis() as i64,
+    }
+}
+
+async fn store_image(s: &Shared, item: &InFlight, image: RgbImage) -> Outcome {
+    let job = &item.job;
+    let format = job.spec.format;
+    let encoded = if image.width() * image.height() <= INLINE_ENCODE_PIXELS {
+        encode(&image, format).map_err(|e| e.to_string())
+    } else {
+        tokio::task::spawn_blocking(move || encode(&image, format).map_err(|e| e.to_string()))
+            .await
+            .unwrap_or_else(|e| Err(format!("encoder panicked: {e}")))
+    };
+    let body = match encoded {
+        Ok(b) => Bytes::from(b),
+        Err(e) => return failed(s, item, format!("encoding {format:?}: {e}"), false),
+    };
+    let key = object_key(s.store.prefix(), job);
+    let meta = ObjectMeta {
+        content_type: format.content_type(),
+        seed: job.seed,
+        model: job.spec.model.clone(),
+        job_id: job.id.to_string(),
+    };
+    // The store being down is not the job's fault: keep trying (the lease is kept
+    // alive meanwhile) until the upload deadline, then fail the attempt.
+    let deadline = tokio::time::Instant::now() + s.cfg.upload_deadline;
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match s.store.put(&key, body.clone(), &meta).await {
+            Ok(()) => return Outcome::Stored { key },
+            Err(e) if e.retry && tokio::time::Instant::now() + wait < deadline => {
+                warn!(job = %job.id, "upload failed (retrying in {wait:?}): {e}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return failed(s, item, e.message, e.retry),
+        }
+    }
+}
+
+/// Most outcomes written in one statement.
+const COMPLETE_CHUNK: usize = 1024;
+
+/// Records outcomes in batches (fenced by attempt), then forgets their deliveries.
+pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, Outcome)>) {
+    // Completions are written even while draining; only the drain deadline stops them.
+    let never = CancellationToken::new();
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < COMPLETE_CHUNK {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let rows: Vec<_> = batch
+            .iter()
+            .map(|(i, o)| (i.job.id, i.job.attempt, o.clone()))
+            .collect();
+        let Some(recorded) = retry_db(&never, || s.record.record_outcomes(&rows)).await else {
+            continue;
+        };
+        let mut ack = Vec::new();
+        let mut stale = Vec::new();
+        let mut done = 0;
+        for ((item, outcome), rec) in batch.iter().zip(&recorded) {
+            match rec {
+                Recorded::Moved(JobState::Retrying, run_at) => {
+                    let due = run_at.map(|t| t.timestamp_millis()).unwrap_or(0);
+                    if let Err(e) = s.dispatch.defer(&item.entry, item.job.id, due).await {
+                        // The delivery stays pending; after its lease it is taken over.
+                        warn!(job = %item.job.id, "could not schedule the retry: {e}");
+                    }
+                }
+                Recorded::Moved(state, _) => {
+                    done += 1;
+                    ack.push(item.entry.clone());
+                    if let Outcome::Failed { error, .. } = outcome {
+                        warn!(job = %item.job.id, attempt = item.job.attempt, "job {state}: {error}");
+                    }
+                }
+                Recorded::Stale => stale.push(item.job.id),
+            }
+        }
+        if !stale.is_empty() {
+            // Cancelled or finished meanwhile: forget the delivery. Taken over by a
+            // live worker: leave it to that worker.
+            debug!(n = stale.len(), "stale attempts discarded");
+            if let Ok(states) = s.record.states(&stale).await {
+                for (id, state, _) in states {
+                    if state.is_terminal()
+                        && let Some((item, _)) = batch.iter().find(|(i, _)| i.job.id == id)
+                    {
+                        ack.push(item.entry.clone());
+                    }
+                }
+            }
+        }
+        if let Err(e) = s.dispatch.ack(&ack).await {
+            warn!("acknowledging {} deliveries failed: {e}", ack.len());
+        }
+        {
+            let mut in_flight = s.in_flight.lock().unwrap();
+            for (item, _) in &batch {
+                in_flight.remove(&item.entry);
+            }
+        }
+        s.jobs_done.fetch_add(done, Ordering::Relaxed);
+        // Dropping `batch` returns the concurrency permits.
+    }
+}
+
+/// Keeps this worker's leases alive and its row in `renderq.workers` fresh.
+pub(crate) async fn heartbeat(s: Arc<Shared>, stop: CancellationToken) {
+    let every = (s.cfg.lease / 3).max(Duration::from_millis(50));
+    let info = super::info(&s);
+    loop {
+        let entries: Vec<String> = s.in_flight.lock().unwrap().keys().cloned().collect();
+        match s.dispatch.heartbeat(&s.cfg.id, &entries).await {
+            Ok(lost) if !lost.is_empty() => warn!(
+                n = lost.len(),
+                "leases lost to another worker (this worker stalled); their results will be discarded"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!("renewing leases failed: {e}"),
+        }
+        let done = s.jobs_done.load(Ordering::Relaxed) as i64;
+        if let Err(e) = s.record.worker_heartbeat(&info, done).await {
+            debug!("worker heartbeat not recorded: {e}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Moves retries whose backoff is over from the delayed set back to the queue.
+pub(crate) async fn move_due_retries(s: Arc<Shared>, stop: CancellationToken) {
+    let every = Duration::from_millis(250).min(s.cfg.backoff_base.max(Duration::from_millis(20)));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let due = match s.dispatch.due(now, 500).await {
+            Ok(d) if d.is_empty() => continue,
+            Ok(d) => d,
+            Err(e) => {
+                debug!("reading due retries failed: {e}");
+                continue;
+            }
+        };
+        let queued = match s.record.requeue_due(&due).await {
+            Ok(q) => q,
+            Err(e) => {
+                debug!("requeueing due retries failed: {e}");
+                continue;
+            }
+        };
+        let gone: Vec<_> = due.iter().filter(|id| !queued.contains(id)).copied().collect();
+        let moved = s.dispatch.move_due(&queued).await;
+        let dropped = s.dispatch.drop_due(&gone).await;
+        if let Err(e) = moved.and(dropped) {
+            warn!("moving due retries failed: {e}");
+        }
+    }
+}
