@@ -1,7 +1,12 @@
 //! `renderq bench`: submit time and drain throughput with rendering taken out (`noop`,
 //! tiny images), every state recorded. Prints figures; asserts nothing.
 
-use std::{io::Write, process::ExitCode, sync::Arc, time::{Duration, Instant}};
+use std::{
+    io::Write,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use clap::Args;

@@ -21,7 +21,11 @@ use crate::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "renderq", version, about = "Bulk text-to-image rendering: submit, work, watch")]
+#[command(
+    name = "renderq",
+    version,
+    about = "Bulk text-to-image rendering: submit, work, watch"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -39,7 +43,12 @@ pub struct Global {
     #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Where images go: s3://bucket/prefix, or a local directory
-    #[arg(long, env = "RENDERQ_STORE", global = true, default_value = "renderq-out")]
+    #[arg(
+        long,
+        env = "RENDERQ_STORE",
+        global = true,
+        default_value = "renderq-out"
+    )]
     pub store: String,
     /// The queue to submit to or work on
     #[arg(long, env = "RENDERQ_QUEUE", global = true, default_value = "default")]
@@ -124,7 +133,10 @@ pub fn main() -> ExitCode {
     init_tracing();
     // rustls finds two crypto providers in this dependency set and refuses to pick one.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -162,12 +174,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Submit(args) => submit_cmd(g, args).await,
         Command::Worker(args) => worker_cmd(g, args).await,
-        Command::Status { batch } => watch::status(&connect_record(g, !g.no_migrate).await?, &g.queue, batch).await,
+        Command::Status { batch } => {
+            watch::status(&connect_record(g, !g.no_migrate).await?, &g.queue, batch).await
+        }
         Command::Wait { batch, interval_ms } => {
             let record = connect_record(g, !g.no_migrate).await?;
             watch::wait(&record, &batch, Duration::from_millis(interval_ms)).await
         }
-        Command::Cancel { id } => watch::cancel(&connect_record(g, !g.no_migrate).await?, &id).await,
+        Command::Cancel { id } => {
+            watch::cancel(&connect_record(g, !g.no_migrate).await?, &id).await
+        }
         Command::Bench(args) => crate::bench::run(g, args).await,
     }
 }
@@ -189,7 +205,9 @@ pub async fn connect_record(g: &Global, migrate: bool) -> Result<PgRecord> {
 
 pub async fn connect_dispatch(g: &Global) -> Result<Arc<dyn Dispatch>> {
     let Some(url) = &g.redis_url else {
-        bail!("REDIS_URL is not set: point it at Redis (redis://host:6379); database dispatch is not built yet");
+        bail!(
+            "REDIS_URL is not set: point it at Redis (redis://host:6379); database dispatch is not built yet"
+        );
     };
     let dispatch = RedisDispatch::connect(url, &g.queue)
         .await
@@ -201,7 +219,8 @@ async fn submit_cmd(g: &Global, args: SubmitArgs) -> Result<ExitCode> {
     let limits = Limits::default();
     let path = args.file.clone();
     // Validate before connecting to anything: a bad file never touches the servers.
-    let jobs = match tokio::task::spawn_blocking(move || submit::read_jsonl(&path, &limits)).await? {
+    let jobs = match tokio::task::spawn_blocking(move || submit::read_jsonl(&path, &limits)).await?
+    {
         Ok(jobs) => jobs,
         Err(e @ (SubmitError::Invalid { .. } | SubmitError::TooLarge(_) | SubmitError::Empty)) => {
             eprintln!("error: {}: {e}", args.file.display());
@@ -225,13 +244,19 @@ async fn submit_cmd(g: &Global, args: SubmitArgs) -> Result<ExitCode> {
         g.queue,
         started.elapsed(),
         if done.duplicates > 0 {
-            format!(" ({} ids existed already and were not queued again)", done.duplicates)
+            format!(
+                " ({} ids existed already and were not queued again)",
+                done.duplicates
+            )
         } else {
             String::new()
         }
     );
     if args.json {
-        println!("{}", serde_json::json!({"batch_id": done.batch.to_string(), "jobs": done.jobs}));
+        println!(
+            "{}",
+            serde_json::json!({"batch_id": done.batch.to_string(), "jobs": done.jobs})
+        );
     } else {
         println!("{}", done.batch);
     }
@@ -243,7 +268,8 @@ async fn worker_cmd(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
     let dispatch = connect_dispatch(g).await?;
     let store = store::open(&g.store).await?;
     let secs = |name: &str, v: f64| -> Result<Duration> {
-        Duration::try_from_secs_f64(v).with_context(|| format!("--{name} must be a positive number of seconds"))
+        Duration::try_from_secs_f64(v)
+            .with_context(|| format!("--{name} must be a positive number of seconds"))
     };
     if args.concurrency == 0 || args.max_batch == 0 {
         bail!("--concurrency and --max-batch must be at least 1");

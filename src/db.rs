@@ -53,8 +53,14 @@ pub struct ClaimRequest {
 /// The end of one attempt, as the worker reports it.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Stored { key: String },
-    Failed { error: String, retry: bool, backoff_ms: i64 },
+    Stored {
+        key: String,
+    },
+    Failed {
+        error: String,
+        retry: bool,
+        backoff_ms: i64,
+    },
 }
 
 /// What became of a reported outcome.

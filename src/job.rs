@@ -271,7 +271,8 @@ impl JobSpec {
                 ),
             ));
         }
-        let spec: JobSpec = serde_json::from_str(text).map_err(json_field_error)?;
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let spec: JobSpec = serde_path_to_error::deserialize(de).map_err(json_field_error)?;
         spec.validate(limits)?;
         Ok(spec)
     }
@@ -339,7 +340,10 @@ impl JobSpec {
         if let Some(seed) = self.seed
             && seed > i64::MAX as u64
         {
-            return Err(refuse("seed", format!("{seed} is over the limit {}", i64::MAX)));
+            return Err(refuse(
+                "seed",
+                format!("{seed} is over the limit {}", i64::MAX),
+            ));
         }
         validate_model_name(&self.model)?;
         if let Some(key) = &self.output_key {
@@ -388,14 +392,20 @@ pub fn validate_output_key(key: &str, max_len: usize) -> Result<(), FieldError> 
     let reason = if key.is_empty() {
         Some("must not be empty".to_string())
     } else if key.len() > max_len {
-        Some(format!("{} bytes is over the limit of {max_len}", key.len()))
+        Some(format!(
+            "{} bytes is over the limit of {max_len}",
+            key.len()
+        ))
     } else if key.starts_with('/') {
         Some("must be relative (it starts with `/`)".into())
     } else if key.contains('\\') {
         Some("must not contain a backslash".into())
     } else if key.chars().any(|c| c.is_control()) {
         Some("must not contain control characters".into())
-    } else if key.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    } else if key
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         Some("must not contain empty, `.` or `..` path segments".into())
     } else {
         None
@@ -406,11 +416,19 @@ pub fn validate_output_key(key: &str, max_len: usize) -> Result<(), FieldError> 
     }
 }
 
-/// Turns serde's message into a field error: serde names unknown and missing fields,
-/// and for a wrong type the field is the last key before the failing column.
-fn json_field_error(e: serde_json::Error) -> FieldError {
-    let msg = e.to_string();
-    let field = known_field_in(&msg).unwrap_or("line");
+/// Turns a parse error into a field error: the path says which field was wrong;
+/// serde names missing and unknown fields in its message.
+fn json_field_error(e: serde_path_to_error::Error<serde_json::Error>) -> FieldError {
+    let path = e.path().to_string();
+    let msg = e.into_inner().to_string();
+    let field = FIELDS
+        .into_iter()
+        .find(|f| {
+            path == *f
+                || path.starts_with(&format!("{f}."))
+                || msg.contains(&format!("missing field `{f}`"))
+        })
+        .unwrap_or("line");
     refuse(field, msg)
 }
 
@@ -429,15 +447,6 @@ const FIELDS: [&str; 13] = [
     "format",
     "id",
 ];
-
-fn known_field_in(msg: &str) -> Option<&'static str> {
-    if msg.starts_with("unknown field") {
-        return Some("line");
-    }
-    FIELDS
-        .into_iter()
-        .find(|f| msg.contains(&format!("`{f}`")))
-}
 
 #[cfg(test)]
 mod tests {
@@ -472,7 +481,15 @@ mod tests {
 
     #[test]
     fn output_keys_cannot_escape_the_prefix() {
-        for bad in ["../x.png", "a/../../b", "/etc/passwd", "a\\b", "a\nb", "a//b", "./a"] {
+        for bad in [
+            "../x.png",
+            "a/../../b",
+            "/etc/passwd",
+            "a\\b",
+            "a\nb",
+            "a//b",
+            "./a",
+        ] {
             assert!(validate_output_key(bad, 512).is_err(), "{bad:?} accepted");
         }
         assert!(validate_output_key("sku-1/front.png", 512).is_ok());

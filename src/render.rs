@@ -136,12 +136,20 @@ pub fn encode(image: &RgbImage, format: ImageFormat) -> Result<Vec<u8>, image::I
     let (w, h) = image.dimensions();
     let color = image::ExtendedColorType::Rgb8;
     match format {
-        ImageFormat::Png => image::codecs::png::PngEncoder::new(&mut out)
-            .write_image(image.as_raw(), w, h, color)?,
+        ImageFormat::Png => image::codecs::png::PngEncoder::new(&mut out).write_image(
+            image.as_raw(),
+            w,
+            h,
+            color,
+        )?,
         ImageFormat::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
             .write_image(image.as_raw(), w, h, color)?,
-        ImageFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out)
-            .write_image(image.as_raw(), w, h, color)?,
+        ImageFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out).write_image(
+            image.as_raw(),
+            w,
+            h,
+            color,
+        )?,
     }
     Ok(out.into_inner())
 }

@@ -10,10 +10,7 @@ pub mod s3;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::{
-    db::ClaimedJob,
-    job::ImageFormat,
-};
+use crate::{db::ClaimedJob, job::ImageFormat};
 
 pub use self::{fs::DirStore, s3::S3Store};
 
@@ -80,7 +77,9 @@ pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(StoreError {
-                message: format!("RENDERQ_STORE `{location}` names no bucket: use s3://bucket/prefix"),
+                message: format!(
+                    "RENDERQ_STORE `{location}` names no bucket: use s3://bucket/prefix"
+                ),
                 retry: false,
             });
         }
@@ -96,8 +95,15 @@ mod tests {
     use crate::job::{JobId, JobSpec, Limits};
 
     fn job(extra: &str) -> ClaimedJob {
-        let spec = JobSpec::parse(&format!(r#"{{"prompt":"p"{extra}}}"#), &Limits::default()).unwrap();
-        ClaimedJob { id: JobId::generate(), batch_id: None, attempt: 1, seed: 1, spec }
+        let spec =
+            JobSpec::parse(&format!(r#"{{"prompt":"p"{extra}}}"#), &Limits::default()).unwrap();
+        ClaimedJob {
+            id: JobId::generate(),
+            batch_id: None,
+            attempt: 1,
+            seed: 1,
+            spec,
+        }
     }
 
     #[test]

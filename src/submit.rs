@@ -28,7 +28,10 @@ const MAX_REPORTED: usize = 20;
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error("{}", invalid_summary(.errors, *.total))]
-    Invalid { errors: Vec<LineError>, total: usize },
+    Invalid {
+        errors: Vec<LineError>,
+        total: usize,
+    },
     #[error("reading {path}: {source}")]
     Io {
         path: String,
@@ -186,8 +189,11 @@ mod tests {
 
     #[test]
     fn every_bad_line_is_named_with_its_field() {
-        let text = "{\"prompt\":\"ok\"}\n\n{\"prompt\":\"x\",\"width\":0}\nnot json\n{\"prompt\":\"\"}\n";
-        let Err(SubmitError::Invalid { errors, total }) = parse_jsonl(text.as_bytes(), &Limits::default()) else {
+        let text =
+            "{\"prompt\":\"ok\"}\n\n{\"prompt\":\"x\",\"width\":0}\nnot json\n{\"prompt\":\"\"}\n";
+        let Err(SubmitError::Invalid { errors, total }) =
+            parse_jsonl(text.as_bytes(), &Limits::default())
+        else {
             panic!("accepted invalid lines");
         };
         assert_eq!(total, 3);
@@ -199,9 +205,12 @@ mod tests {
     #[test]
     fn invalid_utf8_and_duplicate_ids_are_refused() {
         let id = uuid::Uuid::new_v4();
-        let mut text = format!("{{\"prompt\":\"a\",\"id\":\"{id}\"}}\n{{\"prompt\":\"b\",\"id\":\"{id}\"}}\n").into_bytes();
+        let mut text =
+            format!("{{\"prompt\":\"a\",\"id\":\"{id}\"}}\n{{\"prompt\":\"b\",\"id\":\"{id}\"}}\n")
+                .into_bytes();
         text.extend_from_slice(b"{\"prompt\":\"\xff\"}\n");
-        let Err(SubmitError::Invalid { errors, .. }) = parse_jsonl(&text[..], &Limits::default()) else {
+        let Err(SubmitError::Invalid { errors, .. }) = parse_jsonl(&text[..], &Limits::default())
+        else {
             panic!("accepted");
         };
         assert_eq!((errors[0].line, errors[0].error.field), (2, "id"));

@@ -164,9 +164,12 @@ impl Worker {
         let (rendered_tx, rendered_rx) = mpsc::channel(depth);
         let (outcome_tx, outcome_rx) = mpsc::channel(depth);
         // Background tasks stop with `background`; the pipeline stops by draining.
+        // Both JoinSets abort their tasks when dropped: a worker whose `run` future is
+        // dropped stops heartbeating at once, like a dead process.
         let background = CancellationToken::new();
-        let heartbeat = tokio::spawn(stages::heartbeat(s.clone(), background.clone()));
-        let mover = tokio::spawn(stages::move_due_retries(s.clone(), background.clone()));
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(stages::heartbeat(s.clone(), background.clone()));
+        tasks.spawn(stages::move_due_retries(s.clone(), background.clone()));
         let mut pipeline = tokio::task::JoinSet::new();
         pipeline.spawn(intake::run(
             s.clone(),
@@ -195,8 +198,7 @@ impl Worker {
             0
         };
         background.cancel();
-        let _ = heartbeat.await;
-        let _ = mover.await;
+        while tasks.join_next().await.is_some() {}
         if let Err(e) = s.record.worker_stopped(&cfg.id).await {
             warn!("could not mark the worker stopped: {e}");
         }

@@ -45,7 +45,14 @@ pub async fn status(record: &PgRecord, queue: &str, batch: Option<String>) -> Re
         }
         let by_state = record.queue_counts(queue).await?;
         let line: Vec<String> = by_state.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        println!("queue `{queue}`: {}", if line.is_empty() { "empty".into() } else { line.join("  ") });
+        println!(
+            "queue `{queue}`: {}",
+            if line.is_empty() {
+                "empty".into()
+            } else {
+                line.join("  ")
+            }
+        );
         return Ok(ExitCode::SUCCESS);
     };
     let id = parse_batch(&batch)?;
@@ -53,12 +60,22 @@ pub async fn status(record: &PgRecord, queue: &str, batch: Option<String>) -> Re
         eprintln!("error: no batch {id}");
         return Ok(ExitCode::from(2));
     };
-    println!("batch {} ({}), created {}", p.batch_id, p.name, p.created_at.format("%Y-%m-%d %H:%M:%S UTC"));
+    println!(
+        "batch {} ({}), created {}",
+        p.batch_id,
+        p.name,
+        p.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
     println!("  {}", counts(&p));
     if p.failed > 0 {
         println!("failed jobs (first 20):");
         for f in record.failures(id, 20).await? {
-            println!("  {}  attempt {}  {}", f.id, f.attempt, f.error.unwrap_or_default());
+            println!(
+                "  {}  attempt {}  {}",
+                f.id,
+                f.attempt,
+                f.error.unwrap_or_default()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -103,8 +120,19 @@ pub async fn wait(record: &PgRecord, batch: &str, every: Duration) -> Result<Exi
                 b.finish();
             }
             let ok = p.failed == 0 && p.cancelled == 0;
-            println!("{id}: {}", if ok { "all succeeded".to_string() } else { counts(&p) });
-            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            println!(
+                "{id}: {}",
+                if ok {
+                    "all succeeded".to_string()
+                } else {
+                    counts(&p)
+                }
+            );
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         tokio::time::sleep(every).await;
     }

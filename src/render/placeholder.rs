@@ -159,6 +159,9 @@ mod tests {
     fn wrapping_keeps_every_word() {
         let lines = wrap("one two three fourfivesixseven", 8);
         assert!(lines.iter().all(|l| l.chars().count() <= 8), "{lines:?}");
-        assert_eq!(lines.concat().replace(' ', ""), "onetwothreefourfivesixseven");
+        assert_eq!(
+            lines.concat().replace(' ', ""),
+            "onetwothreefourfivesixseven"
+        );
     }
 }

@@ -61,6 +61,32 @@ impl S3Store {
         }
     }
 
+    /// A store on an explicit endpoint with static keys (tests, tools).
+    pub fn from_parts(
+        endpoint: &str,
+        access_key: &str,
+        secret_key: &str,
+        bucket: &str,
+        prefix: &str,
+    ) -> Self {
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                access_key, secret_key, None, None, "renderq",
+            ))
+            .force_path_style(true)
+            .retry_config(RetryConfig::standard().with_max_attempts(2))
+            .build();
+        S3Store {
+            client: Client::from_conf(conf),
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint: Some(endpoint.to_string()),
+        }
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }

@@ -45,14 +45,9 @@ pub(crate) async fn run(
         let takeover = tokio::time::Instant::now() >= next_reclaim;
         let read = if takeover {
             next_reclaim = tokio::time::Instant::now() + reclaim_every;
-            let reclaimed = s
-                .dispatch
-                .reclaim(&s.cfg.id, lease_ms, held.len())
-                .await;
+            let reclaimed = s.dispatch.reclaim(&s.cfg.id, lease_ms, held.len()).await;
             match reclaimed {
-                Ok(d) if d.is_empty() => {
-                    fetch(&s, held.len(), &shutdown).await
-                }
+                Ok(d) if d.is_empty() => fetch(&s, held.len(), &shutdown).await,
                 other => other,
             }
         } else {
@@ -130,7 +125,8 @@ async fn claim(
                     Ok(spec) => {
                         let id = spec.id.unwrap_or(fallback);
                         let made = retry_db(shutdown, || {
-                            s.record.ensure_raw_job(id, &queue, &spec, s.cfg.max_attempts)
+                            s.record
+                                .ensure_raw_job(id, &queue, &spec, s.cfg.max_attempts)
                         })
                         .await;
                         if made.is_none() {
@@ -181,7 +177,10 @@ async fn claim(
             }
         }
         if !entries.is_empty() {
-            debug!(n = entries.len(), "deliveries with nothing to claim acknowledged");
+            debug!(
+                n = entries.len(),
+                "deliveries with nothing to claim acknowledged"
+            );
         }
         to_ack.extend(entries.into_values());
     }

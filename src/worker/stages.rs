@@ -67,10 +67,55 @@ async fn render_group(
         let err = s.renderers.unknown_model(model);
         return group.iter().map(|_| Err(err.clone())).collect();
     };
+    // Jobs cancelled (or taken over) since their claim are not rendered: their device
+    // time goes to live jobs. Their outcome is then fenced out and discarded.
+    let live = still_ours(s, group).await;
     let requests: Vec<RenderRequest> = group
         .iter()
-        .map(|i| RenderRequest::from_job(&i.job))
+        .zip(&live)
+        .filter(|(_, live)| **live)
+        .map(|(i, _)| RenderRequest::from_job(&i.job))
         .collect();
+    if requests.len() < group.len() {
+        let mut rendered = render_requests(renderer, requests, model).await.into_iter();
+        return live
+            .iter()
+            .map(|live| match live {
+                true => rendered
+                    .next()
+                    .unwrap_or_else(|| Err(RenderError::Retry("missing result".into()))),
+                false => Err(RenderError::Abort("cancelled before rendering".into())),
+            })
+            .collect();
+    }
+    render_requests(renderer, requests, model).await
+}
+
+/// Whether each job is still running under the attempt this worker claimed.
+/// On a database error all are assumed live (the completion fence still holds).
+async fn still_ours(s: &Shared, group: &[InFlight]) -> Vec<bool> {
+    let ids: Vec<_> = group.iter().map(|i| i.job.id).collect();
+    match s.record.states(&ids).await {
+        Ok(states) => group
+            .iter()
+            .map(|i| {
+                states.iter().any(|(id, st, attempt)| {
+                    *id == i.job.id && *st == JobState::Running && *attempt == i.job.attempt
+                })
+            })
+            .collect(),
+        Err(_) => vec![true; group.len()],
+    }
+}
+
+async fn render_requests(
+    renderer: std::sync::Arc<dyn crate::render::Renderer>,
+    requests: Vec<RenderRequest>,
+    model: &str,
+) -> Vec<Result<RgbImage, RenderError>> {
+    if requests.is_empty() {
+        return Vec::new();
+    }
     let call = |reqs: Vec<RenderRequest>| {
         let r = renderer.clone();
         tokio::spawn(async move {
@@ -80,14 +125,20 @@ async fn render_group(
                 out
             } else {
                 let msg = format!("renderer returned {} images for {n} requests", out.len());
-                (0..n).map(|_| Err(RenderError::Retry(msg.clone()))).collect()
+                (0..n)
+                    .map(|_| Err(RenderError::Retry(msg.clone())))
+                    .collect()
             }
         })
     };
     match call(requests.clone()).await {
         Ok(results) => results,
         Err(e) if requests.len() > 1 => {
-            warn!(model, "renderer panicked on a batch of {}; rendering one by one: {e}", requests.len());
+            warn!(
+                model,
+                "renderer panicked on a batch of {}; rendering one by one: {e}",
+                requests.len()
+            );
             let mut out = Vec::with_capacity(requests.len());
             for req in requests {
                 out.push(match call(vec![req]).await {
@@ -309,7 +360,11 @@ pub(crate) async fn move_due_retries(s: Arc<Shared>, stop: CancellationToken) {
                 continue;
             }
         };
-        let gone: Vec<_> = due.iter().filter(|id| !queued.contains(id)).copied().collect();
+        let gone: Vec<_> = due
+            .iter()
+            .filter(|id| !queued.contains(id))
+            .copied()
+            .collect();
         let moved = s.dispatch.move_due(&queued).await;
         let dropped = s.dispatch.drop_due(&gone).await;
         if let Err(e) = moved.and(dropped) {

@@ -1,0 +1,241 @@
+//! Shared test harness: every test gets its own database, its own queue (so its own
+//! Redis keys) and its own bucket, on the real servers `scripts/services.sh` starts.
+#![allow(dead_code)]
+
+use std::{sync::Arc, time::Duration};
+
+use renderq::{
+    db::{NewJob, PgRecord},
+    dispatch::RedisDispatch,
+    job::{JobId, JobSpec, JobState, Limits},
+    render::Renderers,
+    store::{S3Store, Store},
+    worker::{Worker, WorkerConfig, WorkerReport},
+};
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+pub fn admin_url() -> String {
+    env(
+        "RENDERQ_TEST_DATABASE_URL",
+        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+    )
+}
+
+pub fn redis_url() -> String {
+    env("RENDERQ_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// One isolated environment: a fresh database and a fresh queue.
+pub struct Env {
+    pub db_url: String,
+    pub record: PgRecord,
+    pub queue: String,
+    pub dispatch: Arc<RedisDispatch>,
+}
+
+impl Env {
+    pub async fn new() -> Env {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let name = unique("rq_t_");
+        let admin = sqlx::PgPool::connect(&admin_url())
+            .await
+            .expect("admin connection");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        admin.close().await;
+        let db_url = format!("{}/{name}", admin_url().rsplit_once('/').unwrap().0);
+        let record = PgRecord::connect(&db_url, true)
+            .await
+            .expect("connect + migrate");
+        let queue = unique("t");
+        let dispatch = Arc::new(
+            RedisDispatch::connect(&redis_url(), &queue)
+                .await
+                .expect("redis"),
+        );
+        Env {
+            db_url,
+            record,
+            queue,
+            dispatch,
+        }
+    }
+
+    pub fn jobs(&self, lines: &[&str]) -> Vec<NewJob> {
+        lines
+            .iter()
+            .map(|l| {
+                let spec = JobSpec::parse(l, &Limits::default()).unwrap();
+                NewJob {
+                    id: spec.id.unwrap_or_else(JobId::generate),
+                    spec,
+                }
+            })
+            .collect()
+    }
+
+    pub async fn submit(&self, lines: &[&str]) -> renderq::submit::Submitted {
+        let jobs = self.jobs(lines);
+        renderq::submit::submit(&self.record, self.dispatch.as_ref(), "test", &jobs, 3)
+            .await
+            .unwrap()
+    }
+
+    pub fn worker(&self, cfg: WorkerConfig, store: Arc<dyn Store>, renderers: Renderers) -> Worker {
+        Worker::new(
+            cfg,
+            self.record.clone(),
+            self.dispatch.clone(),
+            store,
+            renderers,
+        )
+    }
+
+    /// Runs a worker in the background; cancel the token to stop it.
+    pub fn spawn_worker(
+        &self,
+        cfg: WorkerConfig,
+        store: Arc<dyn Store>,
+        renderers: Renderers,
+    ) -> (CancellationToken, tokio::task::JoinHandle<WorkerReport>) {
+        let token = CancellationToken::new();
+        let worker = self.worker(cfg, store, renderers);
+        let handle = tokio::spawn(worker.run(token.clone()));
+        (token, handle)
+    }
+
+    /// Rows of the queue: (id, state, attempt, error, output_key).
+    pub async fn rows(&self) -> Vec<(uuid::Uuid, String, i32, Option<String>, Option<String>)> {
+        sqlx::query("SELECT id, state, attempt, error, output_key FROM renderq.jobs WHERE queue = $1 ORDER BY id")
+            .bind(&self.queue)
+            .fetch_all(self.record.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect()
+    }
+
+    /// Waits (polling the record) until every job of the queue is terminal and there
+    /// are at least `n` of them.
+    pub async fn wait_terminal(
+        &self,
+        n: usize,
+        within: Duration,
+    ) -> Vec<(uuid::Uuid, String, i32, Option<String>, Option<String>)> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let rows = self.rows().await;
+            let done = rows.len() >= n
+                && rows
+                    .iter()
+                    .all(|r| r.1.parse::<JobState>().unwrap().is_terminal());
+            if done {
+                return rows;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("jobs not terminal within {within:?}: {rows:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    pub fn stream(&self) -> String {
+        format!("renderq:{{{}}}:stream", self.queue)
+    }
+
+    /// (XLEN, pending count) of the queue's stream.
+    pub async fn stream_counts(&self) -> (usize, usize) {
+        let mut con = self.redis().await;
+        let len: usize = redis::cmd("XLEN")
+            .arg(self.stream())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let pending: redis::Value = redis::cmd("XPENDING")
+            .arg(self.stream())
+            .arg("renderq")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let pending = match pending {
+            redis::Value::Array(v) => match v.first() {
+                Some(redis::Value::Int(n)) => *n as usize,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        (len, pending)
+    }
+}
+
+/// Fast settings for tests: short lease and backoff.
+pub fn fast_config() -> WorkerConfig {
+    WorkerConfig {
+        concurrency: 16,
+        max_batch: 4,
+        lease: Duration::from_millis(1500),
+        shutdown_deadline: Duration::from_secs(5),
+        backoff_base: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(100),
+        upload_deadline: Duration::from_secs(5),
+        ..WorkerConfig::default()
+    }
+}
+
+/// A fresh bucket on the S3-compatible test server.
+pub async fn s3_store() -> Arc<S3Store> {
+    let endpoint = env("RENDERQ_TEST_S3_ENDPOINT", "http://127.0.0.1:9100");
+    let access = env("RENDERQ_TEST_S3_ACCESS_KEY", "renderq-test");
+    let secret = env("RENDERQ_TEST_S3_SECRET_KEY", "renderq-test-secret");
+    let bucket = unique("rq-t-");
+    let store = S3Store::from_parts(&endpoint, &access, &secret, &bucket, "out");
+    store
+        .client()
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket on the S3 test server (is scripts/services.sh running?)");
+    Arc::new(store)
+}
+
+/// Every key in the store's bucket.
+pub async fn s3_keys(store: &S3Store) -> Vec<String> {
+    let out = store
+        .client()
+        .list_objects_v2()
+        .bucket(store.bucket())
+        .send()
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = out
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect();
+    keys.sort();
+    keys
+}

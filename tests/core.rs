@@ -1,0 +1,524 @@
+//! The core service's promises, on real Postgres, Redis and S3 (s3s-fs).
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use common::*;
+use image::RgbImage;
+use renderq::{
+    db::{ClaimRequest, Outcome, Recorded},
+    dispatch::Dispatch,
+    job::{JobId, JobState},
+    render::{RenderError, RenderRequest, Renderer, Renderers},
+    store::DirStore,
+};
+
+/// Never returns: a device that hangs, or a worker about to die holding its jobs.
+struct Hang;
+#[async_trait]
+impl Renderer for Hang {
+    async fn render(&self, _: &[RenderRequest]) -> Vec<Result<RgbImage, RenderError>> {
+        std::future::pending().await
+    }
+}
+
+/// Fails every time with the given error.
+struct Failing(RenderError);
+#[async_trait]
+impl Renderer for Failing {
+    async fn render(&self, batch: &[RenderRequest]) -> Vec<Result<RgbImage, RenderError>> {
+        batch.iter().map(|_| Err(self.0.clone())).collect()
+    }
+}
+
+/// Panics on the prompt "boom"; renders the rest.
+struct Panicky;
+#[async_trait]
+impl Renderer for Panicky {
+    async fn render(&self, batch: &[RenderRequest]) -> Vec<Result<RgbImage, RenderError>> {
+        if batch.iter().any(|r| r.prompt == "boom") {
+            panic!("poison prompt");
+        }
+        batch
+            .iter()
+            .map(|r| Ok(RgbImage::new(r.width, r.height)))
+            .collect()
+    }
+}
+
+fn with(model: &str, r: Arc<dyn Renderer>) -> Renderers {
+    let mut rs = Renderers::builtin(0);
+    rs.insert(model, r);
+    rs
+}
+
+fn dir_store() -> (tempfile::TempDir, Arc<DirStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DirStore::new(dir.path()));
+    (dir, store)
+}
+
+#[tokio::test]
+async fn submitted_jobs_are_rendered_stored_and_recorded() {
+    let env = Env::new().await;
+    let store = s3_store().await;
+    let done = env
+        .submit(&[
+            r#"{"prompt":"a red chair","width":64,"height":48}"#,
+            r#"{"prompt":"a blue lamp","width":64,"height":64,"format":"jpeg","seed":42}"#,
+            r#"{"prompt":"a green sofa","width":32,"height":32,"format":"webp"}"#,
+        ])
+        .await;
+    let (stop, handle) = env.spawn_worker(fast_config(), store.clone(), Renderers::builtin(0));
+    let rows = env.wait_terminal(3, Duration::from_secs(30)).await;
+    stop.cancel();
+    handle.await.unwrap();
+    assert!(
+        rows.iter().all(|r| r.1 == "succeeded" && r.2 == 1),
+        "{rows:?}"
+    );
+    let keys = s3_keys(&store).await;
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    for (id, _, _, _, key) in &rows {
+        let key = key.as_deref().unwrap();
+        assert!(
+            key.starts_with(&format!("out/{}/{id}.", done.batch)),
+            "{key}"
+        );
+        assert!(keys.contains(&key.to_string()));
+    }
+    let jpeg = rows
+        .iter()
+        .find_map(|r| r.4.clone().filter(|k| k.ends_with(".jpg")))
+        .unwrap();
+    let head = store
+        .client()
+        .head_object()
+        .bucket(store.bucket())
+        .key(&jpeg)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("image/jpeg"));
+    let meta = head.metadata().unwrap();
+    assert_eq!(meta.get("seed").map(String::as_str), Some("42"));
+    assert_eq!(meta.get("model").map(String::as_str), Some("placeholder"));
+    let body = store
+        .client()
+        .get_object()
+        .bucket(store.bucket())
+        .key(&jpeg)
+        .send()
+        .await
+        .unwrap();
+    let bytes = body.body.collect().await.unwrap().into_bytes();
+    let img = image::load_from_memory(&bytes).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 64));
+    // Redis holds only work in flight: finished entries are acknowledged and deleted.
+    assert_eq!(env.stream_counts().await, (0, 0));
+    let p = env.record.progress(done.batch).await.unwrap().unwrap();
+    assert_eq!((p.total, p.succeeded, p.done), (3, 3, true));
+}
+
+#[tokio::test]
+async fn a_dead_workers_jobs_complete_once_after_the_lease() {
+    let env = Env::new().await;
+    let store = s3_store().await;
+    env.submit(&[
+        r#"{"prompt":"one","model":"slow","width":16,"height":16}"#,
+        r#"{"prompt":"two","model":"slow","width":16,"height":16}"#,
+        r#"{"prompt":"three","model":"slow","width":16,"height":16}"#,
+    ])
+    .await;
+    // Worker A claims everything, then dies mid-render (its future is dropped).
+    let a = env.worker(fast_config(), store.clone(), with("slow", Arc::new(Hang)));
+    let a = tokio::spawn(a.run(tokio_util::sync::CancellationToken::new()));
+    for _ in 0..200 {
+        if env.rows().await.iter().all(|r| r.1 == "running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(env.rows().await.iter().all(|r| r.1 == "running"));
+    a.abort();
+    let _ = a.await;
+    let died = std::time::Instant::now();
+    // Worker B serves the same model quickly and takes the jobs over after the lease.
+    let (stop, b) = env.spawn_worker(
+        fast_config(),
+        store.clone(),
+        with("slow", Arc::new(renderq::render::NoopRenderer::new(0))),
+    );
+    let rows = env.wait_terminal(3, Duration::from_secs(30)).await;
+    let took = died.elapsed();
+    stop.cancel();
+    b.await.unwrap();
+    assert!(
+        rows.iter().all(|r| r.1 == "succeeded" && r.2 == 2),
+        "{rows:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1000),
+        "taken over before the lease: {took:?}"
+    );
+    assert_eq!(s3_keys(&store).await.len(), 3, "one object per job");
+    assert_eq!(env.stream_counts().await, (0, 0));
+}
+
+#[tokio::test]
+async fn a_stale_attempts_late_completion_changes_nothing() {
+    let env = Env::new().await;
+    let done = env.submit(&[r#"{"prompt":"x"}"#]).await;
+    let id = env.rows().await[0].0;
+    let id = JobId(id);
+    let first = env
+        .record
+        .claim(
+            &[ClaimRequest {
+                id,
+                takeover: false,
+            }],
+            "a",
+        )
+        .await
+        .unwrap();
+    assert_eq!(first[0].attempt, 1);
+    // A second claim without takeover finds it running and claims nothing.
+    assert!(
+        env.record
+            .claim(
+                &[ClaimRequest {
+                    id,
+                    takeover: false
+                }],
+                "b"
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let second = env
+        .record
+        .claim(&[ClaimRequest { id, takeover: true }], "b")
+        .await
+        .unwrap();
+    assert_eq!(second[0].attempt, 2);
+    let stored = Outcome::Stored { key: "k".into() };
+    let late = env
+        .record
+        .record_outcomes(&[(id, 1, stored.clone())])
+        .await
+        .unwrap();
+    assert_eq!(late, vec![Recorded::Stale]);
+    let failed = Outcome::Failed {
+        error: "late".into(),
+        retry: false,
+        backoff_ms: 0,
+    };
+    assert_eq!(
+        env.record
+            .record_outcomes(&[(id, 1, failed)])
+            .await
+            .unwrap(),
+        vec![Recorded::Stale]
+    );
+    let rows = env.rows().await;
+    assert_eq!(
+        (rows[0].1.as_str(), rows[0].2, rows[0].4.clone()),
+        ("running", 2, None)
+    );
+    let ok = env
+        .record
+        .record_outcomes(&[(id, 2, stored)])
+        .await
+        .unwrap();
+    assert_eq!(ok, vec![Recorded::Moved(JobState::Succeeded, None)]);
+    assert_eq!(
+        env.record
+            .progress(done.batch)
+            .await
+            .unwrap()
+            .unwrap()
+            .succeeded,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_id_makes_one_job() {
+    let env = Env::new().await;
+    let id = uuid::Uuid::new_v4();
+    let line = format!(r#"{{"prompt":"same","id":"{id}","width":16,"height":16}}"#);
+    let first = env.submit(&[&line]).await;
+    let second = env.submit(&[&line]).await;
+    assert_eq!((first.jobs, first.duplicates), (1, 0));
+    assert_eq!((second.jobs, second.duplicates), (0, 1));
+    assert_eq!(env.stream_counts().await.0, 1, "dispatched once");
+    let (_dir, store) = dir_store();
+    let (stop, h) = env.spawn_worker(fast_config(), store, Renderers::builtin(0));
+    let rows = env.wait_terminal(1, Duration::from_secs(20)).await;
+    stop.cancel();
+    h.await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, id);
+}
+
+#[tokio::test]
+async fn raw_xadd_jobs_complete_and_bad_messages_fail_without_blocking() {
+    let env = Env::new().await;
+    let mut con = env.redis().await;
+    let chosen = uuid::Uuid::new_v4();
+    let xadd = |field: &str, value: String| {
+        let mut c = redis::cmd("XADD");
+        c.arg(env.stream()).arg("*").arg(field).arg(value);
+        c
+    };
+    let _: String = xadd(
+        "job",
+        r#"{"prompt":"raw one","width":16,"height":16}"#.into(),
+    )
+    .query_async(&mut con)
+    .await
+    .unwrap();
+    let _: String = xadd(
+        "job",
+        format!(r#"{{"prompt":"raw two","id":"{chosen}","width":16,"height":16}}"#),
+    )
+    .query_async(&mut con)
+    .await
+    .unwrap();
+    let _: String = xadd("job", "this is not json".into())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: String = xadd("job", r#"{"prompt":"x","width":-3}"#.into())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: String = xadd("colour", "red".into())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let (_dir, store) = dir_store();
+    let (stop, h) = env.spawn_worker(fast_config(), store.clone(), Renderers::builtin(0));
+    let rows = env.wait_terminal(5, Duration::from_secs(20)).await;
+    stop.cancel();
+    h.await.unwrap();
+    let ok: Vec<_> = rows.iter().filter(|r| r.1 == "succeeded").collect();
+    let bad: Vec<_> = rows.iter().filter(|r| r.1 == "failed").collect();
+    assert_eq!((ok.len(), bad.len()), (2, 3), "{rows:?}");
+    assert!(
+        ok.iter().any(|r| r.0 == chosen),
+        "the producer's id is kept"
+    );
+    for r in &ok {
+        let key = r.4.as_deref().unwrap();
+        assert!(key.starts_with("adhoc/"), "{key}");
+        assert!(store.path(key).exists());
+    }
+    for r in &bad {
+        let err = r.3.as_deref().unwrap();
+        assert!(err.contains("invalid job message"), "{err}");
+    }
+    assert!(
+        bad.iter()
+            .any(|r| r.3.as_deref().unwrap().contains("width"))
+    );
+    assert!(
+        bad.iter()
+            .any(|r| r.3.as_deref().unwrap().contains("no `job` field"))
+    );
+    // Every message was acknowledged and deleted: nothing blocks the stream.
+    assert_eq!(env.stream_counts().await, (0, 0));
+}
+
+#[tokio::test]
+async fn a_failing_renderer_retries_with_backoff_then_fails_with_its_error() {
+    let env = Env::new().await;
+    env.submit(&[
+        r#"{"prompt":"flaky","model":"flaky","width":16,"height":16}"#,
+        r#"{"prompt":"bad","model":"broken","width":16,"height":16}"#,
+        r#"{"prompt":"lost","model":"nonexistent","width":16,"height":16}"#,
+    ])
+    .await;
+    let mut rs = with(
+        "flaky",
+        Arc::new(Failing(RenderError::Retry("device on fire".into()))),
+    );
+    rs.insert(
+        "broken",
+        Arc::new(Failing(RenderError::Abort("weights missing".into()))),
+    );
+    let (_dir, store) = dir_store();
+    let (stop, h) = env.spawn_worker(fast_config(), store, rs);
+    let rows = env.wait_terminal(3, Duration::from_secs(20)).await;
+    stop.cancel();
+    h.await.unwrap();
+    let get = |err: &str| {
+        rows.iter()
+            .find(|r| r.3.as_deref().unwrap_or("").contains(err))
+            .cloned()
+            .unwrap()
+    };
+    let flaky = get("device on fire");
+    assert_eq!(
+        (flaky.1.as_str(), flaky.2),
+        ("failed", 3),
+        "retried up to max_attempts"
+    );
+    let broken = get("weights missing");
+    assert_eq!(
+        (broken.1.as_str(), broken.2),
+        ("failed", 1),
+        "Abort fails at once"
+    );
+    let lost = get("not served by this worker");
+    assert_eq!((lost.1.as_str(), lost.2), ("failed", 1));
+    assert_eq!(env.stream_counts().await, (0, 0));
+    let mut con = env.redis().await;
+    let delayed: usize = redis::cmd("ZCARD")
+        .arg(format!("renderq:{{{}}}:delayed", env.queue))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(delayed, 0);
+}
+
+#[tokio::test]
+async fn a_renderer_panic_fails_only_its_job() {
+    let env = Env::new().await;
+    let lines: Vec<String> = ["a", "boom", "b", "c"]
+        .iter()
+        .map(|p| format!(r#"{{"prompt":"{p}","model":"panicky","width":16,"height":16}}"#))
+        .collect();
+    env.submit(&lines.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let (_dir, store) = dir_store();
+    let (stop, h) = env.spawn_worker(fast_config(), store, with("panicky", Arc::new(Panicky)));
+    let rows = env.wait_terminal(4, Duration::from_secs(20)).await;
+    stop.cancel();
+    h.await.unwrap();
+    let failed: Vec<_> = rows.iter().filter(|r| r.1 == "failed").collect();
+    assert_eq!(failed.len(), 1, "{rows:?}");
+    assert!(failed[0].3.as_deref().unwrap().contains("poison prompt"));
+    assert_eq!(failed[0].2, 3);
+    assert_eq!(rows.iter().filter(|r| r.1 == "succeeded").count(), 3);
+}
+
+#[tokio::test]
+async fn cancel_stops_queued_jobs_and_discards_running_ones() {
+    let env = Env::new().await;
+    let queued = env
+        .submit(&[
+            r#"{"prompt":"q1","width":16,"height":16}"#,
+            r#"{"prompt":"q2","width":16,"height":16}"#,
+        ])
+        .await;
+    assert_eq!(env.record.cancel(queued.batch.0).await.unwrap(), 2);
+    let running = env
+        .submit(&[r#"{"prompt":"r","model":"slow","width":16,"height":16}"#])
+        .await;
+    let (dir, store) = dir_store();
+    let (stop, h) = env.spawn_worker(
+        fast_config(),
+        store,
+        with("slow", Arc::new(renderq::render::NoopRenderer::new(1500))),
+    );
+    for _ in 0..200 {
+        let p = env.record.progress(running.batch).await.unwrap().unwrap();
+        if p.running == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(env.record.cancel(running.batch.0).await.unwrap(), 1);
+    // The render finishes; its result must be discarded and its message forgotten.
+    for _ in 0..200 {
+        if env.stream_counts().await == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.cancel();
+    h.await.unwrap();
+    let rows = env.rows().await;
+    assert!(
+        rows.iter().all(|r| r.1 == "cancelled" && r.4.is_none()),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().filter(|r| r.2 == 0).count() == 2,
+        "queued jobs never started: {rows:?}"
+    );
+    assert_eq!(env.stream_counts().await, (0, 0));
+    let files = walk(dir.path());
+    assert!(files.is_empty() || files.len() <= 1, "{files:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_state_change_is_notified() {
+    let env = Env::new().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&env.db_url)
+        .await
+        .unwrap();
+    listener.listen("renderq_events").await.unwrap();
+    let done = env
+        .submit(&[r#"{"prompt":"n","width":16,"height":16}"#])
+        .await;
+    let (_dir, store) = dir_store();
+    let (stop, h) = env.spawn_worker(fast_config(), store, Renderers::builtin(0));
+    let mut states = Vec::new();
+    while states.last().map(String::as_str) != Some("succeeded") {
+        let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
+        assert_eq!(v["batch_id"], done.batch.to_string());
+        assert!(v["job_id"].is_string());
+        states.push(v["state"].as_str().unwrap().to_string());
+    }
+    stop.cancel();
+    h.await.unwrap();
+    assert_eq!(states, ["queued", "running", "succeeded"]);
+}
+
+#[tokio::test]
+async fn redis_losing_everything_does_not_stop_the_worker() {
+    // The group and stream vanish (FLUSHALL on a shared server would hit other tests,
+    // so the queue's own keys are deleted); new work must still flow.
+    let env = Env::new().await;
+    let (_dir, store) = dir_store();
+    let (stop, h) = env.spawn_worker(fast_config(), store, Renderers::builtin(0));
+    env.submit(&[r#"{"prompt":"before","width":16,"height":16}"#])
+        .await;
+    env.wait_terminal(1, Duration::from_secs(20)).await;
+    let mut con = env.redis().await;
+    let _: () = redis::cmd("DEL")
+        .arg(env.stream())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.submit(&[r#"{"prompt":"after","width":16,"height":16}"#])
+        .await;
+    let rows = env.wait_terminal(2, Duration::from_secs(20)).await;
+    stop.cancel();
+    h.await.unwrap();
+    assert!(rows.iter().all(|r| r.1 == "succeeded"), "{rows:?}");
+    assert_eq!(env.dispatch.len().await.unwrap(), 0);
+}
