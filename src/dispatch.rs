@@ -76,5 +76,5 @@ pub trait Dispatch: Send + Sync {
     /// Gives a delivery back: acknowledged, and its job dispatched anew.
     async fn release(&self, entry: &str, job: JobId) -> Result<(), DispatchError>;
     /// Messages waiting or in flight (for status and tests).
-    async fn len(&self) -> Result<usize, DispatchError>;
+    async fn backlog(&self) -> Result<usize, DispatchError>;
 }

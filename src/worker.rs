@@ -170,20 +170,33 @@ impl Worker {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(stages::heartbeat(s.clone(), background.clone()));
         tasks.spawn(stages::move_due_retries(s.clone(), background.clone()));
-        let mut pipeline = tokio::task::JoinSet::new();
-        pipeline.spawn(intake::run(
+        let mut intake = tokio::spawn(intake::run(
             s.clone(),
             permits,
             claimed_tx,
             shutdown.clone(),
         ));
+        let mut pipeline = tokio::task::JoinSet::new();
         pipeline.spawn(stages::render(s.clone(), claimed_rx, rendered_tx));
         pipeline.spawn(stages::finish(s.clone(), rendered_rx, outcome_tx));
         pipeline.spawn(stages::complete(s.clone(), outcome_rx));
 
-        shutdown.cancelled().await;
+        // Intake ends on its own (a dropped `run` future aborts it through `guard`).
+        let guard = AbortOnDrop(intake.abort_handle());
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            res = &mut intake => warn!("intake stopped before shutdown: {res:?}"),
+        }
         info!(worker = %cfg.id, deadline_secs = cfg.shutdown_deadline.as_secs_f64(), "draining");
-        let drained = tokio::time::timeout(cfg.shutdown_deadline, async {
+        let started = tokio::time::Instant::now();
+        // Intake's last read (at most one BLOCK long) must end before anything is
+        // released: a read still blocked in Redis would swallow the released jobs.
+        if !intake.is_finished() {
+            let _ = (&mut intake).await;
+        }
+        drop(guard);
+        let left = cfg.shutdown_deadline.saturating_sub(started.elapsed());
+        let drained = tokio::time::timeout(left, async {
             while let Some(res) = pipeline.join_next().await {
                 if let Err(e) = res {
                     warn!("a pipeline task ended abnormally: {e}");
@@ -208,6 +221,15 @@ impl Worker {
         };
         info!(worker = %cfg.id, jobs_done = report.jobs_done, released, "worker stopped");
         report
+    }
+}
+
+/// Aborts a task when dropped (a `JoinHandle` alone would detach it).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -334,7 +334,7 @@ impl Dispatch for RedisDispatch {
         Ok(())
     }
 
-    async fn len(&self) -> Result<usize, DispatchError> {
+    async fn backlog(&self) -> Result<usize, DispatchError> {
         let mut con = self.con.clone();
         Ok(con.xlen(&self.stream).await?)
     }

@@ -93,15 +93,17 @@ pub(crate) async fn run(
     }
 }
 
+/// Not cut short by shutdown: a read in flight may already have delivered entries to
+/// this consumer, and those are then claimed and drained like the rest. `BLOCK` bounds
+/// the wait.
 async fn fetch(
     s: &Shared,
     count: usize,
-    shutdown: &CancellationToken,
+    _shutdown: &CancellationToken,
 ) -> Result<Vec<Delivery>, crate::dispatch::DispatchError> {
-    tokio::select! {
-        r = s.dispatch.fetch(&s.cfg.id, count, BLOCK.as_millis() as u64) => r,
-        _ = shutdown.cancelled() => Ok(Vec::new()),
-    }
+    s.dispatch
+        .fetch(&s.cfg.id, count, BLOCK.as_millis() as u64)
+        .await
 }
 
 /// Claims the jobs behind deliveries. Unparseable messages are recorded as failed;

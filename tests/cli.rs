@@ -1,0 +1,241 @@
+//! The `renderq` binary from outside: exit codes, messages, signals.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+use renderq::render::Renderers;
+
+fn renderq(env: &Env) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_renderq"));
+    c.env("DATABASE_URL", &env.db_url)
+        .env("REDIS_URL", redis_url())
+        .env("RENDERQ_QUEUE", &env.queue)
+        .env_remove("RENDERQ_STORE")
+        .env("RENDERQ_LOG", "renderq=debug");
+    c
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn kill(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test]
+async fn an_invalid_line_is_refused_with_its_line_and_field_and_nothing_is_queued() {
+    let env = Env::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "jobs.jsonl",
+        "{\"prompt\":\"fine\"}\n{\"prompt\":\"also fine\"}\n{\"prompt\":\"too wide\",\"width\":100000}\n{\"prompt\":\"x\",\"steps\":500}\n",
+    );
+    let out = renderq(&env).arg("submit").arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("line 3: field `width`"), "{stderr}");
+    assert!(stderr.contains("4096"), "the limit is named: {stderr}");
+    assert!(stderr.contains("line 4: field `steps`"), "{stderr}");
+    assert!(stderr.contains("nothing was queued"), "{stderr}");
+    let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM renderq.batches")
+        .fetch_one(env.record.pool())
+        .await
+        .unwrap();
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM renderq.jobs")
+        .fetch_one(env.record.pool())
+        .await
+        .unwrap();
+    assert_eq!((batches, jobs), (0, 0));
+    assert_eq!(env.stream_counts().await, (0, 0));
+}
+
+#[tokio::test]
+async fn submit_status_cancel_and_wait_from_the_command_line() {
+    let env = Env::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "cat.jsonl",
+        "{\"prompt\":\"a\",\"width\":16,\"height\":16}\n{\"prompt\":\"b\",\"width\":16,\"height\":16}\n",
+    );
+    let out = renderq(&env)
+        .args(["submit", "--json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["jobs"], 2);
+    let batch = v["batch_id"].as_str().unwrap().to_string();
+    let status = renderq(&env).args(["status", &batch]).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("total 2  queued 2"), "{text}");
+    assert!(text.contains("cat.jsonl"), "named after the file: {text}");
+    let cancel = renderq(&env).args(["cancel", &batch]).output().unwrap();
+    assert!(String::from_utf8_lossy(&cancel.stdout).contains("cancelled 2"));
+    let wait = renderq(&env).args(["wait", &batch]).output().unwrap();
+    assert_eq!(
+        wait.status.code(),
+        Some(1),
+        "a cancelled batch waits to exit 1"
+    );
+    let missing = renderq(&env)
+        .args(["wait", &uuid::Uuid::new_v4().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_jobs_and_exits_zero() {
+    let env = Env::new().await;
+    let lines: Vec<String> = (0..8)
+        .map(|i| format!(r#"{{"prompt":"j{i}","model":"noop","width":16,"height":16}}"#))
+        .collect();
+    env.submit(&lines.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let store = tempfile::tempdir().unwrap();
+    let mut child = renderq(&env)
+        .args(["worker", "--concurrency", "2", "--max-batch", "1"])
+        .env("RENDERQ_NOOP_DELAY_MS", "400")
+        .env("RENDERQ_STORE", store.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        if env.rows().await.iter().any(|r| r.1 == "running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kill(child.id(), "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let rows = env.rows().await;
+    assert!(
+        rows.iter().all(|r| r.1 == "succeeded" || r.1 == "queued"),
+        "nothing left running: {rows:?}"
+    );
+    let succeeded = rows.iter().filter(|r| r.1 == "succeeded").count();
+    assert!(succeeded >= 1, "in-flight work finished: {rows:?}");
+    let (len, pending) = env.stream_counts().await;
+    assert_eq!(
+        (len, pending),
+        (8 - succeeded, 0),
+        "the rest wait in the stream, unclaimed"
+    );
+    // Another worker finishes the rest.
+    let (stop, h) = env.spawn_worker(
+        fast_config(),
+        std::sync::Arc::new(renderq::store::DirStore::new(store.path())),
+        Renderers::builtin(0),
+    );
+    let rows = env.wait_terminal(8, Duration::from_secs(20)).await;
+    stop.cancel();
+    h.await.unwrap();
+    assert!(rows.iter().all(|r| r.1 == "succeeded"));
+}
+
+#[tokio::test]
+async fn past_the_shutdown_deadline_unfinished_jobs_are_released() {
+    let env = Env::new().await;
+    env.submit(&[
+        r#"{"prompt":"slow 1","model":"noop","width":16,"height":16}"#,
+        r#"{"prompt":"slow 2","model":"noop","width":16,"height":16}"#,
+    ])
+    .await;
+    let store = tempfile::tempdir().unwrap();
+    let mut child = renderq(&env)
+        .args(["worker", "--shutdown-secs", "0.3"])
+        .env("RENDERQ_NOOP_DELAY_MS", "60000")
+        .env("RENDERQ_STORE", store.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        if env.rows().await.iter().all(|r| r.1 == "running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kill(child.id(), "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let rows = env.rows().await;
+    assert!(
+        rows.iter().all(|r| r.1 == "queued" && r.2 == 1),
+        "released: {rows:?}"
+    );
+    assert_eq!(
+        env.stream_counts().await,
+        (2, 0),
+        "dispatched anew, nothing pending"
+    );
+    let (stop, h) = env.spawn_worker(
+        fast_config(),
+        std::sync::Arc::new(renderq::store::DirStore::new(store.path())),
+        Renderers::builtin(0),
+    );
+    let rows = env.wait_terminal(2, Duration::from_secs(20)).await;
+    stop.cancel();
+    h.await.unwrap();
+    assert!(
+        rows.iter().all(|r| r.1 == "succeeded" && r.2 == 2),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn secrets_in_urls_are_never_printed() {
+    let out = Command::new(env!("CARGO_BIN_EXE_renderq"))
+        .args(["status"])
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres:hunter2secret@127.0.0.1:1/nowhere",
+        )
+        .env("REDIS_URL", "redis://:redispw77@127.0.0.1:1")
+        .env("AWS_SECRET_ACCESS_KEY", "awssecretkey99")
+        .env("RENDERQ_LOG", "debug")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success());
+    assert!(
+        all.contains("postgres://postgres:***@127.0.0.1:1/nowhere"),
+        "{all}"
+    );
+    for secret in ["hunter2secret", "redispw77", "awssecretkey99"] {
+        assert!(!all.contains(secret), "{secret} leaked: {all}");
+    }
+}
