@@ -31,10 +31,33 @@ pub struct ObjectMeta {
     pub job_id: String,
 }
 
+/// One object to write.
+#[derive(Debug, Clone)]
+pub struct PutRequest {
+    pub key: String,
+    pub body: Bytes,
+    pub meta: ObjectMeta,
+}
+
+/// Uploads at once within one `put_many`, for stores without a cheaper way.
+const PUTS_AT_ONCE: usize = 16;
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Writes the object; returns only once the store has acknowledged it.
     async fn put(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> Result<(), StoreError>;
+    /// Writes several objects; one result per request, in order.
+    async fn put_many(&self, puts: &[PutRequest]) -> Vec<Result<(), StoreError>> {
+        let mut out = Vec::with_capacity(puts.len());
+        for chunk in puts.chunks(PUTS_AT_ONCE) {
+            let mut calls = Vec::with_capacity(chunk.len());
+            for p in chunk {
+                calls.push(self.put(&p.key, p.body.clone(), &p.meta));
+            }
+            out.extend(futures::future::join_all(calls).await);
+        }
+        out
+    }
     /// The prefix every key of this store starts with ("" for none).
     fn prefix(&self) -> &str;
     /// Where a person or program finds the object.

@@ -14,7 +14,7 @@ use crate::{
     db::{Outcome, Recorded},
     job::JobState,
     render::{BatchKey, RenderError, RenderRequest, encode},
-    store::{ObjectMeta, object_key},
+    store::{ObjectMeta, PutRequest, StoreError, object_key},
 };
 
 type Rendered = (InFlight, Result<RgbImage, RenderError>);
@@ -164,30 +164,37 @@ fn panic_error(e: tokio::task::JoinError) -> RenderError {
     RenderError::Retry(format!("renderer panicked: {msg}"))
 }
 
-/// Uploads at a time per worker.
-const UPLOADS: usize = 32;
+/// Rendered images taken together for encoding and one `put_many`.
+const FINISH_CHUNK: usize = 64;
+/// Chunks encoded and uploaded at once.
+const FINISH_CHUNKS: usize = 4;
 /// Images at most this many pixels are encoded inline; larger ones on the blocking pool.
 const INLINE_ENCODE_PIXELS: u32 = 128 * 128;
 
-/// Encodes and uploads rendered images, several at a time.
+/// Encodes and uploads rendered images, in chunks, several chunks at a time.
 pub(crate) async fn finish(
     s: Arc<Shared>,
     rx: mpsc::Receiver<Rendered>,
     tx: mpsc::Sender<(InFlight, Outcome)>,
 ) {
-    let items = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    let chunks = futures::stream::unfold(rx, |mut rx| async move {
+        let mut chunk = vec![rx.recv().await?];
+        while chunk.len() < FINISH_CHUNK {
+            match rx.try_recv() {
+                Ok(more) => chunk.push(more),
+                Err(_) => break,
+            }
+        }
+        Some((chunk, rx))
     });
-    items
-        .for_each_concurrent(UPLOADS, |(item, result)| {
+    chunks
+        .for_each_concurrent(FINISH_CHUNKS, |chunk| {
             let s = s.clone();
             let tx = tx.clone();
             async move {
-                let outcome = match result {
-                    Ok(image) => store_image(&s, &item, image).await,
-                    Err(e) => failed(&s, &item, e.to_string(), e.is_retry()),
-                };
-                let _ = tx.send((item, outcome)).await;
+                for done in finish_chunk(&s, chunk).await {
+                    let _ = tx.send(done).await;
+                }
             }
         })
         .await;
@@ -201,7 +208,38 @@ fn failed(s: &Shared, item: &InFlight, error: String, retry: bool) -> Outcome {
     }
 }
 
-async fn store_image(s: &Shared, item: &InFlight, image: RgbImage) -> Outcome {
+async fn finish_chunk(s: &Shared, chunk: Vec<Rendered>) -> Vec<(InFlight, Outcome)> {
+    let mut done = Vec::with_capacity(chunk.len());
+    let mut uploads = Vec::with_capacity(chunk.len());
+    for (item, result) in chunk {
+        match result {
+            Err(e) => {
+                let outcome = failed(s, &item, e.to_string(), e.is_retry());
+                done.push((item, outcome));
+            }
+            Ok(image) => match encode_for(s.store.prefix(), &item, image).await {
+                Ok(put) => uploads.push((item, put)),
+                Err(e) => {
+                    let outcome = failed(s, &item, e, false);
+                    done.push((item, outcome));
+                }
+            },
+        }
+    }
+    let puts: Vec<PutRequest> = uploads.iter().map(|(_, p)| p.clone()).collect();
+    let results = s.store.put_many(&puts).await;
+    for ((item, put), result) in uploads.into_iter().zip(results) {
+        let outcome = match result {
+            Ok(()) => Outcome::Stored { key: put.key },
+            Err(e) if e.retry => retry_upload(s, &item, put, e).await,
+            Err(e) => failed(s, &item, e.message, false),
+        };
+        done.push((item, outcome));
+    }
+    done
+}
+
+async fn encode_for(prefix: &str, item: &InFlight, image: RgbImage) -> Result<PutRequest, String> {
     let job = &item.job;
     let format = job.spec.format;
     let encoded = if image.width() * image.height() <= INLINE_ENCODE_PIXELS {
@@ -211,30 +249,35 @@ async fn store_image(s: &Shared, item: &InFlight, image: RgbImage) -> Outcome {
             .await
             .unwrap_or_else(|e| Err(format!("encoder panicked: {e}")))
     };
-    let body = match encoded {
-        Ok(b) => Bytes::from(b),
-        Err(e) => return failed(s, item, format!("encoding {format:?}: {e}"), false),
-    };
-    let key = object_key(s.store.prefix(), job);
-    let meta = ObjectMeta {
-        content_type: format.content_type(),
-        seed: job.seed,
-        model: job.spec.model.clone(),
-        job_id: job.id.to_string(),
-    };
-    // The store being down is not the job's fault: keep trying (the lease is kept
-    // alive meanwhile) until the upload deadline, then fail the attempt.
+    let body = encoded.map_err(|e| format!("encoding {format:?}: {e}"))?;
+    Ok(PutRequest {
+        key: object_key(prefix, job),
+        body: Bytes::from(body),
+        meta: ObjectMeta {
+            content_type: format.content_type(),
+            seed: job.seed,
+            model: job.spec.model.clone(),
+            job_id: job.id.to_string(),
+        },
+    })
+}
+
+/// The store being down is not the job's fault: keep trying (the lease is kept alive
+/// meanwhile) until the upload deadline, then fail the attempt.
+async fn retry_upload(s: &Shared, item: &InFlight, put: PutRequest, first: StoreError) -> Outcome {
     let deadline = tokio::time::Instant::now() + s.cfg.upload_deadline;
     let mut wait = Duration::from_millis(200);
+    let mut last = first;
     loop {
-        match s.store.put(&key, body.clone(), &meta).await {
-            Ok(()) => return Outcome::Stored { key },
-            Err(e) if e.retry && tokio::time::Instant::now() + wait < deadline => {
-                warn!(job = %job.id, "upload failed (retrying in {wait:?}): {e}");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return failed(s, item, e.message, e.retry),
+        if !last.retry || tokio::time::Instant::now() + wait >= deadline {
+            return failed(s, item, last.message, last.retry);
+        }
+        warn!(job = %item.job.id, "upload failed (retrying in {wait:?}): {last}");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+        match s.store.put(&put.key, put.body.clone(), &put.meta).await {
+            Ok(()) => return Outcome::Stored { key: put.key },
+            Err(e) => last = e,
         }
     }
 }
