@@ -13,7 +13,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{Global, connect_dispatch, connect_record},
+    cli::{Global, connect},
     job::Limits,
     render::Renderers,
     store, submit,
@@ -40,8 +40,7 @@ pub async fn run(g: &Global, args: BenchArgs) -> Result<ExitCode> {
     // A queue of its own, so the bench never mixes with real work.
     let mut g = g.clone();
     g.queue = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let record = connect_record(&g, !g.no_migrate).await?;
-    let dispatch = connect_dispatch(&g).await?;
+    let (record, dispatch) = connect(&g, WorkerConfig::default().lease).await?;
     let store: Arc<dyn store::Store> = Arc::from(store::open(&g.store).await?);
 
     let dir = tempfile::tempdir()?;
@@ -59,7 +58,7 @@ pub async fn run(g: &Global, args: BenchArgs) -> Result<ExitCode> {
     let t = Instant::now();
     let jobs = submit::read_jsonl(&path, &Limits::default())?;
     let parsed = t.elapsed();
-    let done = submit::submit(&record, dispatch.as_ref(), "bench", &jobs, 3).await?;
+    let done = submit::submit(record.as_ref(), dispatch.as_ref(), "bench", &jobs, 3).await?;
     let submitted = t.elapsed();
     drop(jobs);
     println!(

@@ -1,6 +1,7 @@
 //! The `renderq` command line: parses configuration (flags, then environment, then
 //! defaults) and calls the library.
 
+mod run;
 mod watch;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
@@ -10,10 +11,10 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    db::PgRecord,
-    dispatch::{Dispatch, RedisDispatch},
+    backend::{self, Database},
+    db::{NewJob, Record},
+    dispatch::Dispatch,
     job::Limits,
-    redact::redact_url,
     render::Renderers,
     store,
     submit::{self, SubmitError},
@@ -36,10 +37,10 @@ pub struct Cli {
 /// Where the parts are. Each is a flag and an environment variable.
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// The record: postgres://user:password@host/db
+    /// The record: postgres://user:password@host/db or sqlite://path [default: sqlite://renderq.db]
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Dispatch: redis://host:6379
+    /// Dispatch: redis://host:6379 [default: none, dispatch through the database]
     #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Where images go: s3://bucket/prefix, or a local directory
@@ -80,6 +81,8 @@ pub enum Command {
     },
     /// Cancel a job, or every unfinished job of a batch
     Cancel { id: String },
+    /// Submit, work and wait in one process, then write a contact sheet
+    Run(RunArgs),
     /// Measure drain throughput and submit time (noop model, tiny images)
     Bench(crate::bench::BenchArgs),
 }
@@ -99,8 +102,9 @@ pub struct SubmitArgs {
     pub max_attempts: i32,
 }
 
+/// How a worker runs: shared by `renderq worker` and `renderq run`.
 #[derive(Args, Debug)]
-pub struct WorkerArgs {
+pub struct PipelineArgs {
     /// Jobs in flight at once
     #[arg(long, env = "RENDERQ_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
@@ -116,15 +120,51 @@ pub struct WorkerArgs {
     /// First retry backoff in seconds (doubles per attempt, with jitter)
     #[arg(long, env = "RENDERQ_BACKOFF_SECS", default_value_t = 2.0)]
     pub backoff_secs: f64,
-    /// Attempts of jobs that arrive as raw stream messages
-    #[arg(long, env = "RENDERQ_MAX_ATTEMPTS", default_value_t = 3)]
-    pub max_attempts: i32,
     /// Milliseconds the noop model waits per device call
     #[arg(long, env = "RENDERQ_NOOP_DELAY_MS", default_value_t = 0)]
     pub noop_delay_ms: u64,
     /// This worker's name (default: host-pid-random)
     #[arg(long, env = "RENDERQ_WORKER_ID")]
     pub worker_id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Attempts of jobs that arrive as raw stream messages
+    #[arg(long, env = "RENDERQ_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: i32,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub submit: SubmitArgs,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+impl PipelineArgs {
+    pub fn config(&self, max_attempts: i32) -> Result<WorkerConfig> {
+        let secs = |name: &str, v: f64| -> Result<Duration> {
+            Duration::try_from_secs_f64(v)
+                .with_context(|| format!("--{name} must be a positive number of seconds"))
+        };
+        if self.concurrency == 0 || self.max_batch == 0 {
+            bail!("--concurrency and --max-batch must be at least 1");
+        }
+        Ok(WorkerConfig {
+            concurrency: self.concurrency,
+            max_batch: self.max_batch,
+            lease: secs("lease-secs", self.lease_secs)?,
+            shutdown_deadline: secs("shutdown-secs", self.shutdown_secs)?,
+            backoff_base: secs("backoff-secs", self.backoff_secs)?,
+            max_attempts,
+            id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+            ..WorkerConfig::default()
+        })
+    }
 }
 
 /// Entry point of the binary.
@@ -178,69 +218,85 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Submit(args) => submit_cmd(g, args).await,
         Command::Worker(args) => worker_cmd(g, args).await,
         Command::Status { batch } => {
-            watch::status(&connect_record(g, !g.no_migrate).await?, &g.queue, batch).await
+            watch::status(
+                connect_record(g, !g.no_migrate).await?.as_ref(),
+                &g.queue,
+                batch,
+            )
+            .await
         }
         Command::Wait { batch, interval_ms } => {
             let record = connect_record(g, !g.no_migrate).await?;
-            watch::wait(&record, &batch, Duration::from_millis(interval_ms)).await
+            watch::wait(record.as_ref(), &batch, Duration::from_millis(interval_ms)).await
         }
         Command::Cancel { id } => {
-            watch::cancel(&connect_record(g, !g.no_migrate).await?, &id).await
+            watch::cancel(connect_record(g, !g.no_migrate).await?.as_ref(), &id).await
         }
+        Command::Run(args) => run::run(g, args).await,
         Command::Bench(args) => crate::bench::run(g, args).await,
     }
 }
 
-pub async fn connect_record(g: &Global, migrate: bool) -> Result<PgRecord> {
-    let Some(url) = &g.database_url else {
-        bail!("DATABASE_URL is not set: point it at Postgres (postgres://user:password@host/db)");
-    };
-    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-        bail!(
-            "DATABASE_URL `{}` is not a postgres:// URL (the SQLite backend is not built yet)",
-            redact_url(url)
-        );
-    }
-    PgRecord::connect(url, migrate)
-        .await
-        .with_context(|| format!("connecting to the database at {}", redact_url(url)))
+/// The record named by `DATABASE_URL` (default: SQLite in `./renderq.db`).
+pub async fn connect_record(g: &Global, migrate: bool) -> Result<Arc<dyn Record>> {
+    Ok(Database::open(g.database_url.as_deref(), migrate)
+        .await?
+        .record())
 }
 
-pub async fn connect_dispatch(g: &Global) -> Result<Arc<dyn Dispatch>> {
-    let Some(url) = &g.redis_url else {
-        bail!(
-            "REDIS_URL is not set: point it at Redis (redis://host:6379); database dispatch is not built yet"
-        );
-    };
-    let dispatch = RedisDispatch::connect(url, &g.queue)
-        .await
-        .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
-    Ok(Arc::new(dispatch))
+/// The record and the dispatch: Redis when `REDIS_URL` is set, else the database.
+pub async fn connect(g: &Global, lease: Duration) -> Result<(Arc<dyn Record>, Arc<dyn Dispatch>)> {
+    Ok(backend::open(
+        g.database_url.as_deref(),
+        g.redis_url.as_deref(),
+        &g.queue,
+        lease,
+        !g.no_migrate,
+    )
+    .await?)
 }
 
-async fn submit_cmd(g: &Global, args: SubmitArgs) -> Result<ExitCode> {
+/// Reads and validates a submit file before anything touches a server. Refused input
+/// is reported here and becomes `Err(exit code 1)`.
+async fn read_file(file: &std::path::Path) -> Result<std::result::Result<Vec<NewJob>, ExitCode>> {
     let limits = Limits::default();
-    let path = args.file.clone();
-    // Validate before connecting to anything: a bad file never touches the servers.
-    let jobs = match tokio::task::spawn_blocking(move || submit::read_jsonl(&path, &limits)).await?
-    {
-        Ok(jobs) => jobs,
+    let path = file.to_path_buf();
+    match tokio::task::spawn_blocking(move || submit::read_jsonl(&path, &limits)).await? {
+        Ok(jobs) => Ok(Ok(jobs)),
         Err(e @ (SubmitError::Invalid { .. } | SubmitError::TooLarge(_) | SubmitError::Empty)) => {
-            eprintln!("error: {}: {e}", args.file.display());
-            return Ok(ExitCode::from(1));
+            eprintln!("error: {}: {e}", file.display());
+            Ok(Err(ExitCode::from(1)))
         }
-        Err(e) => return Err(e.into()),
-    };
-    let record = connect_record(g, !g.no_migrate).await?;
-    let dispatch = connect_dispatch(g).await?;
-    let name = args.name.clone().unwrap_or_else(|| {
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The batch's name: given, or the file's name.
+fn batch_name(args: &SubmitArgs) -> String {
+    args.name.clone().unwrap_or_else(|| {
         args.file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "batch".into())
-    });
+    })
+}
+
+async fn submit_cmd(g: &Global, args: SubmitArgs) -> Result<ExitCode> {
+    let jobs = match read_file(&args.file).await? {
+        Ok(jobs) => jobs,
+        Err(code) => return Ok(code),
+    };
+    let (record, dispatch) = connect(g, WorkerConfig::default().lease).await?;
+    let name = batch_name(&args);
     let started = std::time::Instant::now();
-    let done = submit::submit(&record, dispatch.as_ref(), &name, &jobs, args.max_attempts).await?;
+    let done = submit::submit(
+        record.as_ref(),
+        dispatch.as_ref(),
+        &name,
+        &jobs,
+        args.max_attempts,
+    )
+    .await?;
     eprintln!(
         "queued {} jobs on `{}` in {:.2?}{}",
         done.jobs,
@@ -267,32 +323,15 @@ async fn submit_cmd(g: &Global, args: SubmitArgs) -> Result<ExitCode> {
 }
 
 async fn worker_cmd(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
-    let record = connect_record(g, !g.no_migrate).await?;
-    let dispatch = connect_dispatch(g).await?;
+    let cfg = args.pipeline.config(args.max_attempts)?;
+    let (record, dispatch) = connect(g, cfg.lease).await?;
     let store = store::open(&g.store).await?;
-    let secs = |name: &str, v: f64| -> Result<Duration> {
-        Duration::try_from_secs_f64(v)
-            .with_context(|| format!("--{name} must be a positive number of seconds"))
-    };
-    if args.concurrency == 0 || args.max_batch == 0 {
-        bail!("--concurrency and --max-batch must be at least 1");
-    }
-    let cfg = WorkerConfig {
-        concurrency: args.concurrency,
-        max_batch: args.max_batch,
-        lease: secs("lease-secs", args.lease_secs)?,
-        shutdown_deadline: secs("shutdown-secs", args.shutdown_secs)?,
-        backoff_base: secs("backoff-secs", args.backoff_secs)?,
-        max_attempts: args.max_attempts,
-        id: args.worker_id.unwrap_or_else(default_worker_id),
-        ..WorkerConfig::default()
-    };
     let worker = Worker::new(
         cfg,
         record,
         dispatch,
         Arc::from(store),
-        Renderers::builtin(args.noop_delay_ms),
+        Renderers::builtin(args.pipeline.noop_delay_ms),
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));

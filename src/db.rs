@@ -5,12 +5,15 @@
 //! 'running'`), so a worker that lost its lease changes nothing when it wakes up.
 
 pub mod postgres;
+pub mod sqlite;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::job::{BatchId, JobId, JobSpec, JobState};
 
 pub use postgres::PgRecord;
+pub use sqlite::SqliteRecord;
 
 /// Errors from the record. The message never contains the connection URL.
 #[derive(Debug, thiserror::Error)]
@@ -99,4 +102,93 @@ pub struct FailedJob {
     pub id: uuid::Uuid,
     pub attempt: i32,
     pub error: Option<String>,
+}
+
+/// One job as `renderq status` and the tests read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub id: JobId,
+    pub batch_id: Option<BatchId>,
+    pub state: JobState,
+    pub attempt: i32,
+    pub error: Option<String>,
+    pub output_key: Option<String>,
+    pub seed: u64,
+    pub prompt: String,
+}
+
+/// A worker as `renderq.workers` shows it.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub host: String,
+    pub device: String,
+    pub models: Vec<String>,
+    pub queue: String,
+}
+
+/// The record of every job. Two backends: Postgres (`renderq.*` tables) and SQLite
+/// (the embedded default). Every method that moves a running job is fenced by attempt.
+#[async_trait]
+pub trait Record: Send + Sync {
+    /// Applies this backend's migrations.
+    async fn migrate(&self) -> Result<(), DbError>;
+    /// Writes a batch and its jobs in one transaction; returns the batch and the ids
+    /// that were new (a job whose id exists already is not written again).
+    async fn create_batch(
+        &self,
+        name: &str,
+        queue: &str,
+        jobs: &[NewJob],
+        max_attempts: i32,
+    ) -> Result<(BatchId, Vec<JobId>), DbError>;
+    /// Creates the row of a job that arrived without one (a raw producer); no-op if it exists.
+    async fn ensure_raw_job(
+        &self,
+        id: JobId,
+        queue: &str,
+        spec: &JobSpec,
+        max_attempts: i32,
+    ) -> Result<(), DbError>;
+    /// Records a message that is not a valid job as a failed job, with the reason.
+    async fn record_unparseable(
+        &self,
+        id: JobId,
+        queue: &str,
+        raw: &str,
+        error: &str,
+    ) -> Result<(), DbError>;
+    /// `queued` (or, on takeover, `running`/`retrying`) → `running`, attempt + 1.
+    /// A takeover of a job whose attempts are used up fails it instead.
+    async fn claim(
+        &self,
+        requests: &[ClaimRequest],
+        worker: &str,
+    ) -> Result<Vec<ClaimedJob>, DbError>;
+    /// Records attempts' outcomes, fenced by attempt; one `Recorded` per input.
+    async fn record_outcomes(
+        &self,
+        outcomes: &[(JobId, i32, Outcome)],
+    ) -> Result<Vec<Recorded>, DbError>;
+    /// Current state and attempt of jobs (missing ids are left out).
+    async fn states(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobState, i32)>, DbError>;
+    /// `retrying` → `queued` for `ids`; returns those now `queued`.
+    async fn requeue_due(&self, ids: &[JobId]) -> Result<Vec<JobId>, DbError>;
+    /// `running` → `queued` (fenced) for attempts a draining worker gives back.
+    async fn release(&self, jobs: &[(JobId, i32)]) -> Result<Vec<JobId>, DbError>;
+    /// Cancels a job or every unfinished job of a batch; returns how many moved.
+    async fn cancel(&self, id: uuid::Uuid) -> Result<u64, DbError>;
+    /// Whether `id` names a batch or a job.
+    async fn exists(&self, id: uuid::Uuid) -> Result<bool, DbError>;
+    async fn progress(&self, batch: BatchId) -> Result<Option<Progress>, DbError>;
+    async fn recent_batches(&self, limit: i64) -> Result<Vec<Progress>, DbError>;
+    async fn failures(&self, batch: BatchId, limit: i64) -> Result<Vec<FailedJob>, DbError>;
+    /// Counts of jobs by state for one queue.
+    async fn queue_counts(&self, queue: &str) -> Result<Vec<(String, i64)>, DbError>;
+    /// Every job of a queue, oldest first.
+    async fn jobs_of_queue(&self, queue: &str) -> Result<Vec<JobRow>, DbError>;
+    /// Every job of a batch, oldest first.
+    async fn jobs_of_batch(&self, batch: BatchId) -> Result<Vec<JobRow>, DbError>;
+    async fn worker_heartbeat(&self, worker: &WorkerInfo, jobs_done: i64) -> Result<(), DbError>;
+    async fn worker_stopped(&self, id: &str) -> Result<(), DbError>;
 }

@@ -1,18 +1,22 @@
 //! Dispatch: how jobs reach workers. The record (Postgres) says what a job is; dispatch
 //! only says "this one is yours now" and keeps that lease alive.
 
+pub mod postgres;
 pub mod redis;
+pub mod sqlite;
 
 use async_trait::async_trait;
 
 use crate::job::JobId;
 
-pub use self::redis::RedisDispatch;
+pub use self::{postgres::PgDispatch, redis::RedisDispatch, sqlite::SqliteDispatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
     #[error("redis: {0}")]
     Redis(String),
+    #[error("database dispatch: {0}")]
+    Database(String),
 }
 
 /// What a delivered message carries.

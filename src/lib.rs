@@ -4,17 +4,20 @@
 //! the images and record every state change. The modules, one concept each:
 //!
 //! - [`job`]: ids, the lifecycle ([`job::JobState`]), the job JSON and its limits.
-//! - [`db`]: the record in Postgres (`renderq.jobs`, `renderq.batches`), fenced by attempt.
-//! - [`dispatch`]: handing jobs to workers with leases (Redis Streams).
+//! - [`backend`]: choosing the record and dispatch backends from the URLs.
+//! - [`db`]: the record (Postgres `renderq.*`, or SQLite), fenced by attempt.
+//! - [`dispatch`]: handing jobs to workers with leases (Redis Streams, or the database).
 //! - [`store`]: where images go (S3-compatible servers, a local directory).
 //! - [`render`]: the renderer trait and the built-in models (`placeholder`, `noop`).
 //! - [`worker`]: the claim → render → encode → upload → record pipeline.
 //! - [`submit`]: validating a file and writing it as one batch.
+//! - [`sheet`]: the contact sheet `renderq run` writes.
 //! - [`cli`]: the `renderq` command line; the binary only calls [`cli::main`].
 //! - [`redact`]: keeping secrets out of what is printed.
 //!
 //! The promises these keep are listed in the project's DESIGN.md; each has a test.
 
+pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod db;
@@ -22,6 +25,7 @@ pub mod dispatch;
 pub mod job;
 pub mod redact;
 pub mod render;
+pub mod sheet;
 pub mod store;
 pub mod submit;
 pub mod worker;

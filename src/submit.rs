@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    db::{DbError, NewJob, PgRecord},
+    db::{DbError, NewJob, Record},
     dispatch::{Dispatch, DispatchError},
     job::{BatchId, FieldError, JobId, JobSpec, Limits},
 };
@@ -166,7 +166,7 @@ pub struct Submitted {
 
 /// Writes the batch, then dispatches the jobs that were new.
 pub async fn submit(
-    record: &PgRecord,
+    record: &dyn Record,
     dispatch: &dyn Dispatch,
     name: &str,
     jobs: &[NewJob],

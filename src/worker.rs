@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    db::{ClaimedJob, PgRecord, postgres::WorkerInfo},
+    db::{ClaimedJob, Record, WorkerInfo},
     dispatch::Dispatch,
     job::{JobId, Limits},
     render::Renderers,
@@ -106,7 +106,7 @@ pub(crate) struct InFlight {
 /// What every stage shares.
 pub(crate) struct Shared {
     pub cfg: WorkerConfig,
-    pub record: PgRecord,
+    pub record: Arc<dyn Record>,
     pub dispatch: Arc<dyn Dispatch>,
     pub store: Arc<dyn Store>,
     pub renderers: Renderers,
@@ -130,7 +130,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(
         cfg: WorkerConfig,
-        record: PgRecord,
+        record: Arc<dyn Record>,
         dispatch: Arc<dyn Dispatch>,
         store: Arc<dyn Store>,
         renderers: Renderers,

@@ -9,10 +9,10 @@ use common::*;
 use image::RgbImage;
 use renderq::{
     db::{ClaimRequest, Outcome, Recorded},
-    dispatch::Dispatch,
     job::{JobId, JobState},
     render::{RenderError, RenderRequest, Renderer, Renderers},
     store::DirStore,
+    store::Store,
 };
 
 /// Never returns: a device that hangs, or a worker about to die holding its jobs.
@@ -60,9 +60,20 @@ fn dir_store() -> (tempfile::TempDir, Arc<DirStore>) {
     (dir, store)
 }
 
-#[tokio::test]
-async fn submitted_jobs_are_rendered_stored_and_recorded() {
-    let env = Env::new().await;
+async fn submitted_jobs_are_rendered_stored_and_recorded(env: Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(DirStore::new(dir.path()));
+    let stored = end_to_end(&env, local.clone()).await;
+    for key in &stored {
+        let bytes = std::fs::read(local.path(key)).unwrap();
+        assert!(image::load_from_memory(&bytes).is_ok(), "{key} is an image");
+    }
+    assert_eq!(
+        walk(dir.path()).len(),
+        3,
+        "one file per job, no temporary files left"
+    );
+    let env = Env::with(env.kind).await;
     let store = s3_store().await;
     let done = env
         .submit(&[
@@ -117,14 +128,12 @@ async fn submitted_jobs_are_rendered_stored_and_recorded() {
     let img = image::load_from_memory(&bytes).unwrap();
     assert_eq!((img.width(), img.height()), (64, 64));
     // Redis holds only work in flight: finished entries are acknowledged and deleted.
-    assert_eq!(env.stream_counts().await, (0, 0));
+    env.assert_dispatch_empty().await;
     let p = env.record.progress(done.batch).await.unwrap().unwrap();
     assert_eq!((p.total, p.succeeded, p.done), (3, 3, true));
 }
 
-#[tokio::test]
-async fn a_dead_workers_jobs_complete_once_after_the_lease() {
-    let env = Env::new().await;
+async fn a_dead_workers_jobs_complete_once_after_the_lease(env: Env) {
     let store = s3_store().await;
     env.submit(&[
         r#"{"prompt":"one","model":"slow","width":16,"height":16}"#,
@@ -164,12 +173,10 @@ async fn a_dead_workers_jobs_complete_once_after_the_lease() {
         "taken over before the lease: {took:?}"
     );
     assert_eq!(s3_keys(&store).await.len(), 3, "one object per job");
-    assert_eq!(env.stream_counts().await, (0, 0));
+    env.assert_dispatch_empty().await;
 }
 
-#[tokio::test]
-async fn a_stale_attempts_late_completion_changes_nothing() {
-    let env = Env::new().await;
+async fn a_stale_attempts_late_completion_changes_nothing(env: Env) {
     let done = env.submit(&[r#"{"prompt":"x"}"#]).await;
     let id = env.rows().await[0].0;
     let id = JobId(id);
@@ -246,16 +253,14 @@ async fn a_stale_attempts_late_completion_changes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn a_duplicate_id_makes_one_job() {
-    let env = Env::new().await;
+async fn a_duplicate_id_makes_one_job(env: Env) {
     let id = uuid::Uuid::new_v4();
     let line = format!(r#"{{"prompt":"same","id":"{id}","width":16,"height":16}}"#);
     let first = env.submit(&[&line]).await;
     let second = env.submit(&[&line]).await;
     assert_eq!((first.jobs, first.duplicates), (1, 0));
     assert_eq!((second.jobs, second.duplicates), (0, 1));
-    assert_eq!(env.stream_counts().await.0, 1, "dispatched once");
+    assert_eq!(env.dispatch.backlog().await.unwrap(), 1, "dispatched once");
     let (_dir, store) = dir_store();
     let (stop, h) = env.spawn_worker(fast_config(), store, Renderers::builtin(0));
     let rows = env.wait_terminal(1, Duration::from_secs(20)).await;
@@ -331,12 +336,10 @@ async fn raw_xadd_jobs_complete_and_bad_messages_fail_without_blocking() {
             .any(|r| r.3.as_deref().unwrap().contains("no `job` field"))
     );
     // Every message was acknowledged and deleted: nothing blocks the stream.
-    assert_eq!(env.stream_counts().await, (0, 0));
+    env.assert_dispatch_empty().await;
 }
 
-#[tokio::test]
-async fn a_failing_renderer_retries_with_backoff_then_fails_with_its_error() {
-    let env = Env::new().await;
+async fn a_failing_renderer_retries_with_backoff_then_fails_with_its_error(env: Env) {
     env.submit(&[
         r#"{"prompt":"flaky","model":"flaky","width":16,"height":16}"#,
         r#"{"prompt":"bad","model":"broken","width":16,"height":16}"#,
@@ -376,7 +379,7 @@ async fn a_failing_renderer_retries_with_backoff_then_fails_with_its_error() {
     );
     let lost = get("not served by this worker");
     assert_eq!((lost.1.as_str(), lost.2), ("failed", 1));
-    assert_eq!(env.stream_counts().await, (0, 0));
+    env.assert_dispatch_empty().await;
     let mut con = env.redis().await;
     let delayed: usize = redis::cmd("ZCARD")
         .arg(format!("renderq:{{{}}}:delayed", env.queue))
@@ -386,9 +389,7 @@ async fn a_failing_renderer_retries_with_backoff_then_fails_with_its_error() {
     assert_eq!(delayed, 0);
 }
 
-#[tokio::test]
-async fn a_renderer_panic_fails_only_its_job() {
-    let env = Env::new().await;
+async fn a_renderer_panic_fails_only_its_job(env: Env) {
     let lines: Vec<String> = ["a", "boom", "b", "c"]
         .iter()
         .map(|p| format!(r#"{{"prompt":"{p}","model":"panicky","width":16,"height":16}}"#))
@@ -407,9 +408,7 @@ async fn a_renderer_panic_fails_only_its_job() {
     assert_eq!(rows.iter().filter(|r| r.1 == "succeeded").count(), 3);
 }
 
-#[tokio::test]
-async fn cancel_stops_queued_jobs_and_discards_running_ones() {
-    let env = Env::new().await;
+async fn cancel_stops_queued_jobs_and_discards_running_ones(env: Env) {
     let queued = env
         .submit(&[
             r#"{"prompt":"q1","width":16,"height":16}"#,
@@ -436,7 +435,9 @@ async fn cancel_stops_queued_jobs_and_discards_running_ones() {
     assert_eq!(env.record.cancel(running.batch.0).await.unwrap(), 1);
     // The render finishes; its result must be discarded and its message forgotten.
     for _ in 0..200 {
-        if env.stream_counts().await == (0, 0) {
+        if env.dispatch.backlog().await.unwrap() == 0
+            && env.rows().await.iter().all(|r| r.1 == "cancelled")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -452,7 +453,7 @@ async fn cancel_stops_queued_jobs_and_discards_running_ones() {
         rows.iter().filter(|r| r.2 == 0).count() == 2,
         "queued jobs never started: {rows:?}"
     );
-    assert_eq!(env.stream_counts().await, (0, 0));
+    env.assert_dispatch_empty().await;
     let files = walk(dir.path());
     assert!(files.is_empty() || files.len() <= 1, "{files:?}");
 }
@@ -555,3 +556,36 @@ async fn large_objects_go_up_in_parts_with_their_metadata() {
     assert_eq!(bytes.len(), body.len());
     assert!(bytes[..] == body[..], "the parts were joined in order");
 }
+
+/// Submits three jobs of different formats, works them, checks the record; returns keys.
+async fn end_to_end(env: &Env, store: Arc<dyn Store>) -> Vec<String> {
+    let done = env
+        .submit(&[
+            r#"{"prompt":"one","width":32,"height":32}"#,
+            r#"{"prompt":"two","width":32,"height":16,"format":"jpeg"}"#,
+            r#"{"prompt":"three","width":16,"height":16,"format":"webp"}"#,
+        ])
+        .await;
+    let (stop, h) = env.spawn_worker(fast_config(), store, Renderers::builtin(0));
+    let rows = env.wait_terminal(3, Duration::from_secs(30)).await;
+    stop.cancel();
+    h.await.unwrap();
+    assert!(
+        rows.iter().all(|r| r.1 == "succeeded" && r.2 == 1),
+        "{rows:?}"
+    );
+    env.assert_dispatch_empty().await;
+    let p = env.record.progress(done.batch).await.unwrap().unwrap();
+    assert_eq!((p.total, p.succeeded, p.done), (3, 3, true));
+    rows.into_iter().map(|r| r.4.unwrap()).collect()
+}
+
+conformance!(
+    submitted_jobs_are_rendered_stored_and_recorded,
+    a_dead_workers_jobs_complete_once_after_the_lease,
+    a_stale_attempts_late_completion_changes_nothing,
+    a_duplicate_id_makes_one_job,
+    a_failing_renderer_retries_with_backoff_then_fails_with_its_error,
+    a_renderer_panic_fails_only_its_job,
+    cancel_stops_queued_jobs_and_discards_running_ones,
+);

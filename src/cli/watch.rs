@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
-    db::{PgRecord, Progress},
+    db::{Progress, Record},
     job::BatchId,
 };
 
@@ -28,7 +28,7 @@ fn counts(p: &Progress) -> String {
     )
 }
 
-pub async fn status(record: &PgRecord, queue: &str, batch: Option<String>) -> Result<ExitCode> {
+pub async fn status(record: &dyn Record, queue: &str, batch: Option<String>) -> Result<ExitCode> {
     let Some(batch) = batch else {
         let batches = record.recent_batches(20).await?;
         if batches.is_empty() {
@@ -83,7 +83,7 @@ pub async fn status(record: &PgRecord, queue: &str, batch: Option<String>) -> Re
 
 /// Polls until the batch is done. A bar on a terminal; otherwise a line whenever the
 /// counts change (at most every few seconds), which reads well in CI logs.
-pub async fn wait(record: &PgRecord, batch: &str, every: Duration) -> Result<ExitCode> {
+pub async fn wait(record: &dyn Record, batch: &str, every: Duration) -> Result<ExitCode> {
     let id = parse_batch(batch)?;
     let tty = std::io::stderr().is_terminal();
     let mut bar: Option<ProgressBar> = None;
@@ -138,7 +138,7 @@ pub async fn wait(record: &PgRecord, batch: &str, every: Duration) -> Result<Exi
     }
 }
 
-pub async fn cancel(record: &PgRecord, id: &str) -> Result<ExitCode> {
+pub async fn cancel(record: &dyn Record, id: &str) -> Result<ExitCode> {
     let uuid: uuid::Uuid = id
         .parse()
         .with_context(|| format!("`{id}` is not a job or batch id"))?;

@@ -7,10 +7,15 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row, postgres::PgPoolOptions};
 use uuid::Uuid;
 
-use super::{ClaimRequest, ClaimedJob, DbError, FailedJob, NewJob, Outcome, Progress, Recorded};
+use async_trait::async_trait;
+
+use super::{
+    ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, NewJob, Outcome, Progress, Record,
+    Recorded, WorkerInfo,
+};
 use crate::job::{BatchId, JobId, JobSpec, JobState};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Rows per INSERT statement at submit.
 const INSERT_CHUNK: usize = 10_000;
@@ -38,15 +43,18 @@ impl PgRecord {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
 
-    pub async fn migrate(&self) -> Result<(), DbError> {
+#[async_trait]
+impl Record for PgRecord {
+    async fn migrate(&self) -> Result<(), DbError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
 
     /// Writes a batch and its jobs in one transaction. Returns the ids that were new:
     /// a job whose id exists already is not written again (nor dispatched again).
-    pub async fn create_batch(
+    async fn create_batch(
         &self,
         name: &str,
         queue: &str,
@@ -98,7 +106,7 @@ impl PgRecord {
 
     /// Creates the row of a job that arrived on the stream without one (a raw producer).
     /// Does nothing when the row exists.
-    pub async fn ensure_raw_job(
+    async fn ensure_raw_job(
         &self,
         id: JobId,
         queue: &str,
@@ -122,7 +130,7 @@ impl PgRecord {
 
     /// Records a stream message that is not a valid job as a failed job, so the producer
     /// can see why; returns false if that job was recorded already.
-    pub async fn record_unparseable(
+    async fn record_unparseable(
         &self,
         id: JobId,
         queue: &str,
@@ -148,7 +156,7 @@ impl PgRecord {
     /// not claimable (cancelled, finished, held by a live worker) are left out.
     /// A takeover of a job whose attempts are used up fails it instead: a job that
     /// kills its worker every time must not circle for ever.
-    pub async fn claim(
+    async fn claim(
         &self,
         requests: &[ClaimRequest],
         worker: &str,
@@ -201,7 +209,7 @@ impl PgRecord {
 
     /// Records the outcomes of attempts, fenced by attempt. Returns, per input, what
     /// happened, in input order.
-    pub async fn record_outcomes(
+    async fn record_outcomes(
         &self,
         outcomes: &[(JobId, i32, Outcome)],
     ) -> Result<Vec<Recorded>, DbError> {
@@ -293,7 +301,7 @@ impl PgRecord {
     }
 
     /// Current state and attempt of jobs (missing ids are left out).
-    pub async fn states(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobState, i32)>, DbError> {
+    async fn states(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobState, i32)>, DbError> {
         let ids: Vec<Uuid> = ids.iter().map(|j| j.0).collect();
         let rows = sqlx::query("SELECT id, state, attempt FROM renderq.jobs WHERE id = ANY($1)")
             .bind(&ids)
@@ -313,7 +321,7 @@ impl PgRecord {
 
     /// Moves due retries back to `queued`. Returns the jobs now `queued` among `ids`
     /// (including ones an earlier, interrupted move left queued).
-    pub async fn requeue_due(&self, ids: &[JobId]) -> Result<Vec<JobId>, DbError> {
+    async fn requeue_due(&self, ids: &[JobId]) -> Result<Vec<JobId>, DbError> {
         let ids: Vec<Uuid> = ids.iter().map(|j| j.0).collect();
         sqlx::query(
             "UPDATE renderq.jobs SET state = 'queued', run_at = NULL
@@ -332,7 +340,7 @@ impl PgRecord {
 
     /// Gives back running attempts a draining worker could not finish: they become
     /// `queued` again (fenced by attempt) and are dispatched anew by the caller.
-    pub async fn release(&self, jobs: &[(JobId, i32)]) -> Result<Vec<JobId>, DbError> {
+    async fn release(&self, jobs: &[(JobId, i32)]) -> Result<Vec<JobId>, DbError> {
         let ids: Vec<Uuid> = jobs.iter().map(|j| j.0.0).collect();
         let attempts: Vec<i32> = jobs.iter().map(|j| j.1).collect();
         let rows = sqlx::query(
@@ -349,7 +357,7 @@ impl PgRecord {
     }
 
     /// Cancels a job, or every unfinished job of a batch. Returns how many moved.
-    pub async fn cancel(&self, id: Uuid) -> Result<u64, DbError> {
+    async fn cancel(&self, id: Uuid) -> Result<u64, DbError> {
         let done = sqlx::query(
             "UPDATE renderq.jobs SET state = 'cancelled', finished_at = now()
              WHERE (id = $1 OR batch_id = $1) AND state IN ('queued', 'retrying', 'running')",
@@ -361,7 +369,7 @@ impl PgRecord {
     }
 
     /// Whether `id` names a batch or a job (for messages to the user).
-    pub async fn exists(&self, id: Uuid) -> Result<bool, DbError> {
+    async fn exists(&self, id: Uuid) -> Result<bool, DbError> {
         let row = sqlx::query(
             "SELECT EXISTS (SELECT 1 FROM renderq.batches WHERE id = $1)
                  OR EXISTS (SELECT 1 FROM renderq.jobs WHERE id = $1)",
@@ -372,7 +380,7 @@ impl PgRecord {
         Ok(row.get(0))
     }
 
-    pub async fn progress(&self, batch: BatchId) -> Result<Option<Progress>, DbError> {
+    async fn progress(&self, batch: BatchId) -> Result<Option<Progress>, DbError> {
         Ok(sqlx::query_as::<_, Progress>(
             "SELECT batch_id, name, created_at, total, queued, running, succeeded, failed, cancelled, done
              FROM renderq.batch_progress WHERE batch_id = $1",
@@ -382,7 +390,7 @@ impl PgRecord {
         .await?)
     }
 
-    pub async fn recent_batches(&self, limit: i64) -> Result<Vec<Progress>, DbError> {
+    async fn recent_batches(&self, limit: i64) -> Result<Vec<Progress>, DbError> {
         Ok(sqlx::query_as::<_, Progress>(
             "SELECT p.batch_id, p.name, p.created_at, p.total, p.queued, p.running, p.succeeded,
                     p.failed, p.cancelled, p.done
@@ -395,7 +403,7 @@ impl PgRecord {
         .await?)
     }
 
-    pub async fn failures(&self, batch: BatchId, limit: i64) -> Result<Vec<FailedJob>, DbError> {
+    async fn failures(&self, batch: BatchId, limit: i64) -> Result<Vec<FailedJob>, DbError> {
         Ok(sqlx::query_as::<_, FailedJob>(
             "SELECT id, attempt, error FROM renderq.jobs
              WHERE batch_id = $1 AND state = 'failed' ORDER BY finished_at LIMIT $2",
@@ -407,7 +415,7 @@ impl PgRecord {
     }
 
     /// Counts of jobs by state for one queue (`renderq status` without a batch).
-    pub async fn queue_counts(&self, queue: &str) -> Result<Vec<(String, i64)>, DbError> {
+    async fn queue_counts(&self, queue: &str) -> Result<Vec<(String, i64)>, DbError> {
         let rows = sqlx::query(
             "SELECT state, count(*) FROM renderq.jobs WHERE queue = $1 GROUP BY state ORDER BY state",
         )
@@ -418,11 +426,7 @@ impl PgRecord {
     }
 
     /// Registers a worker and keeps its heartbeat (`renderq.workers`).
-    pub async fn worker_heartbeat(
-        &self,
-        worker: &WorkerInfo,
-        jobs_done: i64,
-    ) -> Result<(), DbError> {
+    async fn worker_heartbeat(&self, worker: &WorkerInfo, jobs_done: i64) -> Result<(), DbError> {
         sqlx::query(
             "INSERT INTO renderq.workers (id, host, device, models, queue, jobs_done)
              VALUES ($1, $2, $3, $4, $5, $6)
@@ -439,21 +443,49 @@ impl PgRecord {
         Ok(())
     }
 
-    pub async fn worker_stopped(&self, id: &str) -> Result<(), DbError> {
+    async fn worker_stopped(&self, id: &str) -> Result<(), DbError> {
         sqlx::query("UPDATE renderq.workers SET stopped_at = now() WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
+
+    async fn jobs_of_queue(&self, queue: &str) -> Result<Vec<JobRow>, DbError> {
+        self.job_rows("queue = $1", queue).await
+    }
+
+    async fn jobs_of_batch(&self, batch: BatchId) -> Result<Vec<JobRow>, DbError> {
+        self.job_rows("batch_id = $1", batch.0).await
+    }
 }
 
-/// A worker as `renderq.workers` shows it.
-#[derive(Debug, Clone)]
-pub struct WorkerInfo {
-    pub id: String,
-    pub host: String,
-    pub device: String,
-    pub models: Vec<String>,
-    pub queue: String,
+impl PgRecord {
+    async fn job_rows<T>(&self, filter: &str, value: T) -> Result<Vec<JobRow>, DbError>
+    where
+        T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+    {
+        let rows = sqlx::query(&format!(
+            "SELECT id, batch_id, state, attempt, error, output_key, seed,
+                    coalesce(spec->>'prompt', '') FROM renderq.jobs WHERE {filter} ORDER BY id"
+        ))
+        .bind(value)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let state: String = r.get(2);
+                Ok(JobRow {
+                    id: JobId(r.get(0)),
+                    batch_id: r.get::<Option<Uuid>, _>(1).map(BatchId),
+                    state: state.parse().map_err(DbError::Invalid)?,
+                    attempt: r.get(3),
+                    error: r.get(4),
+                    output_key: r.get(5),
+                    seed: r.get::<i64, _>(6) as u64,
+                    prompt: r.get(7),
+                })
+            })
+            .collect()
+    }
 }

@@ -48,21 +48,18 @@ pub fn card(req: &RenderRequest) -> RgbImage {
     let glyph = 8 * scale;
     let margin = glyph;
     let cols = ((w.saturating_sub(2 * margin)) / glyph).max(1) as usize;
-    let footer = format!("seed {}  {}x{}", req.seed, w, h);
-    let rows = ((h.saturating_sub(3 * margin + glyph)) / (glyph + scale * 2)).max(1) as usize;
+    let line_h = glyph + scale * 2;
+    let rows = ((h.saturating_sub(2 * margin + 2 * line_h)) / line_h).max(1) as usize;
     for (row, line) in wrap(&req.prompt, cols).iter().take(rows).enumerate() {
-        let y = margin + row as u32 * (glyph + scale * 2);
+        let y = margin + row as u32 * line_h;
         draw_text(&mut img, line, margin, y, scale, Rgb([255, 255, 255]));
     }
-    let footer: String = footer.chars().take(cols).collect();
-    draw_text(
-        &mut img,
-        &footer,
-        margin,
-        h.saturating_sub(margin + glyph),
-        scale,
-        Rgb([230, 230, 230]),
-    );
+    let footer = [format!("{w}x{h}"), format!("seed {}", req.seed)];
+    for (i, text) in footer.iter().enumerate() {
+        let text: String = text.chars().take(cols).collect();
+        let y = h.saturating_sub(margin + glyph + (1 - i as u32) * line_h);
+        draw_text(&mut img, &text, margin, y, scale, Rgb([230, 230, 230]));
+    }
     img
 }
 

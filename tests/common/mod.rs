@@ -5,15 +5,34 @@
 use std::{sync::Arc, time::Duration};
 
 use renderq::{
-    db::{NewJob, PgRecord},
-    dispatch::RedisDispatch,
+    backend::Database,
+    db::{NewJob, Record},
+    dispatch::{Dispatch, RedisDispatch},
     job::{JobId, JobSpec, JobState, Limits},
     render::Renderers,
     store::{S3Store, Store},
     worker::{Worker, WorkerConfig, WorkerReport},
 };
-use sqlx::Row;
 use tokio_util::sync::CancellationToken;
+
+/// (id, state, attempt, error, output_key)
+pub type Row = (uuid::Uuid, String, i32, Option<String>, Option<String>);
+
+/// Runs a conformance test (an `async fn(Env)`) on every backend combination.
+#[macro_export]
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn postgres_redis() { super::$name(Env::with(Kind::PgRedis).await).await }
+            #[tokio::test]
+            async fn postgres_only() { super::$name(Env::with(Kind::PgDb).await).await }
+            #[tokio::test]
+            async fn sqlite() { super::$name(Env::with(Kind::Sqlite).await).await }
+        }
+    )*};
+}
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -37,42 +56,90 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// One isolated environment: a fresh database and a fresh queue.
+/// The backend combinations every conformance test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Postgres record, Redis Streams dispatch (the distributed setup).
+    PgRedis,
+    /// Postgres record and dispatch (no Redis).
+    PgDb,
+    /// SQLite record and dispatch (the embedded default).
+    Sqlite,
+}
+
+/// One isolated environment: a fresh database (or SQLite file) and a fresh queue.
 pub struct Env {
+    pub kind: Kind,
     pub db_url: String,
-    pub record: PgRecord,
+    pub record: Arc<dyn Record>,
     pub queue: String,
-    pub dispatch: Arc<RedisDispatch>,
+    pub dispatch: Arc<dyn Dispatch>,
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 impl Env {
+    /// Postgres + Redis.
     pub async fn new() -> Env {
+        Env::with(Kind::PgRedis).await
+    }
+
+    pub async fn with(kind: Kind) -> Env {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let name = unique("rq_t_");
-        let admin = sqlx::PgPool::connect(&admin_url())
-            .await
-            .expect("admin connection");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .expect("create database");
-        admin.close().await;
-        let db_url = format!("{}/{name}", admin_url().rsplit_once('/').unwrap().0);
-        let record = PgRecord::connect(&db_url, true)
-            .await
-            .expect("connect + migrate");
         let queue = unique("t");
-        let dispatch = Arc::new(
-            RedisDispatch::connect(&redis_url(), &queue)
-                .await
-                .expect("redis"),
-        );
+        let lease = fast_config().lease;
+        let (db_url, dir) = match kind {
+            Kind::PgRedis | Kind::PgDb => {
+                let name = unique("rq_t_");
+                let admin = sqlx::PgPool::connect(&admin_url())
+                    .await
+                    .expect("admin connection");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&admin)
+                    .await
+                    .expect("create database");
+                admin.close().await;
+                (
+                    format!("{}/{name}", admin_url().rsplit_once('/').unwrap().0),
+                    None,
+                )
+            }
+            Kind::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("renderq.db").display());
+                (url, Some(dir))
+            }
+        };
+        let db = Database::open(Some(&db_url), true)
+            .await
+            .expect("open + migrate");
+        let dispatch: Arc<dyn Dispatch> = match kind {
+            Kind::PgRedis => Arc::new(
+                RedisDispatch::connect(&redis_url(), &queue)
+                    .await
+                    .expect("redis"),
+            ),
+            Kind::PgDb | Kind::Sqlite => db.dispatch(&queue, lease),
+        };
         Env {
+            kind,
             db_url,
-            record,
+            record: db.record(),
             queue,
             dispatch,
+            _dir: dir,
         }
+    }
+
+    /// The environment variables that point the `renderq` binary at this environment.
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            ("DATABASE_URL", self.db_url.clone()),
+            ("RENDERQ_QUEUE", self.queue.clone()),
+        ];
+        if self.kind == Kind::PgRedis {
+            v.push(("REDIS_URL", redis_url()));
+        }
+        v
     }
 
     pub fn jobs(&self, lines: &[&str]) -> Vec<NewJob> {
@@ -90,9 +157,15 @@ impl Env {
 
     pub async fn submit(&self, lines: &[&str]) -> renderq::submit::Submitted {
         let jobs = self.jobs(lines);
-        renderq::submit::submit(&self.record, self.dispatch.as_ref(), "test", &jobs, 3)
-            .await
-            .unwrap()
+        renderq::submit::submit(
+            self.record.as_ref(),
+            self.dispatch.as_ref(),
+            "test",
+            &jobs,
+            3,
+        )
+        .await
+        .unwrap()
     }
 
     pub fn worker(&self, cfg: WorkerConfig, store: Arc<dyn Store>, renderers: Renderers) -> Worker {
@@ -119,15 +192,35 @@ impl Env {
     }
 
     /// Rows of the queue: (id, state, attempt, error, output_key).
-    pub async fn rows(&self) -> Vec<(uuid::Uuid, String, i32, Option<String>, Option<String>)> {
-        sqlx::query("SELECT id, state, attempt, error, output_key FROM renderq.jobs WHERE queue = $1 ORDER BY id")
-            .bind(&self.queue)
-            .fetch_all(self.record.pool())
+    pub async fn rows(&self) -> Vec<Row> {
+        self.record
+            .jobs_of_queue(&self.queue)
             .await
             .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .into_iter()
+            .map(|r| {
+                (
+                    r.id.0,
+                    r.state.to_string(),
+                    r.attempt,
+                    r.error,
+                    r.output_key,
+                )
+            })
             .collect()
+    }
+
+    /// Nothing waits or is held in dispatch: Redis holds no entry (acknowledged and
+    /// deleted), or the database has no `queued`/`running` row.
+    pub async fn assert_dispatch_empty(&self) {
+        if self.kind == Kind::PgRedis {
+            assert_eq!(
+                self.stream_counts().await,
+                (0, 0),
+                "stream entries, pending"
+            );
+        }
+        assert_eq!(self.dispatch.backlog().await.unwrap(), 0, "backlog");
     }
 
     /// Waits (polling the record) until every job of the queue is terminal and there

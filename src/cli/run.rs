@@ -1,0 +1,84 @@
+//! `renderq run FILE`: submit, work and wait in one process, then say where the images
+//! are and write a contact sheet. The one-command way to render a file on one machine.
+
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Result;
+use tokio_util::sync::CancellationToken;
+
+use super::{Global, RunArgs, batch_name, connect, read_file, signal_shutdown, watch};
+use crate::{render::Renderers, sheet, store, submit, worker::Worker};
+
+pub async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
+    let jobs = match read_file(&args.submit.file).await? {
+        Ok(jobs) => jobs,
+        Err(code) => return Ok(code),
+    };
+    let cfg = args.pipeline.config(args.submit.max_attempts)?;
+    let (record, dispatch) = connect(g, cfg.lease).await?;
+    let store: Arc<dyn store::Store> = Arc::from(store::open(&g.store).await?);
+    let name = batch_name(&args.submit);
+    let done = submit::submit(
+        record.as_ref(),
+        dispatch.as_ref(),
+        &name,
+        &jobs,
+        args.submit.max_attempts,
+    )
+    .await?;
+    drop(jobs);
+    eprintln!("queued {} jobs as batch {}", done.jobs, done.batch);
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    let worker = Worker::new(
+        cfg,
+        record.clone(),
+        dispatch,
+        store.clone(),
+        Renderers::builtin(args.pipeline.noop_delay_ms),
+    );
+    let working = tokio::spawn(worker.run(shutdown.clone()));
+    let batch = done.batch.to_string();
+    let code = tokio::select! {
+        code = watch::wait(record.as_ref(), &batch, Duration::from_millis(250)) => Some(code?),
+        _ = shutdown.cancelled() => None,
+    };
+    shutdown.cancel();
+    working.await?;
+    let Some(code) = code else {
+        eprintln!(
+            "interrupted: what was not rendered stays queued. Resume with `renderq worker`; \
+             follow with `renderq wait {batch}`"
+        );
+        return Ok(ExitCode::from(130));
+    };
+
+    let rows = record.jobs_of_batch(done.batch).await?;
+    let html = sheet::contact_sheet(&format!("{name} ({batch})"), &rows, |k| store.url(k));
+    let sheet_path = if g.store.starts_with("s3://") {
+        std::path::PathBuf::from(format!("renderq-{batch}-contact-sheet.html"))
+    } else {
+        std::path::Path::new(&g.store)
+            .join(&batch)
+            .join("contact-sheet.html")
+    };
+    if let Some(dir) = sheet_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&sheet_path, html)?;
+    let sheet_abs = std::path::absolute(&sheet_path).unwrap_or(sheet_path);
+    let stored = rows.iter().filter(|r| r.output_key.is_some()).count();
+    eprintln!();
+    if g.store.starts_with("s3://") {
+        eprintln!("images:        {stored} in {}", g.store);
+    } else {
+        eprintln!(
+            "images:        {stored} under {}/ (the batch's own folder: {batch}/)",
+            g.store.trim_end_matches('/')
+        );
+    }
+    eprintln!("contact sheet: file://{}", sheet_abs.display());
+    eprintln!("status:        renderq status {batch}");
+    Ok(code)
+}

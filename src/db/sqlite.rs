@@ -1,0 +1,551 @@
+//! The record on SQLite: the embedded default (`./renderq.db`), WAL mode so readers
+//! never wait for the writer, a busy timeout so several processes on one file wait
+//! their turn instead of failing. Every multi-statement transaction starts with
+//! `BEGIN IMMEDIATE`, so it never has to upgrade a read lock (which SQLite cannot wait
+//! out).
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    Connection, Row, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use uuid::Uuid;
+
+use super::{
+    ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, NewJob, Outcome, Progress, Record,
+    Recorded, WorkerInfo,
+};
+use crate::job::{BatchId, JobId, JobSpec, JobState};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a statement waits for another process's write before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn from_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+#[derive(Clone)]
+pub struct SqliteRecord {
+    pool: SqlitePool,
+}
+
+impl SqliteRecord {
+    /// Opens (creating it when missing) the database at `url` (`sqlite://path`).
+    /// A file that is not renderq's, or was written by a newer renderq, is refused
+    /// before anything is written to it.
+    pub async fn connect(url: &str, migrate: bool) -> Result<Self, DbError> {
+        let options = SqliteConnectOptions::from_str(url)?;
+        let path = options.get_filename().to_path_buf();
+        if path.exists() {
+            check_foreign_file(&path).await?;
+        }
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let record = SqliteRecord { pool };
+        if migrate {
+            record.migrate().await?;
+        }
+        Ok(record)
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// Refuses a file renderq did not make, or one from a newer version, without
+/// changing it (read-only connection, no journal-mode change).
+async fn check_foreign_file(path: &std::path::Path) -> Result<(), DbError> {
+    let shown = path.display();
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(BUSY_TIMEOUT);
+    let mut con = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .map_err(|e| DbError::Invalid(format!("{shown} cannot be opened as SQLite: {e}")))?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+    )
+    .fetch_all(&mut con)
+    .await
+    .map_err(|e| DbError::Invalid(format!("{shown} is not a SQLite database: {e}")))?;
+    if tables.is_empty() {
+        return Ok(());
+    }
+    if !tables.iter().any(|t| t == "_sqlx_migrations") || !tables.iter().any(|t| t == "jobs") {
+        return Err(DbError::Invalid(format!(
+            "{shown} is not a renderq database (it has tables {}); it was left untouched. \
+             Point DATABASE_URL at another file",
+            tables.join(", ")
+        )));
+    }
+    let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&mut con)
+        .await?;
+    let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    if let Some(v) = newest
+        && v > known
+    {
+        return Err(DbError::Invalid(format!(
+            "{shown} was written by a newer renderq (schema version {v}; this build knows up to {known}); \
+             it was left untouched. Upgrade renderq"
+        )));
+    }
+    Ok(())
+}
+
+fn state_of(text: String) -> Result<JobState, DbError> {
+    text.parse().map_err(DbError::Invalid)
+}
+
+fn uuid_of(text: &str) -> Result<Uuid, DbError> {
+    Uuid::parse_str(text).map_err(|e| DbError::Invalid(format!("bad id `{text}`: {e}")))
+}
+
+fn progress_of(r: &sqlx::sqlite::SqliteRow) -> Result<Progress, DbError> {
+    Ok(Progress {
+        batch_id: uuid_of(&r.get::<String, _>(0))?,
+        name: r.get(1),
+        created_at: from_ms(r.get(2)),
+        total: r.get(3),
+        queued: r.get(4),
+        running: r.get(5),
+        succeeded: r.get(6),
+        failed: r.get(7),
+        cancelled: r.get(8),
+        done: r.get(9),
+    })
+}
+
+const PROGRESS_COLUMNS: &str =
+    "batch_id, name, created_at, total, queued, running, succeeded, failed, cancelled, done";
+
+#[async_trait]
+impl Record for SqliteRecord {
+    async fn migrate(&self) -> Result<(), DbError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_batch(
+        &self,
+        name: &str,
+        queue: &str,
+        jobs: &[NewJob],
+        max_attempts: i32,
+    ) -> Result<(BatchId, Vec<JobId>), DbError> {
+        let batch = BatchId::generate();
+        let now = now_ms();
+        let mut con = self.pool.acquire().await?;
+        let mut tx = con.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO batches (id, name, queue, total, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(batch.to_string())
+        .bind(name)
+        .bind(queue)
+        .bind(jobs.len() as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let mut inserted = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let done = sqlx::query(
+                "INSERT INTO jobs (id, batch_id, queue, model, seed, spec, max_attempts, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(job.id.to_string())
+            .bind(batch.to_string())
+            .bind(queue)
+            .bind(&job.spec.model)
+            .bind(job.spec.effective_seed(job.id) as i64)
+            .bind(serde_json::to_string(&job.spec)?)
+            .bind(max_attempts)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                inserted.push(job.id);
+            }
+        }
+        tx.commit().await?;
+        Ok((batch, inserted))
+    }
+
+    async fn ensure_raw_job(
+        &self,
+        id: JobId,
+        queue: &str,
+        spec: &JobSpec,
+        max_attempts: i32,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO jobs (id, queue, model, seed, spec, max_attempts, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(queue)
+        .bind(&spec.model)
+        .bind(spec.effective_seed(id) as i64)
+        .bind(serde_json::to_string(spec)?)
+        .bind(max_attempts)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_unparseable(
+        &self,
+        id: JobId,
+        queue: &str,
+        raw: &str,
+        error: &str,
+    ) -> Result<(), DbError> {
+        let raw: String = raw.chars().take(4096).collect();
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO jobs (id, queue, state, model, seed, spec, error, created_at, finished_at)
+             VALUES (?, ?, 'failed', '', 0, json_object('raw', ?), ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(queue)
+        .bind(raw)
+        .bind(error)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        requests: &[ClaimRequest],
+        worker: &str,
+    ) -> Result<Vec<ClaimedJob>, DbError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut con = self.pool.acquire().await?;
+        let mut tx = con.begin_with("BEGIN IMMEDIATE").await?;
+        let mut claimed = Vec::with_capacity(requests.len());
+        for r in requests {
+            if r.takeover {
+                sqlx::query(
+                    "UPDATE jobs SET state = 'failed', finished_at = ?,
+                            error = 'worker stopped responding during attempt ' || attempt || ' of ' || max_attempts
+                     WHERE id = ? AND state = 'running' AND attempt >= max_attempts",
+                )
+                .bind(now)
+                .bind(r.id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            let row = sqlx::query(
+                "UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = ?, worker = ?, run_at = NULL
+                 WHERE id = ? AND (state = 'queued' OR (? AND state IN ('running', 'retrying')))
+                 RETURNING batch_id, attempt, seed, spec",
+            )
+            .bind(now)
+            .bind(worker)
+            .bind(r.id.to_string())
+            .bind(r.takeover)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                let batch: Option<String> = row.get(0);
+                claimed.push(ClaimedJob {
+                    id: r.id,
+                    batch_id: batch.as_deref().map(uuid_of).transpose()?.map(BatchId),
+                    attempt: row.get(1),
+                    seed: row.get::<i64, _>(2) as u64,
+                    spec: serde_json::from_str(&row.get::<String, _>(3))?,
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn record_outcomes(
+        &self,
+        outcomes: &[(JobId, i32, Outcome)],
+    ) -> Result<Vec<Recorded>, DbError> {
+        let now = now_ms();
+        let mut con = self.pool.acquire().await?;
+        let mut tx = con.begin_with("BEGIN IMMEDIATE").await?;
+        let mut result = Vec::with_capacity(outcomes.len());
+        for (id, attempt, outcome) in outcomes {
+            let recorded = match outcome {
+                Outcome::Stored { key } => {
+                    let done = sqlx::query(
+                        "UPDATE jobs SET state = 'succeeded', finished_at = ?, output_key = ?, error = NULL
+                         WHERE id = ? AND attempt = ? AND state = 'running'",
+                    )
+                    .bind(now)
+                    .bind(key)
+                    .bind(id.to_string())
+                    .bind(attempt)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 1 {
+                        Recorded::Moved(JobState::Succeeded, None)
+                    } else {
+                        Recorded::Stale
+                    }
+                }
+                Outcome::Failed {
+                    error,
+                    retry,
+                    backoff_ms,
+                } => {
+                    let row = sqlx::query(
+                        "UPDATE jobs
+                         SET state = CASE WHEN ?1 AND attempt < max_attempts THEN 'retrying' ELSE 'failed' END,
+                             error = ?2,
+                             run_at = CASE WHEN ?1 AND attempt < max_attempts THEN ?3 + ?4 END,
+                             finished_at = CASE WHEN ?1 AND attempt < max_attempts THEN NULL ELSE ?3 END
+                         WHERE id = ?5 AND attempt = ?6 AND state = 'running'
+                         RETURNING state, run_at",
+                    )
+                    .bind(retry)
+                    .bind(error)
+                    .bind(now)
+                    .bind(backoff_ms)
+                    .bind(id.to_string())
+                    .bind(attempt)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match row {
+                        Some(row) => Recorded::Moved(
+                            state_of(row.get(0))?,
+                            row.get::<Option<i64>, _>(1).map(from_ms),
+                        ),
+                        None => Recorded::Stale,
+                    }
+                }
+            };
+            result.push(recorded);
+        }
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn states(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobState, i32)>, DbError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut con = self.pool.acquire().await?;
+        for id in ids {
+            let row = sqlx::query("SELECT state, attempt FROM jobs WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&mut *con)
+                .await?;
+            if let Some(row) = row {
+                out.push((*id, state_of(row.get(0))?, row.get(1)));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn requeue_due(&self, ids: &[JobId]) -> Result<Vec<JobId>, DbError> {
+        let mut con = self.pool.acquire().await?;
+        let mut tx = con.begin_with("BEGIN IMMEDIATE").await?;
+        let mut queued = Vec::new();
+        for id in ids {
+            sqlx::query("UPDATE jobs SET state = 'queued', run_at = NULL WHERE id = ? AND state = 'retrying'")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if state.as_deref() == Some("queued") {
+                queued.push(*id);
+            }
+        }
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    async fn release(&self, jobs: &[(JobId, i32)]) -> Result<Vec<JobId>, DbError> {
+        let mut con = self.pool.acquire().await?;
+        let mut tx = con.begin_with("BEGIN IMMEDIATE").await?;
+        let mut released = Vec::new();
+        for (id, attempt) in jobs {
+            let done = sqlx::query(
+                "UPDATE jobs SET state = 'queued', worker = NULL, lease_owner = NULL, lease_until = NULL
+                 WHERE id = ? AND attempt = ? AND state = 'running'",
+            )
+            .bind(id.to_string())
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                released.push(*id);
+            }
+        }
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    async fn cancel(&self, id: Uuid) -> Result<u64, DbError> {
+        let id = id.to_string();
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?
+             WHERE (id = ? OR batch_id = ?) AND state IN ('queued', 'retrying', 'running')",
+        )
+        .bind(now_ms())
+        .bind(&id)
+        .bind(&id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn exists(&self, id: Uuid) -> Result<bool, DbError> {
+        let id = id.to_string();
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM batches WHERE id = ?) OR EXISTS (SELECT 1 FROM jobs WHERE id = ?)",
+        )
+        .bind(&id)
+        .bind(&id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn progress(&self, batch: BatchId) -> Result<Option<Progress>, DbError> {
+        let row = sqlx::query(&format!(
+            "SELECT {PROGRESS_COLUMNS} FROM batch_progress WHERE batch_id = ?"
+        ))
+        .bind(batch.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(progress_of).transpose()
+    }
+
+    async fn recent_batches(&self, limit: i64) -> Result<Vec<Progress>, DbError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PROGRESS_COLUMNS} FROM batch_progress
+             WHERE batch_id IN (SELECT id FROM batches ORDER BY created_at DESC LIMIT ?)
+             ORDER BY created_at DESC"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(progress_of).collect()
+    }
+
+    async fn failures(&self, batch: BatchId, limit: i64) -> Result<Vec<FailedJob>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, attempt, error FROM jobs WHERE batch_id = ? AND state = 'failed'
+             ORDER BY finished_at LIMIT ?",
+        )
+        .bind(batch.to_string())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FailedJob {
+                    id: uuid_of(&r.get::<String, _>(0))?,
+                    attempt: r.get(1),
+                    error: r.get(2),
+                })
+            })
+            .collect()
+    }
+
+    async fn queue_counts(&self, queue: &str) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT state, count(*) FROM jobs WHERE queue = ? GROUP BY state ORDER BY state",
+        )
+        .bind(queue)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn jobs_of_queue(&self, queue: &str) -> Result<Vec<JobRow>, DbError> {
+        self.job_rows("queue = ?", queue.to_string()).await
+    }
+
+    async fn jobs_of_batch(&self, batch: BatchId) -> Result<Vec<JobRow>, DbError> {
+        self.job_rows("batch_id = ?", batch.to_string()).await
+    }
+
+    async fn worker_heartbeat(&self, worker: &WorkerInfo, jobs_done: i64) -> Result<(), DbError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO workers (id, host, device, models, queue, started_at, last_heartbeat, jobs_done)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET last_heartbeat = excluded.last_heartbeat, jobs_done = excluded.jobs_done",
+        )
+        .bind(&worker.id)
+        .bind(&worker.host)
+        .bind(&worker.device)
+        .bind(worker.models.join(","))
+        .bind(&worker.queue)
+        .bind(now)
+        .bind(now)
+        .bind(jobs_done)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn worker_stopped(&self, id: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE workers SET stopped_at = ? WHERE id = ?")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+impl SqliteRecord {
+    async fn job_rows(&self, filter: &str, value: String) -> Result<Vec<JobRow>, DbError> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, batch_id, state, attempt, error, output_key, seed,
+                    coalesce(json_extract(spec, '$.prompt'), '') FROM jobs WHERE {filter} ORDER BY id"
+        ))
+        .bind(value)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let batch: Option<String> = r.get(1);
+                Ok(JobRow {
+                    id: JobId(uuid_of(&r.get::<String, _>(0))?),
+                    batch_id: batch.as_deref().map(uuid_of).transpose()?.map(BatchId),
+                    state: state_of(r.get(2))?,
+                    attempt: r.get(3),
+                    error: r.get(4),
+                    output_key: r.get(5),
+                    seed: r.get::<i64, _>(6) as u64,
+                    prompt: r.get(7),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,195 @@
+//! Dispatch through the Postgres record, for deployments without Redis: the
+//! `renderq.jobs` table is the queue. Work is leased with `FOR UPDATE SKIP LOCKED`, so
+//! workers never wait on each other's rows; heartbeats push the lease forward; rows
+//! whose lease ran out are taken over. Retries wait in the table (`retrying`, `run_at`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::{Delivery, Dispatch, DispatchError, Payload, sqlite::db_error};
+use crate::job::JobId;
+
+const POLL: Duration = Duration::from_millis(100);
+
+pub struct PgDispatch {
+    pool: PgPool,
+    queue: String,
+    lease: Duration,
+}
+
+impl PgDispatch {
+    pub fn new(pool: PgPool, queue: &str, lease: Duration) -> Self {
+        PgDispatch {
+            pool,
+            queue: queue.to_string(),
+            lease,
+        }
+    }
+
+    async fn lease(
+        &self,
+        consumer: &str,
+        count: usize,
+        takeover: bool,
+    ) -> Result<Vec<Delivery>, DispatchError> {
+        let sql = if takeover {
+            "UPDATE renderq.jobs SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond'
+             WHERE id IN (SELECT id FROM renderq.jobs WHERE queue = $3 AND state = 'running'
+                          AND lease_until < now() ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING id"
+        } else {
+            "UPDATE renderq.jobs SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond'
+             WHERE id IN (SELECT id FROM renderq.jobs WHERE queue = $3 AND state = 'queued'
+                          AND (lease_until IS NULL OR lease_until < now())
+                          ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING id"
+        };
+        let rows = sqlx::query(sql)
+            .bind(consumer)
+            .bind(self.lease.as_millis() as f64)
+            .bind(&self.queue)
+            .bind(count as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let id: Uuid = r.get(0);
+                Delivery {
+                    entry: id.to_string(),
+                    payload: Payload::Id(JobId(id)),
+                    takeover,
+                }
+            })
+            .collect())
+    }
+}
+
+fn ids_of(entries: &[String]) -> Vec<Uuid> {
+    entries.iter().filter_map(|e| e.parse().ok()).collect()
+}
+
+#[async_trait]
+impl Dispatch for PgDispatch {
+    fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    async fn enqueue(&self, _ids: &[JobId]) -> Result<(), DispatchError> {
+        Ok(()) // a committed `queued` row is already on the queue
+    }
+
+    async fn fetch(
+        &self,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Delivery>, DispatchError> {
+        let until = tokio::time::Instant::now() + Duration::from_millis(block_ms);
+        loop {
+            let got = self.lease(consumer, count, false).await?;
+            if !got.is_empty() || tokio::time::Instant::now() + POLL > until {
+                return Ok(got);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn reclaim(
+        &self,
+        consumer: &str,
+        _lease_ms: u64,
+        count: usize,
+    ) -> Result<Vec<Delivery>, DispatchError> {
+        self.lease(consumer, count, true).await
+    }
+
+    async fn heartbeat(
+        &self,
+        consumer: &str,
+        entries: &[String],
+    ) -> Result<Vec<String>, DispatchError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = ids_of(entries);
+        sqlx::query(
+            "UPDATE renderq.jobs SET lease_until = now() + $1 * interval '1 millisecond'
+             WHERE id = ANY($2) AND lease_owner = $3",
+        )
+        .bind(self.lease.as_millis() as f64)
+        .bind(&ids)
+        .bind(consumer)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let rows = sqlx::query(
+            "SELECT id FROM renderq.jobs WHERE id = ANY($1) AND state = 'running'
+             AND lease_owner IS DISTINCT FROM $2",
+        )
+        .bind(&ids)
+        .bind(consumer)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| r.get::<Uuid, _>(0).to_string())
+            .collect())
+    }
+
+    async fn ack(&self, _entries: &[String]) -> Result<(), DispatchError> {
+        Ok(())
+    }
+
+    async fn defer(&self, _entry: &str, _job: JobId, _due_ms: i64) -> Result<(), DispatchError> {
+        Ok(())
+    }
+
+    async fn due(&self, _now_ms: i64, limit: usize) -> Result<Vec<JobId>, DispatchError> {
+        let rows = sqlx::query(
+            "SELECT id FROM renderq.jobs WHERE queue = $1 AND state = 'retrying' AND run_at <= now()
+             ORDER BY run_at LIMIT $2",
+        )
+        .bind(&self.queue)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
+    }
+
+    async fn move_due(&self, ids: &[JobId]) -> Result<usize, DispatchError> {
+        Ok(ids.len())
+    }
+
+    async fn drop_due(&self, _ids: &[JobId]) -> Result<(), DispatchError> {
+        Ok(())
+    }
+
+    async fn release(&self, _entry: &str, job: JobId) -> Result<(), DispatchError> {
+        sqlx::query(
+            "UPDATE renderq.jobs SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND state = 'queued'",
+        )
+        .bind(job.0)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn backlog(&self) -> Result<usize, DispatchError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM renderq.jobs WHERE queue = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(&self.queue)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(n as usize)
+    }
+}

@@ -1,0 +1,198 @@
+//! Dispatch through the SQLite record (the embedded default): the `jobs` table is the
+//! queue. Taking work is one atomic `UPDATE … RETURNING` that leases rows to this
+//! worker; heartbeats push the lease forward; rows whose lease ran out are taken over.
+//! Retries wait in the table (`state = 'retrying'`, `run_at`), so acknowledging,
+//! deferring and moving due retries need no work here.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::{Row, SqlitePool};
+
+use super::{Delivery, Dispatch, DispatchError, Payload};
+use crate::{db::sqlite::now_ms, job::JobId};
+
+/// How often an idle worker looks for new rows.
+const POLL: Duration = Duration::from_millis(100);
+
+pub struct SqliteDispatch {
+    pool: SqlitePool,
+    queue: String,
+    lease: Duration,
+}
+
+impl SqliteDispatch {
+    pub fn new(pool: SqlitePool, queue: &str, lease: Duration) -> Self {
+        SqliteDispatch {
+            pool,
+            queue: queue.to_string(),
+            lease,
+        }
+    }
+
+    async fn lease(
+        &self,
+        consumer: &str,
+        count: usize,
+        takeover: bool,
+    ) -> Result<Vec<Delivery>, DispatchError> {
+        let now = now_ms();
+        let sql = if takeover {
+            "UPDATE jobs SET lease_owner = ?1, lease_until = ?2
+             WHERE id IN (SELECT id FROM jobs WHERE queue = ?3 AND state = 'running' AND lease_until < ?4
+                          ORDER BY id LIMIT ?5)
+             RETURNING id"
+        } else {
+            "UPDATE jobs SET lease_owner = ?1, lease_until = ?2
+             WHERE id IN (SELECT id FROM jobs WHERE queue = ?3 AND state = 'queued'
+                          AND (lease_until IS NULL OR lease_until < ?4) ORDER BY id LIMIT ?5)
+             RETURNING id"
+        };
+        let rows = sqlx::query(sql)
+            .bind(consumer)
+            .bind(now + self.lease.as_millis() as i64)
+            .bind(&self.queue)
+            .bind(now)
+            .bind(count as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let id: String = r.get(0);
+                let job = id.parse().ok()?;
+                Some(Delivery {
+                    entry: id,
+                    payload: Payload::Id(job),
+                    takeover,
+                })
+            })
+            .collect())
+    }
+}
+
+pub(crate) fn db_error(e: sqlx::Error) -> DispatchError {
+    DispatchError::Database(e.to_string())
+}
+
+#[async_trait]
+impl Dispatch for SqliteDispatch {
+    fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    async fn enqueue(&self, _ids: &[JobId]) -> Result<(), DispatchError> {
+        Ok(()) // a committed `queued` row is already on the queue
+    }
+
+    async fn fetch(
+        &self,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Delivery>, DispatchError> {
+        let until = tokio::time::Instant::now() + Duration::from_millis(block_ms);
+        loop {
+            let got = self.lease(consumer, count, false).await?;
+            if !got.is_empty() || tokio::time::Instant::now() + POLL > until {
+                return Ok(got);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn reclaim(
+        &self,
+        consumer: &str,
+        _lease_ms: u64,
+        count: usize,
+    ) -> Result<Vec<Delivery>, DispatchError> {
+        self.lease(consumer, count, true).await
+    }
+
+    async fn heartbeat(
+        &self,
+        consumer: &str,
+        entries: &[String],
+    ) -> Result<Vec<String>, DispatchError> {
+        let until = now_ms() + self.lease.as_millis() as i64;
+        let mut lost = Vec::new();
+        for chunk in entries.chunks(500) {
+            let ids = serde_json::to_string(chunk).unwrap_or_default();
+            sqlx::query(
+                "UPDATE jobs SET lease_until = ?1
+                 WHERE id IN (SELECT value FROM json_each(?2)) AND lease_owner = ?3",
+            )
+            .bind(until)
+            .bind(&ids)
+            .bind(consumer)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+            let rows = sqlx::query(
+                "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?1))
+                 AND state = 'running' AND lease_owner IS NOT ?2",
+            )
+            .bind(&ids)
+            .bind(consumer)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+            lost.extend(rows.iter().map(|r| r.get::<String, _>(0)));
+        }
+        Ok(lost)
+    }
+
+    async fn ack(&self, _entries: &[String]) -> Result<(), DispatchError> {
+        Ok(()) // a finished row is no longer `queued`: nothing to remove
+    }
+
+    async fn defer(&self, _entry: &str, _job: JobId, _due_ms: i64) -> Result<(), DispatchError> {
+        Ok(()) // the row is `retrying` with its `run_at`
+    }
+
+    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<JobId>, DispatchError> {
+        let rows = sqlx::query(
+            "SELECT id FROM jobs WHERE queue = ? AND state = 'retrying' AND run_at <= ? ORDER BY run_at LIMIT ?",
+        )
+        .bind(&self.queue)
+        .bind(now_ms)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get::<String, _>(0).parse().ok())
+            .collect())
+    }
+
+    async fn move_due(&self, ids: &[JobId]) -> Result<usize, DispatchError> {
+        Ok(ids.len()) // `requeue_due` made them `queued`, which is all a row needs
+    }
+
+    async fn drop_due(&self, _ids: &[JobId]) -> Result<(), DispatchError> {
+        Ok(())
+    }
+
+    async fn release(&self, _entry: &str, job: JobId) -> Result<(), DispatchError> {
+        sqlx::query("UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND state = 'queued'")
+            .bind(job.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn backlog(&self) -> Result<usize, DispatchError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE queue = ? AND state IN ('queued', 'running')",
+        )
+        .bind(&self.queue)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(n as usize)
+    }
+}
