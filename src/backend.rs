@@ -15,10 +15,11 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://renderq.db";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("opening the database at {url}: {source}")]
-    Db { url: String, source: DbError },
-    #[error("connecting to Redis at {url}: {source}")]
-    Redis { url: String, source: DispatchError },
+    // The cause is part of the message (not a `source`), so it is printed once.
+    #[error("opening the database at {url}: {error}")]
+    Db { url: String, error: DbError },
+    #[error("connecting to Redis at {url}: {error}")]
+    Redis { url: String, error: DispatchError },
     #[error(
         "DATABASE_URL `{0}` is neither postgres://… nor sqlite://… (a path to a file, created when missing)"
     )]
@@ -34,9 +35,9 @@ pub enum Database {
 impl Database {
     pub async fn open(url: Option<&str>, migrate: bool) -> Result<Database, BackendError> {
         let url = url.unwrap_or(DEFAULT_DATABASE_URL);
-        let err = |source| BackendError::Db {
+        let err = |error| BackendError::Db {
             url: redact_url(url),
-            source,
+            error,
         };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Database::Postgres(
@@ -77,10 +78,10 @@ pub async fn open(
 ) -> Result<(Arc<dyn Record>, Arc<dyn Dispatch>), BackendError> {
     let db = Database::open(database_url, migrate).await?;
     let dispatch: Arc<dyn Dispatch> = match redis_url {
-        Some(url) => Arc::new(RedisDispatch::connect(url, queue).await.map_err(|source| {
+        Some(url) => Arc::new(RedisDispatch::connect(url, queue).await.map_err(|error| {
             BackendError::Redis {
                 url: redact_url(url),
-                source,
+                error,
             }
         })?),
         None => db.dispatch(queue, lease),
