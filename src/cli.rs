@@ -120,6 +120,9 @@ pub struct PipelineArgs {
     /// First retry backoff in seconds (doubles per attempt, with jitter)
     #[arg(long, env = "RENDERQ_BACKOFF_SECS", default_value_t = 2.0)]
     pub backoff_secs: f64,
+    /// Seconds between the reconciler's comparisons of the record with Redis
+    #[arg(long, env = "RENDERQ_RECONCILE_SECS", default_value_t = 10.0)]
+    pub reconcile_secs: f64,
     /// Milliseconds the noop model waits per device call
     #[arg(long, env = "RENDERQ_NOOP_DELAY_MS", default_value_t = 0)]
     pub noop_delay_ms: u64,
@@ -160,6 +163,7 @@ impl PipelineArgs {
             lease: secs("lease-secs", self.lease_secs)?,
             shutdown_deadline: secs("shutdown-secs", self.shutdown_secs)?,
             backoff_base: secs("backoff-secs", self.backoff_secs)?,
+            reconcile_every: secs("reconcile-secs", self.reconcile_secs)?,
             max_attempts,
             id: self.worker_id.clone().unwrap_or_else(default_worker_id),
             ..WorkerConfig::default()

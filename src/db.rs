@@ -117,6 +117,28 @@ pub struct JobRow {
     pub prompt: String,
 }
 
+/// Unfinished jobs of a queue, as the reconciler sees them.
+#[derive(Debug, Clone, Default)]
+pub struct Unfinished {
+    pub queued: Vec<JobId>,
+    /// With the time (Unix ms) each retry is due.
+    pub retrying: Vec<(JobId, i64)>,
+    /// Running jobs whose worker stopped heartbeating (or said it stopped), with
+    /// their attempt.
+    pub orphaned: Vec<(JobId, i32)>,
+}
+
+/// Held while this process leads (the reconciler): dropping it gives the lead up.
+pub struct Leadership {
+    _hold: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl Leadership {
+    pub fn new(hold: Option<Box<dyn std::any::Any + Send>>) -> Self {
+        Leadership { _hold: hold }
+    }
+}
+
 /// A worker as `renderq.workers` shows it.
 #[derive(Debug, Clone)]
 pub struct WorkerInfo {
@@ -191,4 +213,9 @@ pub trait Record: Send + Sync {
     async fn jobs_of_batch(&self, batch: BatchId) -> Result<Vec<JobRow>, DbError>;
     async fn worker_heartbeat(&self, worker: &WorkerInfo, jobs_done: i64) -> Result<(), DbError>;
     async fn worker_stopped(&self, id: &str) -> Result<(), DbError>;
+    /// What the reconciler checks against dispatch. `silent_ms`: how long without a
+    /// heartbeat makes a worker dead.
+    async fn unfinished(&self, queue: &str, silent_ms: i64) -> Result<Unfinished, DbError>;
+    /// Tries to become the one leader for `name` among all processes on this record.
+    async fn lead(&self, name: &str) -> Result<Option<Leadership>, DbError>;
 }

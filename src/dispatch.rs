@@ -5,6 +5,8 @@ pub mod postgres;
 pub mod redis;
 pub mod sqlite;
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 
 use crate::job::JobId;
@@ -79,6 +81,11 @@ pub trait Dispatch: Send + Sync {
     async fn drop_due(&self, ids: &[JobId]) -> Result<(), DispatchError>;
     /// Gives a delivery back: acknowledged, and its job dispatched anew.
     async fn release(&self, entry: &str, job: JobId) -> Result<(), DispatchError>;
+    /// Every job this dispatch holds (waiting, in flight or delayed), for the
+    /// reconciler; `None` when dispatch lives in the record and cannot lose a job.
+    async fn held(&self) -> Result<Option<HashSet<JobId>>, DispatchError>;
+    /// Puts a job in the delayed set until `due_ms` (the reconciler's repair).
+    async fn schedule(&self, job: JobId, due_ms: i64) -> Result<(), DispatchError>;
     /// Messages waiting or in flight (for status and tests).
     async fn backlog(&self) -> Result<usize, DispatchError>;
 }

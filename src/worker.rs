@@ -8,12 +8,14 @@
 //!   │ claims in batches                                                │
 //!   ▼                                                                  ▼
 //! Postgres ◀──────── completions in batches, fenced by attempt ── complete ──▶ XACK+XDEL
-//! heartbeat: renews this worker's leases; mover: dispatches due retries
+//! heartbeat: renews this worker's leases; mover: dispatches due retries;
+//! reconciler (one leader): re-dispatches what the record has and dispatch lost
 //! ```
 //!
 //! `--concurrency` permits bound the jobs between intake and complete.
 
 mod intake;
+mod reconcile;
 mod stages;
 
 use std::{
@@ -53,6 +55,8 @@ pub struct WorkerConfig {
     pub backoff_max: Duration,
     /// How long an upload keeps retrying (store down) before the attempt fails.
     pub upload_deadline: Duration,
+    /// How often the reconciler compares the record with dispatch.
+    pub reconcile_every: Duration,
     /// Attempts of jobs created from raw stream messages.
     pub max_attempts: i32,
     /// This worker's name in the stream's consumer group and `renderq.workers`.
@@ -71,6 +75,7 @@ impl Default for WorkerConfig {
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             upload_deadline: Duration::from_secs(300),
+            reconcile_every: Duration::from_secs(10),
             max_attempts: 3,
             id: default_worker_id(),
             device: "cpu".into(),
@@ -170,6 +175,7 @@ impl Worker {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(stages::heartbeat(s.clone(), background.clone()));
         tasks.spawn(stages::move_due_retries(s.clone(), background.clone()));
+        tasks.spawn(reconcile::run(s.clone(), background.clone()));
         let mut intake = tokio::spawn(intake::run(
             s.clone(),
             permits,

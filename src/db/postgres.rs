@@ -10,8 +10,8 @@ use uuid::Uuid;
 use async_trait::async_trait;
 
 use super::{
-    ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, NewJob, Outcome, Progress, Record,
-    Recorded, WorkerInfo,
+    ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob, Outcome, Progress,
+    Record, Recorded, Unfinished, WorkerInfo,
 };
 use crate::job::{BatchId, JobId, JobSpec, JobState};
 
@@ -449,6 +449,47 @@ impl Record for PgRecord {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn unfinished(&self, queue: &str, silent_ms: i64) -> Result<Unfinished, DbError> {
+        let rows = sqlx::query(
+            "SELECT j.id, j.state, j.attempt, (extract(epoch FROM j.run_at) * 1000)::bigint,
+                    (j.state = 'running'
+                     AND j.started_at < now() - $2 * interval '1 millisecond'
+                     AND (w.id IS NULL OR w.stopped_at IS NOT NULL
+                          OR w.last_heartbeat < now() - $2 * interval '1 millisecond'))
+             FROM renderq.jobs j LEFT JOIN renderq.workers w ON w.id = j.worker
+             WHERE j.queue = $1 AND j.state IN ('queued', 'retrying', 'running')",
+        )
+        .bind(queue)
+        .bind(silent_ms as f64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Unfinished::default();
+        for r in rows {
+            let id = JobId(r.get(0));
+            match r.get::<&str, _>(1) {
+                "queued" => out.queued.push(id),
+                "retrying" => out
+                    .retrying
+                    .push((id, r.get::<Option<i64>, _>(3).unwrap_or(0))),
+                _ if r.get::<Option<bool>, _>(4) == Some(true) => out.orphaned.push((id, r.get(2))),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// A session advisory lock on a connection taken out of the pool: closing that
+    /// connection (dropping the `Leadership`) is what releases it, also when the
+    /// process dies.
+    async fn lead(&self, name: &str) -> Result<Option<Leadership>, DbError> {
+        let mut con = self.pool.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(name)
+            .fetch_one(&mut con)
+            .await?;
+        Ok(got.then(|| Leadership::new(Some(Box::new(con)))))
     }
 
     async fn jobs_of_queue(&self, queue: &str) -> Result<Vec<JobRow>, DbError> {

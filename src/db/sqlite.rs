@@ -15,8 +15,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, NewJob, Outcome, Progress, Record,
-    Recorded, WorkerInfo,
+    ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob, Outcome, Progress,
+    Record, Recorded, Unfinished, WorkerInfo,
 };
 use crate::job::{BatchId, JobId, JobSpec, JobState};
 
@@ -511,6 +511,39 @@ impl Record for SqliteRecord {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn unfinished(&self, queue: &str, silent_ms: i64) -> Result<Unfinished, DbError> {
+        let since = now_ms() - silent_ms;
+        let rows = sqlx::query(
+            "SELECT j.id, j.state, j.attempt, j.run_at,
+                    (j.state = 'running' AND j.started_at < ?2
+                     AND (w.id IS NULL OR w.stopped_at IS NOT NULL OR w.last_heartbeat < ?2))
+             FROM jobs j LEFT JOIN workers w ON w.id = j.worker
+             WHERE j.queue = ?1 AND j.state IN ('queued', 'retrying', 'running')",
+        )
+        .bind(queue)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Unfinished::default();
+        for r in rows {
+            let id = JobId(uuid_of(&r.get::<String, _>(0))?);
+            match r.get::<String, _>(1).as_str() {
+                "queued" => out.queued.push(id),
+                "retrying" => out
+                    .retrying
+                    .push((id, r.get::<Option<i64>, _>(3).unwrap_or(0))),
+                _ if r.get::<Option<bool>, _>(4) == Some(true) => out.orphaned.push((id, r.get(2))),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// One machine, and every reconciler action is idempotent: each process may lead.
+    async fn lead(&self, _name: &str) -> Result<Option<Leadership>, DbError> {
+        Ok(Some(Leadership::new(None)))
     }
 
     async fn worker_stopped(&self, id: &str) -> Result<(), DbError> {

@@ -5,13 +5,13 @@
 //! keep a queue's keys in one Cluster slot, so the Lua scripts work on a cluster.
 //! Finished entries are acknowledged and deleted at once: Redis holds only work in flight.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use async_trait::async_trait;
 use redis::{
     AsyncCommands, Client, Script,
     aio::{ConnectionManager, ConnectionManagerConfig},
-    streams::{StreamAutoClaimReply, StreamId, StreamReadReply},
+    streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply},
 };
 
 use super::{Delivery, Dispatch, DispatchError, Payload};
@@ -19,6 +19,8 @@ use crate::job::JobId;
 
 /// The consumer group every worker of a queue joins.
 pub const GROUP: &str = "renderq";
+/// Entries per XRANGE page when the reconciler reads the stream.
+const HELD_PAGE: usize = 10_000;
 /// Entries per pipelined XADD chunk at submit.
 const XADD_CHUNK: usize = 2_000;
 
@@ -331,6 +333,48 @@ impl Dispatch for RedisDispatch {
             .arg(job.to_string())
             .ignore();
         pipe.query_async::<()>(&mut con).await?;
+        Ok(())
+    }
+
+    /// Scans the stream (submitted ids, and the ids of raw jobs) and the delayed set.
+    async fn held(&self) -> Result<Option<HashSet<JobId>>, DispatchError> {
+        let mut con = self.con.clone();
+        let mut held = HashSet::new();
+        let mut start = "-".to_string();
+        loop {
+            let page: StreamRangeReply = con
+                .xrange_count(&self.stream, &start, "+", HELD_PAGE)
+                .await?;
+            let n = page.ids.len();
+            for entry in page.ids {
+                match Self::delivery(entry.clone(), false).payload {
+                    Payload::Id(id) => {
+                        held.insert(id);
+                    }
+                    Payload::Job(text) => {
+                        let id = serde_json::from_str::<serde_json::Value>(&text)
+                            .ok()
+                            .and_then(|v| v.get("id")?.as_str()?.parse().ok())
+                            .unwrap_or_else(|| JobId::for_raw_message(&self.queue, &entry.id));
+                        held.insert(id);
+                    }
+                    Payload::Invalid(_) => {}
+                }
+                start = format!("({}", entry.id);
+            }
+            if n < HELD_PAGE {
+                break;
+            }
+        }
+        let delayed: Vec<String> = con.zrange(&self.delayed, 0, -1).await?;
+        held.extend(delayed.iter().filter_map(|s| s.parse::<JobId>().ok()));
+        Ok(Some(held))
+    }
+
+    async fn schedule(&self, job: JobId, due_ms: i64) -> Result<(), DispatchError> {
+        let mut con = self.con.clone();
+        con.zadd::<_, _, _, ()>(&self.delayed, job.to_string(), due_ms)
+            .await?;
         Ok(())
     }
 

@@ -294,6 +294,7 @@ pub fn fast_config() -> WorkerConfig {
         backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
         upload_deadline: Duration::from_secs(5),
+        reconcile_every: Duration::from_millis(300),
         ..WorkerConfig::default()
     }
 }
