@@ -62,10 +62,14 @@ if ! port_open "$S3_PORT"; then
   wait_port "$S3_PORT" s3s-fs
 fi
 
+s3s_bin=$(command -v s3s-fs || echo "$TOOLS/bin/s3s-fs")
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
 cat <<ENV
 export RENDERQ_TEST_DATABASE_URL=postgres://postgres:postgres@$PG_HOST:$PG_PORT/postgres
 export RENDERQ_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export RENDERQ_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
 export RENDERQ_TEST_S3_ACCESS_KEY=$S3_ACCESS
 export RENDERQ_TEST_S3_SECRET_KEY=$S3_SECRET
+export RENDERQ_TEST_S3S_BIN=$s3s_bin
+export RENDERQ_TEST_PG_BIN=$pg_bin
 ENV

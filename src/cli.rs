@@ -126,9 +126,21 @@ pub struct PipelineArgs {
     /// Milliseconds the noop model waits per device call
     #[arg(long, env = "RENDERQ_NOOP_DELAY_MS", default_value_t = 0)]
     pub noop_delay_ms: u64,
+    /// For drills: the noop model panics on prompts containing this text
+    #[arg(long, env = "RENDERQ_NOOP_PANIC_ON")]
+    pub noop_panic_on: Option<String>,
     /// This worker's name (default: host-pid-random)
     #[arg(long, env = "RENDERQ_WORKER_ID")]
     pub worker_id: Option<String>,
+}
+
+impl PipelineArgs {
+    pub fn renderers(&self) -> Renderers {
+        Renderers::with_noop(
+            crate::render::NoopRenderer::new(self.noop_delay_ms)
+                .panicking_on(self.noop_panic_on.clone()),
+        )
+    }
 }
 
 #[derive(Args, Debug)]
@@ -335,7 +347,7 @@ async fn worker_cmd(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
         record,
         dispatch,
         Arc::from(store),
-        Renderers::builtin(args.pipeline.noop_delay_ms),
+        args.pipeline.renderers(),
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));

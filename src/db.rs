@@ -115,6 +115,8 @@ pub struct JobRow {
     pub output_key: Option<String>,
     pub seed: u64,
     pub prompt: String,
+    /// The worker that claimed the latest attempt.
+    pub worker: Option<String>,
 }
 
 /// Unfinished jobs of a queue, as the reconciler sees them.

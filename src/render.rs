@@ -102,9 +102,14 @@ pub struct Renderers {
 impl Renderers {
     /// `placeholder` and `noop`.
     pub fn builtin(noop_delay_ms: u64) -> Self {
+        Renderers::with_noop(NoopRenderer::new(noop_delay_ms))
+    }
+
+    /// `placeholder`, and `noop` as given.
+    pub fn with_noop(noop: NoopRenderer) -> Self {
         let mut r = Renderers::default();
         r.insert("placeholder", Arc::new(PlaceholderRenderer));
-        r.insert("noop", Arc::new(NoopRenderer::new(noop_delay_ms)));
+        r.insert("noop", Arc::new(noop));
         r
     }
 

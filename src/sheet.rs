@@ -73,6 +73,7 @@ mod tests {
             output_key: key.map(str::to_string),
             seed: 7,
             prompt: "<b>chair</b> & \"lamp\"".into(),
+            worker: None,
         };
         let html = contact_sheet(
             "t",

@@ -7,7 +7,7 @@ use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
 use super::{Global, RunArgs, batch_name, connect, read_file, signal_shutdown, watch};
-use crate::{render::Renderers, sheet, store, submit, worker::Worker};
+use crate::{sheet, store, submit, worker::Worker};
 
 pub async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
     let jobs = match read_file(&args.submit.file).await? {
@@ -36,7 +36,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
         record.clone(),
         dispatch,
         store.clone(),
-        Renderers::builtin(args.pipeline.noop_delay_ms),
+        args.pipeline.renderers(),
     );
     let working = tokio::spawn(worker.run(shutdown.clone()));
     let batch = done.batch.to_string();

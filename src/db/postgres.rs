@@ -508,7 +508,7 @@ impl PgRecord {
     {
         let rows = sqlx::query(&format!(
             "SELECT id, batch_id, state, attempt, error, output_key, seed,
-                    coalesce(spec->>'prompt', '') FROM renderq.jobs WHERE {filter} ORDER BY id"
+                    coalesce(spec->>'prompt', ''), worker FROM renderq.jobs WHERE {filter} ORDER BY id"
         ))
         .bind(value)
         .fetch_all(&self.pool)
@@ -525,6 +525,7 @@ impl PgRecord {
                     output_key: r.get(5),
                     seed: r.get::<i64, _>(6) as u64,
                     prompt: r.get(7),
+                    worker: r.get(8),
                 })
             })
             .collect()

@@ -560,7 +560,7 @@ impl SqliteRecord {
     async fn job_rows(&self, filter: &str, value: String) -> Result<Vec<JobRow>, DbError> {
         let rows = sqlx::query(&format!(
             "SELECT id, batch_id, state, attempt, error, output_key, seed,
-                    coalesce(json_extract(spec, '$.prompt'), '') FROM jobs WHERE {filter} ORDER BY id"
+                    coalesce(json_extract(spec, '$.prompt'), ''), worker FROM jobs WHERE {filter} ORDER BY id"
         ))
         .bind(value)
         .fetch_all(&self.pool)
@@ -577,6 +577,7 @@ impl SqliteRecord {
                     output_key: r.get(5),
                     seed: r.get::<i64, _>(6) as u64,
                     prompt: r.get(7),
+                    worker: r.get(8),
                 })
             })
             .collect()

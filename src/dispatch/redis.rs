@@ -34,6 +34,10 @@ pub struct RedisDispatch {
     blocking: ConnectionManager,
     heartbeat: Script,
     move_due: Script,
+    /// Where the next XAUTOCLAIM scan starts. XAUTOCLAIM examines a bounded window
+    /// of the pending list per call; always starting at `0-0` would never reach a dead
+    /// worker's entries behind a long list of live ones.
+    reclaim_cursor: std::sync::Mutex<String>,
 }
 
 impl From<redis::RedisError> for DispatchError {
@@ -74,6 +78,7 @@ impl RedisDispatch {
             blocking,
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
             move_due: Script::new(include_str!("lua/move_due.lua")),
+            reclaim_cursor: std::sync::Mutex::new("0-0".into()),
         };
         dispatch.ensure_group().await?;
         Ok(dispatch)
@@ -198,16 +203,18 @@ impl Dispatch for RedisDispatch {
         lease_ms: u64,
         count: usize,
     ) -> Result<Vec<Delivery>, DispatchError> {
+        let start = self.reclaim_cursor.lock().unwrap().clone();
         let reply: StreamAutoClaimReply = self
             .with_group(|| {
                 let mut con = self.con.clone();
+                let start = start.clone();
                 async move {
                     redis::cmd("XAUTOCLAIM")
                         .arg(&self.stream)
                         .arg(GROUP)
                         .arg(consumer)
                         .arg(lease_ms)
-                        .arg("0-0")
+                        .arg(start)
                         .arg("COUNT")
                         .arg(count.max(1))
                         .query_async(&mut con)
@@ -215,6 +222,7 @@ impl Dispatch for RedisDispatch {
                 }
             })
             .await?;
+        *self.reclaim_cursor.lock().unwrap() = reply.next_stream_id.clone();
         Ok(reply
             .claimed
             .into_iter()

@@ -10,13 +10,22 @@ use super::{RenderError, RenderRequest, Renderer};
 
 pub struct NoopRenderer {
     delay: Duration,
+    panic_on: Option<String>,
 }
 
 impl NoopRenderer {
     pub fn new(delay_ms: u64) -> Self {
         NoopRenderer {
             delay: Duration::from_millis(delay_ms),
+            panic_on: None,
         }
+    }
+
+    /// For failure drills: panic on any batch holding a prompt that contains `text`
+    /// (`RENDERQ_NOOP_PANIC_ON`), as a buggy model would on a poison input.
+    pub fn panicking_on(mut self, text: Option<String>) -> Self {
+        self.panic_on = text.filter(|t| !t.is_empty());
+        self
     }
 }
 
@@ -25,6 +34,11 @@ impl Renderer for NoopRenderer {
     async fn render(&self, batch: &[RenderRequest]) -> Vec<Result<RgbImage, RenderError>> {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
+        }
+        if let Some(poison) = &self.panic_on
+            && batch.iter().any(|r| r.prompt.contains(poison.as_str()))
+        {
+            panic!("noop: poison prompt (contains {poison:?})");
         }
         batch
             .iter()
