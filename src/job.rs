@@ -370,18 +370,44 @@ impl JobSpec {
     }
 }
 
+/// Models a job may name: the built-ins, the Stable Diffusion presets the diffusion
+/// renderer serves, and `remote/<name>` for an images endpoint.
+pub const KNOWN_MODELS: [&str; 7] = [
+    "placeholder",
+    "noop",
+    "sd-1.5",
+    "sd-2.1",
+    "sdxl",
+    "sd-turbo",
+    "sdxl-turbo",
+];
+
 fn validate_model_name(model: &str) -> Result<(), FieldError> {
-    let ok = !model.is_empty()
-        && model.len() <= 128
-        && model
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c));
-    if ok {
+    if let Some(name) = model.strip_prefix("remote/") {
+        let ok = !name.is_empty()
+            && name.len() <= 120
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c));
+        return if ok {
+            Ok(())
+        } else {
+            Err(refuse(
+                "model",
+                "a remote model name must be 1-120 characters of letters, digits and - _ . / :",
+            ))
+        };
+    }
+    if KNOWN_MODELS.contains(&model) {
         Ok(())
     } else {
+        let shown: String = model.chars().take(64).collect();
         Err(refuse(
             "model",
-            "must be 1-128 characters of letters, digits and - _ . / :",
+            format!(
+                "unknown model `{shown}` (known: {}, or remote/<name>)",
+                KNOWN_MODELS.join(", ")
+            ),
         ))
     }
 }
@@ -402,11 +428,11 @@ pub fn validate_output_key(key: &str, max_len: usize) -> Result<(), FieldError> 
         Some("must not contain a backslash".into())
     } else if key.chars().any(|c| c.is_control()) {
         Some("must not contain control characters".into())
-    } else if key
-        .split('/')
-        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-    {
-        Some("must not contain empty, `.` or `..` path segments".into())
+    } else if key.contains("..") {
+        // Stricter than needed (`a..b` cannot escape), and simpler to trust.
+        Some("must not contain `..`".into())
+    } else if key.split('/').any(|seg| seg.is_empty() || seg == ".") {
+        Some("must not contain empty or `.` path segments".into())
     } else {
         None
     };

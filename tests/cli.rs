@@ -205,7 +205,7 @@ async fn past_the_shutdown_deadline_unfinished_jobs_are_released(env: Env) {
 }
 
 #[test]
-fn secrets_in_urls_are_never_printed() {
+fn secrets_in_urls_are_never_printed_quick() {
     let out = Command::new(env!("CARGO_BIN_EXE_renderq"))
         .args(["status"])
         .env(

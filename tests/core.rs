@@ -136,13 +136,17 @@ async fn submitted_jobs_are_rendered_stored_and_recorded(env: Env) {
 async fn a_dead_workers_jobs_complete_once_after_the_lease(env: Env) {
     let store = s3_store().await;
     env.submit(&[
-        r#"{"prompt":"one","model":"slow","width":16,"height":16}"#,
-        r#"{"prompt":"two","model":"slow","width":16,"height":16}"#,
-        r#"{"prompt":"three","model":"slow","width":16,"height":16}"#,
+        r#"{"prompt":"one","model":"remote/slow","width":16,"height":16}"#,
+        r#"{"prompt":"two","model":"remote/slow","width":16,"height":16}"#,
+        r#"{"prompt":"three","model":"remote/slow","width":16,"height":16}"#,
     ])
     .await;
     // Worker A claims everything, then dies mid-render (its future is dropped).
-    let a = env.worker(fast_config(), store.clone(), with("slow", Arc::new(Hang)));
+    let a = env.worker(
+        fast_config(),
+        store.clone(),
+        with("remote/slow", Arc::new(Hang)),
+    );
     let a = tokio::spawn(a.run(tokio_util::sync::CancellationToken::new()));
     for _ in 0..200 {
         if env.rows().await.iter().all(|r| r.1 == "running") {
@@ -158,7 +162,10 @@ async fn a_dead_workers_jobs_complete_once_after_the_lease(env: Env) {
     let (stop, b) = env.spawn_worker(
         fast_config(),
         store.clone(),
-        with("slow", Arc::new(renderq::render::NoopRenderer::new(0))),
+        with(
+            "remote/slow",
+            Arc::new(renderq::render::NoopRenderer::new(0)),
+        ),
     );
     let rows = env.wait_terminal(3, Duration::from_secs(30)).await;
     let took = died.elapsed();
@@ -341,17 +348,17 @@ async fn raw_xadd_jobs_complete_and_bad_messages_fail_without_blocking() {
 
 async fn a_failing_renderer_retries_with_backoff_then_fails_with_its_error(env: Env) {
     env.submit(&[
-        r#"{"prompt":"flaky","model":"flaky","width":16,"height":16}"#,
-        r#"{"prompt":"bad","model":"broken","width":16,"height":16}"#,
-        r#"{"prompt":"lost","model":"nonexistent","width":16,"height":16}"#,
+        r#"{"prompt":"flaky","model":"remote/flaky","width":16,"height":16}"#,
+        r#"{"prompt":"bad","model":"remote/broken","width":16,"height":16}"#,
+        r#"{"prompt":"lost","model":"remote/nonexistent","width":16,"height":16}"#,
     ])
     .await;
     let mut rs = with(
-        "flaky",
+        "remote/flaky",
         Arc::new(Failing(RenderError::Retry("device on fire".into()))),
     );
     rs.insert(
-        "broken",
+        "remote/broken",
         Arc::new(Failing(RenderError::Abort("weights missing".into()))),
     );
     let (_dir, store) = dir_store();
@@ -392,12 +399,16 @@ async fn a_failing_renderer_retries_with_backoff_then_fails_with_its_error(env: 
 async fn a_renderer_panic_fails_only_its_job(env: Env) {
     let lines: Vec<String> = ["a", "boom", "b", "c"]
         .iter()
-        .map(|p| format!(r#"{{"prompt":"{p}","model":"panicky","width":16,"height":16}}"#))
+        .map(|p| format!(r#"{{"prompt":"{p}","model":"remote/panicky","width":16,"height":16}}"#))
         .collect();
     env.submit(&lines.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
     let (_dir, store) = dir_store();
-    let (stop, h) = env.spawn_worker(fast_config(), store, with("panicky", Arc::new(Panicky)));
+    let (stop, h) = env.spawn_worker(
+        fast_config(),
+        store,
+        with("remote/panicky", Arc::new(Panicky)),
+    );
     let rows = env.wait_terminal(4, Duration::from_secs(20)).await;
     stop.cancel();
     h.await.unwrap();
@@ -417,13 +428,16 @@ async fn cancel_stops_queued_jobs_and_discards_running_ones(env: Env) {
         .await;
     assert_eq!(env.record.cancel(queued.batch.0).await.unwrap(), 2);
     let running = env
-        .submit(&[r#"{"prompt":"r","model":"slow","width":16,"height":16}"#])
+        .submit(&[r#"{"prompt":"r","model":"remote/slow","width":16,"height":16}"#])
         .await;
     let (dir, store) = dir_store();
     let (stop, h) = env.spawn_worker(
         fast_config(),
         store,
-        with("slow", Arc::new(renderq::render::NoopRenderer::new(1500))),
+        with(
+            "remote/slow",
+            Arc::new(renderq::render::NoopRenderer::new(1500)),
+        ),
     );
     for _ in 0..200 {
         let p = env.record.progress(running.batch).await.unwrap().unwrap();

@@ -50,7 +50,7 @@ fn count_files(dir: &std::path::Path) -> usize {
 async fn redis_losing_everything_mid_batch_loses_no_job() {
     let env = Env::new().await;
     let lines: Vec<String> = (0..30)
-        .map(|i| format!(r#"{{"prompt":"p{i}","model":"slow","width":8,"height":8}}"#))
+        .map(|i| format!(r#"{{"prompt":"p{i}","model":"remote/slow","width":8,"height":8}}"#))
         .collect();
     env.submit(&lines.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
@@ -63,7 +63,7 @@ async fn redis_losing_everything_mid_batch_loses_no_job() {
     let (stop, h) = env.spawn_worker(
         cfg,
         Arc::new(DirStore::new(dir.path())),
-        with("slow", Arc::new(NoopRenderer::new(100))),
+        with("remote/slow", Arc::new(NoopRenderer::new(100))),
     );
     for _ in 0..500 {
         let rows = env.rows().await;
@@ -115,11 +115,15 @@ impl Renderer for Hang {
 #[tokio::test]
 async fn running_jobs_of_a_dead_worker_are_rescued_when_redis_lost_their_entries() {
     let env = Env::new().await;
-    env.submit(&[r#"{"prompt":"held","model":"slow","width":8,"height":8}"#])
+    env.submit(&[r#"{"prompt":"held","model":"remote/slow","width":8,"height":8}"#])
         .await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DirStore::new(dir.path()));
-    let a = env.worker(fast_config(), store.clone(), with("slow", Arc::new(Hang)));
+    let a = env.worker(
+        fast_config(),
+        store.clone(),
+        with("remote/slow", Arc::new(Hang)),
+    );
     let a = tokio::spawn(a.run(tokio_util::sync::CancellationToken::new()));
     for _ in 0..300 {
         if env.rows().await.iter().all(|r| r.1 == "running") {
@@ -133,7 +137,7 @@ async fn running_jobs_of_a_dead_worker_are_rescued_when_redis_lost_their_entries
     let (stop, h) = env.spawn_worker(
         fast_config(),
         store,
-        with("slow", Arc::new(NoopRenderer::new(0))),
+        with("remote/slow", Arc::new(NoopRenderer::new(0))),
     );
     let rows = env.wait_terminal(1, Duration::from_secs(30)).await;
     stop.cancel();
@@ -167,7 +171,7 @@ impl Renderer for FailOnce {
 #[tokio::test]
 async fn a_retry_lost_from_the_delayed_set_is_scheduled_again() {
     let env = Env::new().await;
-    env.submit(&[r#"{"prompt":"again","model":"flaky","width":8,"height":8}"#])
+    env.submit(&[r#"{"prompt":"again","model":"remote/flaky","width":8,"height":8}"#])
         .await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = renderq::worker::WorkerConfig {
@@ -178,7 +182,7 @@ async fn a_retry_lost_from_the_delayed_set_is_scheduled_again() {
     let (stop, h) = env.spawn_worker(
         cfg,
         Arc::new(DirStore::new(dir.path())),
-        with("flaky", Arc::new(FailOnce::default())),
+        with("remote/flaky", Arc::new(FailOnce::default())),
     );
     for _ in 0..500 {
         if env.rows().await.iter().all(|r| r.1 == "retrying") {

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row, postgres::PgPoolOptions};
+use sqlx::{
+    Connection, PgPool, Row,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 use uuid::Uuid;
 
 use async_trait::async_trait;
@@ -28,10 +31,17 @@ pub struct PgRecord {
 impl PgRecord {
     /// Connects (with a bounded wait) and, unless `migrate` is false, applies migrations.
     pub async fn connect(url: &str, migrate: bool) -> Result<Self, DbError> {
+        let options: PgConnectOptions = url.parse()?;
+        // One plain connection first: a refused connection or a failed login is
+        // reported as itself at once, not as a pool timeout ten seconds later.
+        sqlx::PgConnection::connect_with(&options)
+            .await?
+            .close()
+            .await?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await?;
         let record = PgRecord { pool };
         if migrate {

@@ -1,0 +1,141 @@
+//! Hostile input: the job JSON and Redis-message parsers never panic or hang, and
+//! every refusal names its field.
+
+use proptest::prelude::*;
+use renderq::{
+    job::{JobSpec, Limits, validate_output_key},
+    submit::{SubmitError, parse_jsonl},
+};
+
+fn field_of(text: &str) -> Option<&'static str> {
+    JobSpec::parse(text, &Limits::default())
+        .err()
+        .map(|e| e.field)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn any_text_is_parsed_or_refused_without_panic(text in any::<String>()) {
+        let _ = JobSpec::parse(&text, &Limits::default());
+    }
+
+    #[test]
+    fn any_bytes_as_a_file_are_parsed_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        match parse_jsonl(&bytes[..], &Limits::default()) {
+            Ok(jobs) => prop_assert!(!jobs.is_empty()),
+            Err(SubmitError::Invalid { errors, total }) => {
+                prop_assert!(!errors.is_empty() && total >= errors.len());
+                prop_assert!(errors.iter().all(|e| e.line >= 1));
+            }
+            Err(SubmitError::Empty) => {}
+            Err(other) => prop_assert!(false, "unexpected error: {other}"),
+        }
+    }
+
+    #[test]
+    fn job_objects_with_random_fields_never_panic(
+        fields in proptest::collection::btree_map(
+            prop_oneof![
+                Just("prompt".to_string()), Just("width".to_string()), Just("height".to_string()),
+                Just("steps".to_string()), Just("guidance".to_string()), Just("seed".to_string()),
+                Just("model".to_string()), Just("format".to_string()), Just("id".to_string()),
+                Just("output_key".to_string()), Just("metadata".to_string()), "[a-z]{1,8}",
+            ],
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|f| if f.is_finite() { f.to_string() } else { "1e999".into() }),
+                any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap()),
+                Just("null".to_string()), Just("{}".to_string()), Just("[]".to_string()), Just("true".to_string()),
+            ],
+            0..8,
+        )
+    ) {
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+        let text = format!("{{{}}}", body.join(","));
+        if let Err(e) = JobSpec::parse(&text, &Limits::default()) {
+            prop_assert!(!e.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn keys_with_escapes_are_always_refused(
+        a in "[a-z0-9/]{0,12}",
+        bad in prop_oneof![Just(".."), Just("\\\\"), Just("\u{0}"), Just("\n"), Just("//"), Just("\u{7f}")],
+        b in "[a-z0-9]{0,12}",
+    ) {
+        let key = format!("{a}{bad}{b}");
+        prop_assert!(validate_output_key(&key, 512).is_err(), "{key:?} accepted");
+        let rooted = format!("/{a}{b}");
+        prop_assert!(validate_output_key(&rooted, 512).is_err());
+    }
+
+    #[test]
+    fn accepted_keys_stay_under_the_prefix(key in "[a-zA-Z0-9._/-]{1,40}") {
+        if validate_output_key(&key, 512).is_ok() {
+            let path = std::path::Path::new("/prefix").join(&key);
+            let mut depth = 0i32;
+            for c in path.strip_prefix("/prefix").unwrap().components() {
+                match c {
+                    std::path::Component::ParentDir => depth -= 1,
+                    std::path::Component::Normal(_) => depth += 1,
+                    other => prop_assert!(false, "{other:?} in {key:?}"),
+                }
+                prop_assert!(depth >= 0);
+            }
+        }
+    }
+}
+
+#[test]
+fn refusals_name_the_field_and_the_limit() {
+    let long = "x".repeat(5000);
+    let cases = [
+        (format!(r#"{{"prompt":"{long}"}}"#), "prompt"),
+        (r#"{"prompt":"a","width":100000}"#.into(), "width"),
+        (
+            r#"{"prompt":"a","width":4096,"height":4096,"steps":1000}"#.into(),
+            "steps",
+        ),
+        (r#"{"prompt":"a","guidance":1e999}"#.into(), "guidance"),
+        (r#"{"prompt":"a","guidance":-1}"#.into(), "guidance"),
+        (r#"{"prompt":"a","model":"gpt-image-9"}"#.into(), "model"),
+        (
+            r#"{"prompt":"a","output_key":"../../etc/passwd"}"#.into(),
+            "output_key",
+        ),
+        (r#"{"prompt":"a","output_key":"/abs"}"#.into(), "output_key"),
+        (r#"{"prompt":"a","output_key":"a\\b"}"#.into(), "output_key"),
+        (
+            r#"{"prompt":"a","output_key":"a\u0001b"}"#.into(),
+            "output_key",
+        ),
+        (r#"{"prompt":"a","seed":-5}"#.into(), "seed"),
+        (r#"{"prompt":"a","format":"gif"}"#.into(), "format"),
+    ];
+    for (text, field) in cases {
+        assert_eq!(
+            field_of(&text),
+            Some(field),
+            "{}",
+            &text[..text.len().min(80)]
+        );
+    }
+    let e = JobSpec::parse(
+        r#"{"prompt":"a","model":"gpt-image-9"}"#,
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert!(
+        e.reason.contains("placeholder") && e.reason.contains("remote/<name>"),
+        "{e}"
+    );
+    assert!(
+        JobSpec::parse(
+            r#"{"prompt":"a","model":"remote/glm-image"}"#,
+            &Limits::default()
+        )
+        .is_ok()
+    );
+}

@@ -1,0 +1,176 @@
+//! No secret in anything printed: passwords in DATABASE_URL and REDIS_URL and the AWS
+//! secret key, at debug log level, on the success paths and the error paths.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+
+const PG_SECRET: &str = "pgsecret4242";
+const REDIS_SECRET: &str = "redissecret4242";
+const WRONG_AWS_SECRET: &str = "awssecret4242";
+
+/// The S3 test server's real secret key: the worker signs with it on the success path.
+fn aws_secret() -> String {
+    std::env::var("RENDERQ_TEST_S3_SECRET_KEY").unwrap_or_else(|_| "renderq-test-secret".into())
+}
+
+fn renderq(vars: &[(&str, String)], args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_renderq"));
+    c.args(args)
+        .env_remove("REDIS_URL")
+        .env("RENDERQ_LOG", "debug")
+        .env("RUST_LOG", "debug")
+        .env(
+            "AWS_ACCESS_KEY_ID",
+            std::env::var("RENDERQ_TEST_S3_ACCESS_KEY").unwrap_or_else(|_| "renderq-test".into()),
+        )
+        .env("AWS_SECRET_ACCESS_KEY", aws_secret())
+        .env("AWS_REGION", "us-east-1")
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
+    c
+}
+
+fn assert_clean(what: &str, out: &std::process::Output) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for secret in [PG_SECRET, REDIS_SECRET, WRONG_AWS_SECRET, &aws_secret()] {
+        assert!(!text.contains(secret), "{what} printed {secret}:\n{text}");
+    }
+}
+
+/// (what, variables, arguments)
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<&'a str>);
+
+#[tokio::test]
+async fn no_secret_is_printed_on_success_or_error_paths() {
+    let env = Env::new().await;
+    // Trust authentication ignores the password, so this URL works and carries a secret.
+    let db_url = env
+        .db_url
+        .replacen("postgres:postgres@", &format!("postgres:{PG_SECRET}@"), 1);
+    assert!(db_url.contains(PG_SECRET));
+    let s3 = std::env::var("RENDERQ_TEST_S3_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:9100".into());
+    let bucket = s3_store().await;
+    let ok_vars = vec![
+        ("DATABASE_URL", db_url.clone()),
+        ("REDIS_URL", redis_url()),
+        ("RENDERQ_QUEUE", env.queue.clone()),
+        ("RENDERQ_STORE", format!("s3://{}/out", bucket.bucket())),
+        ("AWS_ENDPOINT_URL", s3.clone()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jobs.jsonl");
+    std::fs::write(&file, "{\"prompt\":\"s\",\"width\":8,\"height\":8}\n").unwrap();
+
+    let out = renderq(&ok_vars, &["submit", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_clean("submit", &out);
+    let batch = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+
+    // A worker at debug level that talks to S3 with the secret key, then stops.
+    let child = renderq(&ok_vars, &["worker"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.wait_terminal(1, Duration::from_secs(30)).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("worker stopped"),
+        "the log was captured"
+    );
+    assert_clean("worker", &out);
+    assert!(env.rows().await.iter().all(|r| r.1 == "succeeded"));
+
+    let out = renderq(&ok_vars, &["status", &batch]).output().unwrap();
+    assert!(out.status.success());
+    assert_clean("status", &out);
+
+    // Error paths: refused Redis auth, unreachable servers, a wrong S3 secret.
+    let cases: Vec<Case> = vec![
+        (
+            "refused redis auth",
+            vec![
+                ("DATABASE_URL", db_url.clone()),
+                (
+                    "REDIS_URL",
+                    format!("redis://:{REDIS_SECRET}@127.0.0.1:6379"),
+                ),
+            ],
+            vec!["submit", file.to_str().unwrap()],
+        ),
+        (
+            "unreachable redis",
+            vec![
+                ("DATABASE_URL", db_url.clone()),
+                ("REDIS_URL", format!("redis://:{REDIS_SECRET}@127.0.0.1:1")),
+            ],
+            vec!["submit", file.to_str().unwrap()],
+        ),
+        (
+            "unreachable postgres",
+            vec![(
+                "DATABASE_URL",
+                format!("postgres://postgres:{PG_SECRET}@127.0.0.1:1/x"),
+            )],
+            vec!["status"],
+        ),
+    ];
+    for (what, vars, args) in cases {
+        let out = renderq(&vars, &args).output().unwrap();
+        assert!(!out.status.success(), "{what} succeeded");
+        assert_clean(what, &out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("***"),
+            "{what}: the URL is shown redacted: {stderr}"
+        );
+    }
+    // A wrong secret key: the worker's uploads are refused; nothing leaks in its log.
+    env.submit(&[r#"{"prompt":"t","width":8,"height":8}"#])
+        .await;
+    let mut bad = ok_vars.clone();
+    bad.push(("RENDERQ_LOG", "debug".into()));
+    let child = renderq(&bad, &["worker", "--shutdown-secs", "1"])
+        .env("AWS_SECRET_ACCESS_KEY", WRONG_AWS_SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("upload failed") || stderr.contains("S3"),
+        "the refusal was logged: {stderr}"
+    );
+    assert_clean("worker with a wrong S3 secret", &out);
+}
