@@ -105,6 +105,9 @@ pub fn hostname() -> String {
 pub(crate) struct InFlight {
     pub job: ClaimedJob,
     pub entry: String,
+    /// When it was claimed: a job that waited long for the device is checked for
+    /// cancellation before it renders.
+    pub claimed_at: tokio::time::Instant,
     pub _permit: OwnedSemaphorePermit,
 }
 

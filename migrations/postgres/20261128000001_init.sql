@@ -34,8 +34,6 @@ CREATE TABLE renderq.jobs (
 );
 -- A batch's progress counts its jobs by state: an index-only scan at any size.
 CREATE INDEX jobs_batch_state ON renderq.jobs (batch_id, state);
--- The reconciler and operators look for unfinished work; terminal rows stay out of this index.
-CREATE INDEX jobs_unfinished ON renderq.jobs (queue, state) WHERE state IN ('queued', 'running', 'retrying');
 
 CREATE VIEW renderq.batch_progress AS
 SELECT b.id AS batch_id,

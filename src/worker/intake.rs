@@ -83,6 +83,7 @@ pub(crate) async fn run(
             let item = InFlight {
                 job,
                 entry,
+                claimed_at: tokio::time::Instant::now(),
                 _permit: permit,
             };
             if out.send(item).await.is_err() {

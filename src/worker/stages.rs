@@ -67,9 +67,17 @@ async fn render_group(
         let err = s.renderers.unknown_model(model);
         return group.iter().map(|_| Err(err.clone())).collect();
     };
-    // Jobs cancelled (or taken over) since their claim are not rendered: their device
-    // time goes to live jobs. Their outcome is then fenced out and discarded.
-    let live = still_ours(s, group).await;
+    // Jobs cancelled (or taken over) while they waited for the device are not
+    // rendered: their device time goes to live jobs. Only a wait of a second or more
+    // is worth the query; a fresher job's outcome is still fenced out if cancelled.
+    let waited = group
+        .iter()
+        .any(|i| i.claimed_at.elapsed() >= RECHECK_AFTER);
+    let live = if waited {
+        still_ours(s, group).await
+    } else {
+        vec![true; group.len()]
+    };
     let requests: Vec<RenderRequest> = group
         .iter()
         .zip(&live)
@@ -90,6 +98,9 @@ async fn render_group(
     }
     render_requests(renderer, requests, model).await
 }
+
+/// A job that waited this long since its claim is checked before it renders.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// Whether each job is still running under the attempt this worker claimed.
 /// On a database error all are assumed live (the completion fence still holds).
