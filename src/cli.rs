@@ -1,6 +1,7 @@
 //! The `renderq` command line: parses configuration (flags, then environment, then
 //! defaults) and calls the library.
 
+mod manifest;
 mod run;
 mod watch;
 
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     backend::{self, Database},
+    catalogue::{Catalogue, JobDefaults, Template},
     db::{NewJob, Record},
     dispatch::Dispatch,
     job::Limits,
@@ -81,6 +83,27 @@ pub enum Command {
     },
     /// Cancel a job, or every unfinished job of a batch
     Cancel { id: String },
+    /// Put a batch's failed jobs back in the queue
+    Retry {
+        batch: String,
+        /// Attempts each job gets anew
+        #[arg(long, default_value_t = 3)]
+        max_attempts: i32,
+    },
+    /// Write a batch's results (CSV or JSON Lines): job id, source columns, state,
+    /// object key and URL, seed, error
+    Manifest {
+        batch: String,
+        /// csv or jsonl
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Write here instead of stdout
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// How long presigned S3 URLs stay valid, in seconds
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        expires_secs: u64,
+    },
     /// Submit, work and wait in one process, then write a contact sheet
     Run(RunArgs),
     /// Measure drain throughput and submit time (noop model, tiny images)
@@ -100,6 +123,80 @@ pub struct SubmitArgs {
     /// Attempts per job before it is marked failed
     #[arg(long, env = "RENDERQ_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: i32,
+    /// CSV: the prompt over the row's columns, e.g. 'studio photo of {name} in {color}'
+    #[arg(long)]
+    pub template: Option<String>,
+    /// CSV: jobs per row, each with its own seed
+    #[arg(long, default_value_t = 1)]
+    pub variants: u32,
+    /// CSV: the object key over the columns, {variant} (0-based) and {job_id}; the
+    /// extension is added
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Default width for jobs that set none
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Default height for jobs that set none
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// Default model for jobs that set none
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Default steps for jobs that set none
+    #[arg(long)]
+    pub steps: Option<u32>,
+    /// Default format (png, webp, jpeg) for jobs that set none
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+impl SubmitArgs {
+    fn defaults(&self) -> Result<JobDefaults> {
+        let format = match self.format.as_deref() {
+            None => None,
+            Some(f) => Some(
+                serde_json::from_value(serde_json::Value::from(f))
+                    .map_err(|_| anyhow::anyhow!("--format `{f}` is not one of png, webp, jpeg"))?,
+            ),
+        };
+        Ok(JobDefaults {
+            width: self.width,
+            height: self.height,
+            model: self.model.clone(),
+            steps: self.steps,
+            format,
+        })
+    }
+
+    /// CSV when a template is given or the file ends in `.csv`.
+    fn catalogue(&self) -> Result<Option<Catalogue>> {
+        let is_csv = self
+            .file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        let Some(template) = &self.template else {
+            if is_csv {
+                bail!(
+                    "{} is a CSV file: say how a row becomes a prompt with --template 'photo of {{name}}'",
+                    self.file.display()
+                );
+            }
+            return Ok(None);
+        };
+        let template = Template::parse(template).map_err(|e| anyhow::anyhow!("--template: {e}"))?;
+        let key = self
+            .key
+            .as_deref()
+            .map(Template::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+        Ok(Some(Catalogue {
+            template,
+            variants: self.variants,
+            key,
+            defaults: self.defaults()?,
+        }))
+    }
 }
 
 /// How a worker runs: shared by `renderq worker` and `renderq run`.
@@ -249,6 +346,54 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             watch::cancel(connect_record(g, !g.no_migrate).await?.as_ref(), &id).await
         }
         Command::Run(args) => run::run(g, args).await,
+        Command::Retry {
+            batch,
+            max_attempts,
+        } => {
+            let batch = manifest::parse_batch(&batch)?;
+            let (record, dispatch) = connect(g, WorkerConfig::default().lease).await?;
+            let ids = record.retry_failed(batch, max_attempts.max(1)).await?;
+            dispatch.enqueue(&ids).await?;
+            println!("re-queued {} failed job(s) of {batch}", ids.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manifest {
+            batch,
+            format,
+            output,
+            expires_secs,
+        } => {
+            let batch = manifest::parse_batch(&batch)?;
+            let record = connect_record(g, !g.no_migrate).await?;
+            let store = store::open(&g.store).await?;
+            let expires = Duration::from_secs(expires_secs);
+            match output {
+                Some(path) => {
+                    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                    manifest::write(
+                        record.as_ref(),
+                        store.as_ref(),
+                        batch,
+                        &format,
+                        expires,
+                        &mut file,
+                    )
+                    .await
+                }
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    manifest::write(
+                        record.as_ref(),
+                        store.as_ref(),
+                        batch,
+                        &format,
+                        expires,
+                        &mut out,
+                    )
+                    .await
+                }
+            }
+        }
         Command::Bench(args) => crate::bench::run(g, args).await,
     }
 }
@@ -272,12 +417,20 @@ pub async fn connect(g: &Global, lease: Duration) -> Result<(Arc<dyn Record>, Ar
     .await?)
 }
 
-/// Reads and validates a submit file before anything touches a server. Refused input
-/// is reported here and becomes `Err(exit code 1)`.
-async fn read_file(file: &std::path::Path) -> Result<std::result::Result<Vec<NewJob>, ExitCode>> {
+/// Reads and validates a submit file (JSON Lines, or CSV with a template) before
+/// anything touches a server. Refused input is reported here and becomes
+/// `Err(exit code 1)`.
+async fn read_file(args: &SubmitArgs) -> Result<std::result::Result<Vec<NewJob>, ExitCode>> {
     let limits = Limits::default();
+    let file = &args.file;
     let path = file.to_path_buf();
-    match tokio::task::spawn_blocking(move || submit::read_jsonl(&path, &limits)).await? {
+    let catalogue = args.catalogue()?;
+    let defaults = args.defaults()?;
+    let read = tokio::task::spawn_blocking(move || match catalogue {
+        Some(c) => c.read(&path, &limits),
+        None => submit::read_jsonl_with(&path, &limits, &defaults),
+    });
+    match read.await? {
         Ok(jobs) => Ok(Ok(jobs)),
         Err(e @ (SubmitError::Invalid { .. } | SubmitError::TooLarge(_) | SubmitError::Empty)) => {
             eprintln!("error: {}: {e}", file.display());
@@ -298,7 +451,7 @@ fn batch_name(args: &SubmitArgs) -> String {
 }
 
 async fn submit_cmd(g: &Global, args: SubmitArgs) -> Result<ExitCode> {
-    let jobs = match read_file(&args.file).await? {
+    let jobs = match read_file(&args).await? {
         Ok(jobs) => jobs,
         Err(code) => return Ok(code),
     };

@@ -117,6 +117,8 @@ pub struct JobRow {
     pub prompt: String,
     /// The worker that claimed the latest attempt.
     pub worker: Option<String>,
+    /// The job's `metadata` (for CSV jobs: the source row's columns).
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// Unfinished jobs of a queue, as the reconciler sees them.
@@ -220,4 +222,20 @@ pub trait Record: Send + Sync {
     async fn unfinished(&self, queue: &str, silent_ms: i64) -> Result<Unfinished, DbError>;
     /// Tries to become the one leader for `name` among all processes on this record.
     async fn lead(&self, name: &str) -> Result<Option<Leadership>, DbError>;
+    /// Marks finished the batches among `batches` whose every job is terminal, once
+    /// each (Postgres also announces `{"batch_id", "state": "done"}` on
+    /// `renderq_events`). Returns the batches that finished now.
+    async fn finish_batches(&self, batches: &[BatchId]) -> Result<Vec<BatchId>, DbError>;
+    /// Puts a batch's failed jobs back in `queued` with `extra_attempts` more attempts;
+    /// returns them (to be dispatched).
+    async fn retry_failed(
+        &self,
+        batch: BatchId,
+        extra_attempts: i32,
+    ) -> Result<Vec<JobId>, DbError>;
+    /// When the batch's first job started and its latest one finished.
+    async fn batch_times(
+        &self,
+        batch: BatchId,
+    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), DbError>;
 }

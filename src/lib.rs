@@ -11,6 +11,7 @@
 //! - [`render`]: the renderer trait and the built-in models (`placeholder`, `noop`).
 //! - [`worker`]: the claim → render → encode → upload → record pipeline.
 //! - [`submit`]: validating a file and writing it as one batch.
+//! - [`catalogue`]: CSV rows to jobs through prompt and key templates.
 //! - [`sheet`]: the contact sheet `renderq run` writes.
 //! - [`cli`]: the `renderq` command line; the binary only calls [`cli::main`].
 //! - [`redact`]: keeping secrets out of what is printed.
@@ -19,6 +20,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod catalogue;
 pub mod cli;
 pub mod db;
 pub mod dispatch;

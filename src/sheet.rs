@@ -74,6 +74,7 @@ mod tests {
             seed: 7,
             prompt: "<b>chair</b> & \"lamp\"".into(),
             worker: None,
+            metadata: None,
         };
         let html = contact_sheet(
             "t",

@@ -62,6 +62,15 @@ pub trait Store: Send + Sync {
     fn prefix(&self) -> &str;
     /// Where a person or program finds the object.
     fn url(&self, key: &str) -> String;
+    /// A URL that lets anyone holding it read the object until `expires` (presigned
+    /// on S3); stores without access control return `url`.
+    async fn share_url(
+        &self,
+        key: &str,
+        _expires: std::time::Duration,
+    ) -> Result<String, StoreError> {
+        Ok(self.url(key))
+    }
 }
 
 /// The key a job's image is stored under.

@@ -9,18 +9,31 @@ use std::{
 };
 
 use crate::{
+    catalogue::JobDefaults,
     db::{DbError, NewJob, Record},
     dispatch::{Dispatch, DispatchError},
     job::{BatchId, FieldError, JobId, JobSpec, Limits},
 };
 
-/// One refused line.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("line {line}: {error}")]
+/// One refused line (of a JSON Lines or CSV file).
+#[derive(Debug, Clone, PartialEq)]
 pub struct LineError {
     pub line: usize,
+    /// The CSV column at fault, when it is a column rather than a job field.
+    pub column: Option<String>,
     pub error: FieldError,
 }
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.column {
+            Some(c) => write!(f, "line {}: column `{c}`: {}", self.line, self.error.reason),
+            None => write!(f, "line {}: {}", self.line, self.error),
+        }
+    }
+}
+
+impl std::error::Error for LineError {}
 
 /// Errors reported when at most this many lines are refused; the rest are counted.
 const MAX_REPORTED: usize = 20;
@@ -62,6 +75,15 @@ fn invalid_summary(errors: &[LineError], total: usize) -> String {
 
 /// Reads and validates a JSON Lines file.
 pub fn read_jsonl(path: &Path, limits: &Limits) -> Result<Vec<NewJob>, SubmitError> {
+    read_jsonl_with(path, limits, &JobDefaults::default())
+}
+
+/// As `read_jsonl`, with defaults for the fields a line does not set.
+pub fn read_jsonl_with(
+    path: &Path,
+    limits: &Limits,
+    defaults: &JobDefaults,
+) -> Result<Vec<NewJob>, SubmitError> {
     let io = |source| SubmitError::Io {
         path: path.display().to_string(),
         source,
@@ -75,7 +97,8 @@ pub fn read_jsonl(path: &Path, limits: &Limits) -> Result<Vec<NewJob>, SubmitErr
             limits.max_file_bytes
         )));
     }
-    parse_jsonl(BufReader::with_capacity(1 << 20, file), limits).map_err(|e| match e {
+    parse_jsonl_with(BufReader::with_capacity(1 << 20, file), limits, defaults).map_err(|e| match e
+    {
         SubmitError::Io { source, .. } => io(source),
         other => other,
     })
@@ -84,6 +107,15 @@ pub fn read_jsonl(path: &Path, limits: &Limits) -> Result<Vec<NewJob>, SubmitErr
 /// Parses and validates every line; blank lines are skipped. Reports up to 20
 /// errors, each with its line number and field, and counts the rest.
 pub fn parse_jsonl(reader: impl Read, limits: &Limits) -> Result<Vec<NewJob>, SubmitError> {
+    parse_jsonl_with(reader, limits, &JobDefaults::default())
+}
+
+/// As `parse_jsonl`, with defaults for the fields a line does not set.
+pub fn parse_jsonl_with(
+    reader: impl Read,
+    limits: &Limits,
+    defaults: &JobDefaults,
+) -> Result<Vec<NewJob>, SubmitError> {
     let mut reader = BufReader::new(reader);
     let mut jobs = Vec::new();
     let mut errors = Vec::new();
@@ -106,7 +138,11 @@ pub fn parse_jsonl(reader: impl Read, limits: &Limits) -> Result<Vec<NewJob>, Su
         let mut refuse = |error: FieldError| {
             total_errors += 1;
             if errors.len() < MAX_REPORTED {
-                errors.push(LineError { line, error });
+                errors.push(LineError {
+                    line,
+                    column: None,
+                    error,
+                });
             }
         };
         let text = match std::str::from_utf8(&buf) {
@@ -122,6 +158,19 @@ pub fn parse_jsonl(reader: impl Read, limits: &Limits) -> Result<Vec<NewJob>, Su
         if text.is_empty() {
             continue;
         }
+        let with_defaults;
+        let text = if defaults.is_empty() {
+            text
+        } else {
+            match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(mut job)) => {
+                    defaults.apply(&mut job);
+                    with_defaults = serde_json::Value::Object(job).to_string();
+                    with_defaults.as_str()
+                }
+                _ => text, // JobSpec::parse reports what is wrong with it
+            }
+        };
         match JobSpec::parse(text, limits) {
             Ok(spec) => {
                 let id = spec.id.unwrap_or_else(JobId::generate);

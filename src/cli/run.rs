@@ -10,7 +10,7 @@ use super::{Global, RunArgs, batch_name, connect, read_file, signal_shutdown, wa
 use crate::{sheet, store, submit, worker::Worker};
 
 pub async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
-    let jobs = match read_file(&args.submit.file).await? {
+    let jobs = match read_file(&args.submit).await? {
         Ok(jobs) => jobs,
         Err(code) => return Ok(code),
     };

@@ -67,6 +67,21 @@ pub async fn status(record: &dyn Record, queue: &str, batch: Option<String>) -> 
         p.created_at.format("%Y-%m-%d %H:%M:%S UTC")
     );
     println!("  {}", counts(&p));
+    if let (Some(first), last) = record.batch_times(id).await? {
+        let until = if p.done {
+            last.unwrap_or_else(chrono::Utc::now)
+        } else {
+            chrono::Utc::now()
+        };
+        let secs = (until - first).num_milliseconds().max(1) as f64 / 1000.0;
+        let rate = p.finished() as f64 / secs;
+        let mut line = format!("  {rate:.1} jobs/s over {secs:.1} s");
+        if !p.done && rate > 0.0 {
+            let left = (p.total - p.finished()) as f64 / rate;
+            line.push_str(&format!(", about {} left", human(left)));
+        }
+        println!("{line}");
+    }
     if p.failed > 0 {
         println!("failed jobs (first 20):");
         for f in record.failures(id, 20).await? {
@@ -147,6 +162,16 @@ pub async fn cancel(record: &dyn Record, id: &str) -> Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let n = record.cancel(uuid).await?;
+    record.finish_batches(&[BatchId(uuid)]).await?;
     println!("cancelled {n} unfinished job(s) of {uuid}");
     Ok(ExitCode::SUCCESS)
+}
+
+fn human(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
 }

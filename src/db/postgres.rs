@@ -502,6 +502,60 @@ impl Record for PgRecord {
         Ok(got.then(|| Leadership::new(Some(Box::new(con)))))
     }
 
+    async fn finish_batches(&self, batches: &[BatchId]) -> Result<Vec<BatchId>, DbError> {
+        let ids: Vec<Uuid> = batches.iter().map(|b| b.0).collect();
+        let rows = sqlx::query(
+            "WITH done AS (
+                UPDATE renderq.batches b SET finished_at = now()
+                WHERE b.id = ANY($1) AND b.finished_at IS NULL
+                  AND NOT EXISTS (SELECT 1 FROM renderq.jobs j WHERE j.batch_id = b.id
+                                  AND j.state IN ('queued', 'running', 'retrying'))
+                RETURNING b.id)
+             SELECT id, pg_notify('renderq_events', json_build_object(
+                 'job_id', NULL, 'batch_id', id, 'state', 'done')::text) FROM done",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| BatchId(r.get(0))).collect())
+    }
+
+    async fn retry_failed(
+        &self,
+        batch: BatchId,
+        extra_attempts: i32,
+    ) -> Result<Vec<JobId>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE renderq.jobs SET state = 'queued', error = NULL, finished_at = NULL, run_at = NULL,
+                    max_attempts = attempt + $2
+             WHERE batch_id = $1 AND state = 'failed' RETURNING id",
+        )
+        .bind(batch.0)
+        .bind(extra_attempts)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE renderq.batches SET finished_at = NULL WHERE id = $1")
+            .bind(batch.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
+    }
+
+    async fn batch_times(
+        &self,
+        batch: BatchId,
+    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), DbError> {
+        let row = sqlx::query(
+            "SELECT min(started_at), max(finished_at) FROM renderq.jobs WHERE batch_id = $1",
+        )
+        .bind(batch.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
     async fn jobs_of_queue(&self, queue: &str) -> Result<Vec<JobRow>, DbError> {
         self.job_rows("queue = $1", queue).await
     }
@@ -518,7 +572,7 @@ impl PgRecord {
     {
         let rows = sqlx::query(&format!(
             "SELECT id, batch_id, state, attempt, error, output_key, seed,
-                    coalesce(spec->>'prompt', ''), worker FROM renderq.jobs WHERE {filter} ORDER BY id"
+                    coalesce(spec->>'prompt', ''), worker, spec->'metadata' FROM renderq.jobs WHERE {filter} ORDER BY id"
         ))
         .bind(value)
         .fetch_all(&self.pool)
@@ -536,6 +590,7 @@ impl PgRecord {
                     seed: r.get::<i64, _>(6) as u64,
                     prompt: r.get(7),
                     worker: r.get(8),
+                    metadata: r.get(9),
                 })
             })
             .collect()

@@ -546,6 +546,67 @@ impl Record for SqliteRecord {
         Ok(Some(Leadership::new(None)))
     }
 
+    async fn finish_batches(&self, batches: &[BatchId]) -> Result<Vec<BatchId>, DbError> {
+        let mut done = Vec::new();
+        for b in batches {
+            let moved = sqlx::query(
+                "UPDATE batches SET finished_at = ?1
+                 WHERE id = ?2 AND finished_at IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = ?2
+                                   AND j.state IN ('queued', 'running', 'retrying'))",
+            )
+            .bind(now_ms())
+            .bind(b.to_string())
+            .execute(&self.pool)
+            .await?;
+            if moved.rows_affected() == 1 {
+                done.push(*b);
+            }
+        }
+        Ok(done)
+    }
+
+    async fn retry_failed(
+        &self,
+        batch: BatchId,
+        extra_attempts: i32,
+    ) -> Result<Vec<JobId>, DbError> {
+        let mut con = self.pool.acquire().await?;
+        let mut tx = con.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query(
+            "UPDATE jobs SET state = 'queued', error = NULL, finished_at = NULL, run_at = NULL,
+                    lease_owner = NULL, lease_until = NULL, max_attempts = attempt + ?2
+             WHERE batch_id = ?1 AND state = 'failed' RETURNING id",
+        )
+        .bind(batch.to_string())
+        .bind(extra_attempts)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE batches SET finished_at = NULL WHERE id = ?")
+            .bind(batch.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| Ok(JobId(uuid_of(&r.get::<String, _>(0))?)))
+            .collect()
+    }
+
+    async fn batch_times(
+        &self,
+        batch: BatchId,
+    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), DbError> {
+        let row =
+            sqlx::query("SELECT min(started_at), max(finished_at) FROM jobs WHERE batch_id = ?")
+                .bind(batch.to_string())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((
+            row.get::<Option<i64>, _>(0).map(from_ms),
+            row.get::<Option<i64>, _>(1).map(from_ms),
+        ))
+    }
+
     async fn worker_stopped(&self, id: &str) -> Result<(), DbError> {
         sqlx::query("UPDATE workers SET stopped_at = ? WHERE id = ?")
             .bind(now_ms())
@@ -560,7 +621,7 @@ impl SqliteRecord {
     async fn job_rows(&self, filter: &str, value: String) -> Result<Vec<JobRow>, DbError> {
         let rows = sqlx::query(&format!(
             "SELECT id, batch_id, state, attempt, error, output_key, seed,
-                    coalesce(json_extract(spec, '$.prompt'), ''), worker FROM jobs WHERE {filter} ORDER BY id"
+                    coalesce(json_extract(spec, '$.prompt'), ''), worker, json_extract(spec, '$.metadata') FROM jobs WHERE {filter} ORDER BY id"
         ))
         .bind(value)
         .fetch_all(&self.pool)
@@ -578,6 +639,9 @@ impl SqliteRecord {
                     seed: r.get::<i64, _>(6) as u64,
                     prompt: r.get(7),
                     worker: r.get(8),
+                    metadata: r
+                        .get::<Option<String>, _>(9)
+                        .and_then(|m| serde_json::from_str(&m).ok()),
                 })
             })
             .collect()

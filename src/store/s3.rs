@@ -10,6 +10,7 @@ use aws_sdk_s3::{
     Client,
     config::{http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig},
     error::{DisplayErrorContext, SdkError},
+    presigning::PresigningConfig,
     primitives::ByteStream,
     types::{CompletedMultipartUpload, CompletedPart},
 };
@@ -214,6 +215,22 @@ impl Store for S3Store {
 
     fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    async fn share_url(&self, key: &str, expires: Duration) -> Result<String, StoreError> {
+        let config = PresigningConfig::expires_in(expires).map_err(|e| StoreError {
+            message: format!("presigning: {e}"),
+            retry: false,
+        })?;
+        let presigned = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| store_error("presigning", e))?;
+        Ok(presigned.uri().to_string())
     }
 
     fn url(&self, key: &str) -> String {

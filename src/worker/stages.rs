@@ -318,6 +318,7 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
         let mut ack = Vec::new();
         let mut stale = Vec::new();
         let mut done = 0;
+        let mut touched = std::collections::HashSet::new();
         for ((item, outcome), rec) in batch.iter().zip(&recorded) {
             match rec {
                 Recorded::Moved(JobState::Retrying, run_at) => {
@@ -329,6 +330,7 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
                 }
                 Recorded::Moved(state, _) => {
                     done += 1;
+                    touched.extend(item.job.batch_id);
                     ack.push(item.entry.clone());
                     if let Outcome::Failed { error, .. } = outcome {
                         warn!(job = %item.job.id, attempt = item.job.attempt, "job {state}: {error}");
@@ -353,6 +355,17 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
         }
         if let Err(e) = s.dispatch.ack(&ack).await {
             warn!("acknowledging {} deliveries failed: {e}", ack.len());
+        }
+        if !touched.is_empty() {
+            let touched: Vec<_> = touched.into_iter().collect();
+            match s.record.finish_batches(&touched).await {
+                Ok(finished) => {
+                    for b in finished {
+                        tracing::info!(batch = %b, "batch finished");
+                    }
+                }
+                Err(e) => warn!("checking whether batches finished failed: {e}"),
+            }
         }
         {
             let mut in_flight = s.in_flight.lock().unwrap();
