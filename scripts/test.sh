@@ -7,6 +7,8 @@ eval "$(scripts/services.sh)"
 # Each test makes its own database (rq_t_*); drop those an earlier run left behind.
 psql "$RENDERQ_TEST_DATABASE_URL" -qAt -c "select datname from pg_database where datname like 'rq_t_%'" 2>/dev/null \
   | while read -r db; do psql "$RENDERQ_TEST_DATABASE_URL" -qc "drop database if exists \"$db\"" >/dev/null 2>&1 || true; done
-cargo build -j2 --locked
+# `cargo test` also builds target/debug/renderq (the integration tests run it); a
+# separate `cargo build` would compile the dependencies twice (dev-dependencies change
+# the feature set).
 cargo test -j2 --locked "$@"
 SMOKE_PG=${RENDERQ_TEST_DATABASE_URL%/postgres} bash scripts/contract-smoke.sh target/debug/renderq

@@ -3,6 +3,7 @@
 
 mod manifest;
 mod run;
+mod schedules;
 mod watch;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
@@ -106,6 +107,11 @@ pub enum Command {
     },
     /// Submit, work and wait in one process, then write a contact sheet
     Run(RunArgs),
+    /// Cron schedules that turn a file into a batch at each firing
+    #[command(subcommand)]
+    Schedule(schedules::ScheduleCommand),
+    /// Fire due schedules until SIGTERM / SIGINT
+    Scheduler,
     /// Measure drain throughput and submit time (noop model, tiny images)
     Bench(crate::bench::BenchArgs),
 }
@@ -199,6 +205,10 @@ impl SubmitArgs {
     }
 }
 
+/// Limits on the worker's sizes: past them memory, not speed, is what grows.
+pub const MAX_CONCURRENCY: usize = 65_536;
+pub const MAX_BATCH: usize = 1024;
+
 /// How a worker runs: shared by `renderq worker` and `renderq run`.
 #[derive(Args, Debug)]
 pub struct PipelineArgs {
@@ -244,6 +254,9 @@ impl PipelineArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    /// Also fire due schedules (one worker at a time leads)
+    #[arg(long, env = "RENDERQ_SCHEDULER")]
+    pub scheduler: bool,
     /// Attempts of jobs that arrive as raw stream messages
     #[arg(long, env = "RENDERQ_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: i32,
@@ -263,8 +276,17 @@ impl PipelineArgs {
             Duration::try_from_secs_f64(v)
                 .with_context(|| format!("--{name} must be a positive number of seconds"))
         };
-        if self.concurrency == 0 || self.max_batch == 0 {
-            bail!("--concurrency and --max-batch must be at least 1");
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            bail!(
+                "--concurrency {} is outside the limit 1..={MAX_CONCURRENCY}",
+                self.concurrency
+            );
+        }
+        if !(1..=MAX_BATCH).contains(&self.max_batch) {
+            bail!(
+                "--max-batch {} is outside the limit 1..={MAX_BATCH}",
+                self.max_batch
+            );
         }
         Ok(WorkerConfig {
             concurrency: self.concurrency,
@@ -346,6 +368,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             watch::cancel(connect_record(g, !g.no_migrate).await?.as_ref(), &id).await
         }
         Command::Run(args) => run::run(g, args).await,
+        Command::Schedule(cmd) => schedules::command(g, cmd).await,
+        Command::Scheduler => {
+            let (record, dispatch) = connect(g, WorkerConfig::default().lease).await?;
+            let stop = CancellationToken::new();
+            tokio::spawn(signal_shutdown(stop.clone()));
+            eprintln!("scheduler: firing the schedules of queue `{}`", g.queue);
+            crate::schedule::run(record, dispatch, stop, false).await;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Retry {
             batch,
             max_attempts,
@@ -494,6 +525,7 @@ async fn submit_cmd(g: &Global, args: SubmitArgs) -> Result<ExitCode> {
 async fn worker_cmd(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
     let cfg = args.pipeline.config(args.max_attempts)?;
     let (record, dispatch) = connect(g, cfg.lease).await?;
+    let (scheduler_record, scheduler_dispatch) = (record.clone(), dispatch.clone());
     let store = store::open(&g.store).await?;
     let worker = Worker::new(
         cfg,
@@ -504,7 +536,18 @@ async fn worker_cmd(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
+    let scheduler = args.scheduler.then(|| {
+        tokio::spawn(crate::schedule::run(
+            scheduler_record,
+            scheduler_dispatch,
+            shutdown.clone(),
+            true,
+        ))
+    });
     worker.run(shutdown).await;
+    if let Some(s) = scheduler {
+        let _ = s.await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,7 +10,10 @@ pub mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::job::{BatchId, JobId, JobSpec, JobState};
+use crate::{
+    job::{BatchId, JobId, JobSpec, JobState},
+    schedule::Schedule,
+};
 
 pub use postgres::PgRecord;
 pub use sqlite::SqliteRecord;
@@ -167,7 +170,27 @@ pub trait Record: Send + Sync {
         queue: &str,
         jobs: &[NewJob],
         max_attempts: i32,
-    ) -> Result<(BatchId, Vec<JobId>), DbError>;
+    ) -> Result<(BatchId, Vec<JobId>), DbError> {
+        self.create_batch_for(name, queue, jobs, max_attempts, None)
+            .await?
+            .ok_or_else(|| DbError::Invalid("a batch without a schedule cannot collide".into()))
+    }
+    /// As `create_batch`, for a schedule's firing `(schedule, scheduled_for)`: writes
+    /// nothing and returns `None` when that firing's batch exists.
+    async fn create_batch_for(
+        &self,
+        name: &str,
+        queue: &str,
+        jobs: &[NewJob],
+        max_attempts: i32,
+        firing: Option<(&str, DateTime<Utc>)>,
+    ) -> Result<Option<(BatchId, Vec<JobId>)>, DbError>;
+    /// Stores a schedule; false when one of that name exists.
+    async fn add_schedule(&self, schedule: &Schedule) -> Result<bool, DbError>;
+    async fn schedules(&self) -> Result<Vec<Schedule>, DbError>;
+    async fn remove_schedule(&self, name: &str) -> Result<bool, DbError>;
+    /// Records that the firing at `at` was handled (never moves backwards).
+    async fn mark_fired(&self, name: &str, at: DateTime<Utc>) -> Result<(), DbError>;
     /// Creates the row of a job that arrived without one (a raw producer); no-op if it exists.
     async fn ensure_raw_job(
         &self,

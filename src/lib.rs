@@ -13,6 +13,7 @@
 //! - [`submit`]: validating a file and writing it as one batch.
 //! - [`catalogue`]: CSV rows to jobs through prompt and key templates.
 //! - [`sheet`]: the contact sheet `renderq run` writes.
+//! - [`schedule`]: cron schedules that turn a file into a batch at each firing.
 //! - [`cli`]: the `renderq` command line; the binary only calls [`cli::main`].
 //! - [`redact`]: keeping secrets out of what is printed.
 //!
@@ -27,6 +28,7 @@ pub mod dispatch;
 pub mod job;
 pub mod redact;
 pub mod render;
+pub mod schedule;
 pub mod sheet;
 pub mod store;
 pub mod submit;

@@ -3,6 +3,7 @@
 
 use proptest::prelude::*;
 use renderq::{
+    catalogue::{Catalogue, JobDefaults, Template},
     job::{JobSpec, Limits, validate_output_key},
     submit::{SubmitError, parse_jsonl},
 };
@@ -56,6 +57,26 @@ proptest! {
         let text = format!("{{{}}}", body.join(","));
         if let Err(e) = JobSpec::parse(&text, &Limits::default()) {
             prop_assert!(!e.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn any_bytes_as_a_catalogue_are_parsed_or_refused(
+        bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+        template in "[a-z {}]{0,20}",
+    ) {
+        let Ok(template) = Template::parse(&template) else { return Ok(()) };
+        let catalogue = Catalogue {
+            template,
+            variants: 2,
+            key: Some(Template::parse("{variant}/{job_id}").unwrap()),
+            defaults: JobDefaults::default(),
+        };
+        match catalogue.parse(&bytes[..], &Limits::default()) {
+            Ok(jobs) => prop_assert!(jobs.len() % 2 == 0 && !jobs.is_empty()),
+            Err(SubmitError::Invalid { errors, .. }) => prop_assert!(!errors.is_empty()),
+            Err(SubmitError::Empty) => {}
+            Err(other) => prop_assert!(false, "unexpected error: {other}"),
         }
     }
 
@@ -137,5 +158,26 @@ fn refusals_name_the_field_and_the_limit() {
             &Limits::default()
         )
         .is_ok()
+    );
+}
+
+#[test]
+fn worker_sizes_past_their_limits_are_refused() {
+    for (flag, value, limit) in [
+        ("--max-batch", "100000", "1..=1024"),
+        ("--concurrency", "0", "1..=65536"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_renderq"))
+            .args(["worker", flag, value])
+            .env("DATABASE_URL", "sqlite://unused-never-opened.db")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(flag) && err.contains(limit), "{err}");
+    }
+    assert!(
+        !std::path::Path::new("unused-never-opened.db").exists(),
+        "refused before opening anything"
     );
 }

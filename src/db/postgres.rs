@@ -16,7 +16,10 @@ use super::{
     ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob, Outcome, Progress,
     Record, Recorded, Unfinished, WorkerInfo,
 };
-use crate::job::{BatchId, JobId, JobSpec, JobState};
+use crate::{
+    job::{BatchId, JobId, JobSpec, JobState},
+    schedule::Schedule,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -64,22 +67,32 @@ impl Record for PgRecord {
 
     /// Writes a batch and its jobs in one transaction. Returns the ids that were new:
     /// a job whose id exists already is not written again (nor dispatched again).
-    async fn create_batch(
+    async fn create_batch_for(
         &self,
         name: &str,
         queue: &str,
         jobs: &[NewJob],
         max_attempts: i32,
-    ) -> Result<(BatchId, Vec<JobId>), DbError> {
+        firing: Option<(&str, DateTime<Utc>)>,
+    ) -> Result<Option<(BatchId, Vec<JobId>)>, DbError> {
         let batch = BatchId::generate();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO renderq.batches (id, name, queue, total) VALUES ($1, $2, $3, $4)")
-            .bind(batch.0)
-            .bind(name)
-            .bind(queue)
-            .bind(jobs.len() as i32)
-            .execute(&mut *tx)
-            .await?;
+        let made = sqlx::query(
+            "INSERT INTO renderq.batches (id, name, queue, total, schedule, scheduled_for)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT ON CONSTRAINT batches_schedule_firing_unique DO NOTHING",
+        )
+        .bind(batch.0)
+        .bind(name)
+        .bind(queue)
+        .bind(jobs.len() as i32)
+        .bind(firing.map(|f| f.0))
+        .bind(firing.map(|f| f.1))
+        .execute(&mut *tx)
+        .await?;
+        if made.rows_affected() == 0 {
+            return Ok(None); // this firing's batch exists: another scheduler won
+        }
         let mut inserted = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(INSERT_CHUNK) {
             let ids: Vec<Uuid> = chunk.iter().map(|j| j.id.0).collect();
@@ -111,7 +124,65 @@ impl Record for PgRecord {
             inserted.extend(rows.iter().map(|r| JobId(r.get::<Uuid, _>(0))));
         }
         tx.commit().await?;
-        Ok((batch, inserted))
+        Ok(Some((batch, inserted)))
+    }
+
+    async fn add_schedule(&self, s: &Schedule) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "INSERT INTO renderq.schedules (name, cron, timezone, file, queue, options)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&s.name)
+        .bind(&s.cron)
+        .bind(&s.timezone)
+        .bind(&s.file)
+        .bind(&s.queue)
+        .bind(serde_json::to_value(&s.options)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>, DbError> {
+        let rows = sqlx::query(
+            "SELECT name, cron, timezone, file, queue, options, last_fired_for, created_at
+             FROM renderq.schedules ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Schedule {
+                    name: r.get(0),
+                    cron: r.get(1),
+                    timezone: r.get(2),
+                    file: r.get(3),
+                    queue: r.get(4),
+                    options: serde_json::from_value(r.get(5))?,
+                    last_fired_for: r.get(6),
+                    created_at: r.get(7),
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("DELETE FROM renderq.schedules WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn mark_fired(&self, name: &str, at: DateTime<Utc>) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE renderq.schedules SET last_fired_for = greatest(last_fired_for, $2) WHERE name = $1",
+        )
+        .bind(name)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Creates the row of a job that arrived on the stream without one (a raw producer).

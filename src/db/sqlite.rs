@@ -18,7 +18,10 @@ use super::{
     ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob, Outcome, Progress,
     Record, Recorded, Unfinished, WorkerInfo,
 };
-use crate::job::{BatchId, JobId, JobSpec, JobState};
+use crate::{
+    job::{BatchId, JobId, JobSpec, JobState},
+    schedule::Schedule,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -145,27 +148,34 @@ impl Record for SqliteRecord {
         Ok(())
     }
 
-    async fn create_batch(
+    async fn create_batch_for(
         &self,
         name: &str,
         queue: &str,
         jobs: &[NewJob],
         max_attempts: i32,
-    ) -> Result<(BatchId, Vec<JobId>), DbError> {
+        firing: Option<(&str, DateTime<Utc>)>,
+    ) -> Result<Option<(BatchId, Vec<JobId>)>, DbError> {
         let batch = BatchId::generate();
         let now = now_ms();
         let mut con = self.pool.acquire().await?;
         let mut tx = con.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "INSERT INTO batches (id, name, queue, total, created_at) VALUES (?, ?, ?, ?, ?)",
+        let made = sqlx::query(
+            "INSERT INTO batches (id, name, queue, total, created_at, schedule, scheduled_for)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (schedule, scheduled_for) DO NOTHING",
         )
         .bind(batch.to_string())
         .bind(name)
         .bind(queue)
         .bind(jobs.len() as i64)
         .bind(now)
+        .bind(firing.map(|f| f.0))
+        .bind(firing.map(|f| f.1.timestamp_millis()))
         .execute(&mut *tx)
         .await?;
+        if made.rows_affected() == 0 {
+            return Ok(None);
+        }
         let mut inserted = Vec::with_capacity(jobs.len());
         for job in jobs {
             let done = sqlx::query(
@@ -187,7 +197,66 @@ impl Record for SqliteRecord {
             }
         }
         tx.commit().await?;
-        Ok((batch, inserted))
+        Ok(Some((batch, inserted)))
+    }
+
+    async fn add_schedule(&self, s: &Schedule) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "INSERT INTO schedules (name, cron, timezone, file, queue, options, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&s.name)
+        .bind(&s.cron)
+        .bind(&s.timezone)
+        .bind(&s.file)
+        .bind(&s.queue)
+        .bind(serde_json::to_string(&s.options)?)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>, DbError> {
+        let rows = sqlx::query(
+            "SELECT name, cron, timezone, file, queue, options, last_fired_for, created_at
+             FROM schedules ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Schedule {
+                    name: r.get(0),
+                    cron: r.get(1),
+                    timezone: r.get(2),
+                    file: r.get(3),
+                    queue: r.get(4),
+                    options: serde_json::from_str(&r.get::<String, _>(5))?,
+                    last_fired_for: r.get::<Option<i64>, _>(6).map(from_ms),
+                    created_at: from_ms(r.get(7)),
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("DELETE FROM schedules WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn mark_fired(&self, name: &str, at: DateTime<Utc>) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE schedules SET last_fired_for = max(coalesce(last_fired_for, 0), ?2) WHERE name = ?1",
+        )
+        .bind(name)
+        .bind(at.timestamp_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn ensure_raw_job(
