@@ -154,6 +154,10 @@ pub struct SubmitArgs {
     /// Default format (png, webp, jpeg) for jobs that set none
     #[arg(long)]
     pub format: Option<String>,
+    /// POST a signed JSON summary here when the batch finishes
+    /// (HMAC-SHA256 under RENDERQ_WEBHOOK_SECRET, header X-Renderq-Signature)
+    #[arg(long)]
+    pub webhook: Option<String>,
 }
 
 impl SubmitArgs {
@@ -482,6 +486,9 @@ fn batch_name(args: &SubmitArgs) -> String {
 }
 
 async fn submit_cmd(g: &Global, args: SubmitArgs) -> Result<ExitCode> {
+    if let Some(url) = &args.webhook {
+        crate::webhook::validate(url).map_err(anyhow::Error::msg)?;
+    }
     let jobs = match read_file(&args).await? {
         Ok(jobs) => jobs,
         Err(code) => return Ok(code),
@@ -489,12 +496,13 @@ async fn submit_cmd(g: &Global, args: SubmitArgs) -> Result<ExitCode> {
     let (record, dispatch) = connect(g, WorkerConfig::default().lease).await?;
     let name = batch_name(&args);
     let started = std::time::Instant::now();
-    let done = submit::submit(
+    let done = submit::submit_with_webhook(
         record.as_ref(),
         dispatch.as_ref(),
         &name,
         &jobs,
         args.max_attempts,
+        args.webhook.as_deref(),
     )
     .await?;
     eprintln!(

@@ -189,6 +189,10 @@ pub trait Record: Send + Sync {
     async fn add_schedule(&self, schedule: &Schedule) -> Result<bool, DbError>;
     async fn schedules(&self) -> Result<Vec<Schedule>, DbError>;
     async fn remove_schedule(&self, name: &str) -> Result<bool, DbError>;
+    /// Sets the URL a batch's summary is POSTed to when it finishes.
+    async fn set_webhook(&self, batch: BatchId, url: &str) -> Result<(), DbError>;
+    async fn webhook(&self, batch: BatchId) -> Result<Option<String>, DbError>;
+    async fn set_webhook_status(&self, batch: BatchId, status: &str) -> Result<(), DbError>;
     /// Records that the firing at `at` was handled (never moves backwards).
     async fn mark_fired(&self, name: &str, at: DateTime<Utc>) -> Result<(), DbError>;
     /// Creates the row of a job that arrived without one (a raw producer); no-op if it exists.

@@ -15,6 +15,7 @@
 //! - [`sheet`]: the contact sheet `renderq run` writes.
 //! - [`schedule`]: cron schedules that turn a file into a batch at each firing.
 //! - [`cli`]: the `renderq` command line; the binary only calls [`cli::main`].
+//! - [`webhook`]: the signed summary POSTed when a batch finishes.
 //! - [`redact`]: keeping secrets out of what is printed.
 //!
 //! The promises these keep are listed in the project's DESIGN.md; each has a test.
@@ -32,4 +33,5 @@ pub mod schedule;
 pub mod sheet;
 pub mod store;
 pub mod submit;
+pub mod webhook;
 pub mod worker;

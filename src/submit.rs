@@ -221,9 +221,24 @@ pub async fn submit(
     jobs: &[NewJob],
     max_attempts: i32,
 ) -> Result<Submitted, SubmitError> {
+    submit_with_webhook(record, dispatch, name, jobs, max_attempts, None).await
+}
+
+/// As `submit`, with a webhook for the batch's end.
+pub async fn submit_with_webhook(
+    record: &dyn Record,
+    dispatch: &dyn Dispatch,
+    name: &str,
+    jobs: &[NewJob],
+    max_attempts: i32,
+    webhook: Option<&str>,
+) -> Result<Submitted, SubmitError> {
     let (batch, inserted) = record
         .create_batch(name, dispatch.queue(), jobs, max_attempts)
         .await?;
+    if let Some(url) = webhook {
+        record.set_webhook(batch, url).await?;
+    }
     dispatch.enqueue(&inserted).await?;
     Ok(Submitted {
         batch,

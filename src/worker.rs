@@ -57,6 +57,8 @@ pub struct WorkerConfig {
     pub upload_deadline: Duration,
     /// How often the reconciler compares the record with dispatch.
     pub reconcile_every: Duration,
+    /// First wait before a failed webhook delivery is tried again (doubles).
+    pub webhook_backoff: Duration,
     /// Attempts of jobs created from raw stream messages.
     pub max_attempts: i32,
     /// This worker's name in the stream's consumer group and `renderq.workers`.
@@ -76,6 +78,7 @@ impl Default for WorkerConfig {
             backoff_max: Duration::from_secs(300),
             upload_deadline: Duration::from_secs(300),
             reconcile_every: Duration::from_secs(10),
+            webhook_backoff: Duration::from_secs(1),
             max_attempts: 3,
             id: default_worker_id(),
             device: "cpu".into(),

@@ -18,12 +18,13 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
     let (record, dispatch) = connect(g, cfg.lease).await?;
     let store: Arc<dyn store::Store> = Arc::from(store::open(&g.store).await?);
     let name = batch_name(&args.submit);
-    let done = submit::submit(
+    let done = submit::submit_with_webhook(
         record.as_ref(),
         dispatch.as_ref(),
         &name,
         &jobs,
         args.submit.max_attempts,
+        args.submit.webhook.as_deref(),
     )
     .await?;
     drop(jobs);

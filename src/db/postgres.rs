@@ -166,6 +166,34 @@ impl Record for PgRecord {
             .collect()
     }
 
+    async fn set_webhook(&self, batch: BatchId, url: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE renderq.batches SET webhook = $2 WHERE id = $1")
+            .bind(batch.0)
+            .bind(url)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn webhook(&self, batch: BatchId) -> Result<Option<String>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT webhook FROM renderq.batches WHERE id = $1")
+                .bind(batch.0)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
+    async fn set_webhook_status(&self, batch: BatchId, status: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE renderq.batches SET webhook_status = $2 WHERE id = $1")
+            .bind(batch.0)
+            .bind(status)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn remove_schedule(&self, name: &str) -> Result<bool, DbError> {
         let done = sqlx::query("DELETE FROM renderq.schedules WHERE name = $1")
             .bind(name)

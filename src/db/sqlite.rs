@@ -240,6 +240,34 @@ impl Record for SqliteRecord {
             .collect()
     }
 
+    async fn set_webhook(&self, batch: BatchId, url: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE batches SET webhook = ? WHERE id = ?")
+            .bind(url)
+            .bind(batch.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn webhook(&self, batch: BatchId) -> Result<Option<String>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT webhook FROM batches WHERE id = ?")
+                .bind(batch.to_string())
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
+    async fn set_webhook_status(&self, batch: BatchId, status: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE batches SET webhook_status = ? WHERE id = ?")
+            .bind(status)
+            .bind(batch.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn remove_schedule(&self, name: &str) -> Result<bool, DbError> {
         let done = sqlx::query("DELETE FROM schedules WHERE name = ?")
             .bind(name)

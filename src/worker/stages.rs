@@ -362,6 +362,11 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
                 Ok(finished) => {
                     for b in finished {
                         tracing::info!(batch = %b, "batch finished");
+                        tokio::spawn(crate::webhook::deliver(
+                            s.record.clone(),
+                            b,
+                            s.cfg.webhook_backoff,
+                        ));
                     }
                 }
                 Err(e) => warn!("checking whether batches finished failed: {e}"),

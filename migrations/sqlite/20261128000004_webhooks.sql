@@ -1,0 +1,2 @@
+ALTER TABLE batches ADD COLUMN webhook TEXT;
+ALTER TABLE batches ADD COLUMN webhook_status TEXT;
