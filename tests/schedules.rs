@@ -5,7 +5,7 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{Timelike, Utc};
 use common::*;
 use renderq::schedule::{self, Schedule, SubmitOptions};
 
@@ -237,5 +237,49 @@ async fn schedules_from_the_command_line_fire_from_s3_in_the_scheduler() {
         .output()
         .unwrap();
     assert!(removed.status.success());
-    let _: Option<DateTime<Utc>> = None;
+}
+
+#[tokio::test]
+async fn workers_with_scheduler_fire_each_time_once_and_render_it() {
+    let env = Env::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = every("each-second", "* * * * * *", jobs_file(&dir), &env);
+    env.record.add_schedule(&s).await.unwrap();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_renderq"))
+                .args(["worker", "--scheduler"])
+                .env_remove("REDIS_URL")
+                .envs(env.vars())
+                .env("RENDERQ_STORE", dir.path().join("out"))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut batches = Vec::new();
+    for _ in 0..100 {
+        batches = env.record.recent_batches(50).await.unwrap();
+        if batches.len() >= 3 && batches.iter().all(|b| b.done) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.record.remove_schedule("each-second").await.unwrap();
+    for w in &workers {
+        Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    for mut w in workers {
+        assert!(w.wait().unwrap().success());
+    }
+    assert!(batches.len() >= 3, "{batches:?}");
+    let names: std::collections::HashSet<_> = batches.iter().map(|b| b.name.clone()).collect();
+    assert_eq!(names.len(), batches.len(), "one batch per firing");
+    assert!(
+        batches.iter().all(|b| b.total == 2),
+        "each firing read the file"
+    );
 }

@@ -47,11 +47,11 @@ pub(crate) async fn run(
             next_reclaim = tokio::time::Instant::now() + reclaim_every;
             let reclaimed = s.dispatch.reclaim(&s.cfg.id, lease_ms, held.len()).await;
             match reclaimed {
-                Ok(d) if d.is_empty() => fetch(&s, held.len(), &shutdown).await,
+                Ok(d) if d.is_empty() => fetch(&s, held.len()).await,
                 other => other,
             }
         } else {
-            fetch(&s, held.len(), &shutdown).await
+            fetch(&s, held.len()).await
         };
         let deliveries = match read {
             Ok(d) => {
@@ -97,11 +97,7 @@ pub(crate) async fn run(
 /// Not cut short by shutdown: a read in flight may already have delivered entries to
 /// this consumer, and those are then claimed and drained like the rest. `BLOCK` bounds
 /// the wait.
-async fn fetch(
-    s: &Shared,
-    count: usize,
-    _shutdown: &CancellationToken,
-) -> Result<Vec<Delivery>, crate::dispatch::DispatchError> {
+async fn fetch(s: &Shared, count: usize) -> Result<Vec<Delivery>, crate::dispatch::DispatchError> {
     s.dispatch
         .fetch(&s.cfg.id, count, BLOCK.as_millis() as u64)
         .await
