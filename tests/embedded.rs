@@ -222,6 +222,17 @@ async fn a_database_that_is_not_renderqs_or_is_newer_is_refused_and_left_untouch
         r.pool().close().await;
     }
     drop(db);
+    // Fold the WAL into the file now, so the snapshot below is the whole database and
+    // no checkpoint can land after it.
+    {
+        use sqlx::Connection;
+        let mut con = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("PRAGMA journal_mode=DELETE")
+            .execute(&mut con)
+            .await
+            .unwrap();
+        con.close().await.unwrap();
+    }
     let before = std::fs::read(&newer).unwrap();
     let msg = refused(&newer);
     assert!(
