@@ -89,3 +89,24 @@ pub trait Dispatch: Send + Sync {
     /// Messages waiting or in flight (for status and tests).
     async fn backlog(&self) -> Result<usize, DispatchError>;
 }
+
+/// For dispatch that polls (the database backends): tries `take` until it returns
+/// something or `block_ms` has passed, sleeping `every` in between.
+pub(crate) async fn poll<F, Fut>(
+    block_ms: u64,
+    every: std::time::Duration,
+    mut take: F,
+) -> Result<Vec<Delivery>, DispatchError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Delivery>, DispatchError>>,
+{
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(block_ms);
+    loop {
+        let got = take().await?;
+        if !got.is_empty() || tokio::time::Instant::now() + every > until {
+            return Ok(got);
+        }
+        tokio::time::sleep(every).await;
+    }
+}

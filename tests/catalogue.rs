@@ -45,24 +45,8 @@ fn http_get(url: &str) -> (u16, Vec<u8>) {
 async fn a_csv_catalogue_becomes_keyed_variants_and_a_manifest_with_working_urls() {
     let env = Env::new().await;
     let store = s3_store().await;
-    let s3 = [
-        ("RENDERQ_STORE", format!("s3://{}/out", store.bucket())),
-        (
-            "AWS_ENDPOINT_URL",
-            std::env::var("RENDERQ_TEST_S3_ENDPOINT")
-                .unwrap_or_else(|_| "http://127.0.0.1:9100".into()),
-        ),
-        ("AWS_REGION", "us-east-1".into()),
-        (
-            "AWS_ACCESS_KEY_ID",
-            std::env::var("RENDERQ_TEST_S3_ACCESS_KEY").unwrap_or_else(|_| "renderq-test".into()),
-        ),
-        (
-            "AWS_SECRET_ACCESS_KEY",
-            std::env::var("RENDERQ_TEST_S3_SECRET_KEY")
-                .unwrap_or_else(|_| "renderq-test-secret".into()),
-        ),
-    ];
+    let mut s3 = s3_vars();
+    s3.push(("RENDERQ_STORE", format!("s3://{}/out", store.bucket())));
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("products.csv");
     std::fs::write(

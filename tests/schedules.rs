@@ -133,23 +133,7 @@ async fn schedules_from_the_command_line_fire_from_s3_in_the_scheduler() {
         .send()
         .await
         .unwrap();
-    let s3 = [
-        (
-            "AWS_ENDPOINT_URL",
-            std::env::var("RENDERQ_TEST_S3_ENDPOINT")
-                .unwrap_or_else(|_| "http://127.0.0.1:9100".into()),
-        ),
-        ("AWS_REGION", "us-east-1".into()),
-        (
-            "AWS_ACCESS_KEY_ID",
-            std::env::var("RENDERQ_TEST_S3_ACCESS_KEY").unwrap_or_else(|_| "renderq-test".into()),
-        ),
-        (
-            "AWS_SECRET_ACCESS_KEY",
-            std::env::var("RENDERQ_TEST_S3_SECRET_KEY")
-                .unwrap_or_else(|_| "renderq-test-secret".into()),
-        ),
-    ];
+    let s3 = s3_vars();
     let renderq = || {
         let mut c = Command::new(env!("CARGO_BIN_EXE_renderq"));
         c.env_remove("REDIS_URL")

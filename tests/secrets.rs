@@ -14,23 +14,14 @@ const PG_SECRET: &str = "pgsecret4242";
 const REDIS_SECRET: &str = "redissecret4242";
 const WRONG_AWS_SECRET: &str = "awssecret4242";
 
-/// The S3 test server's real secret key: the worker signs with it on the success path.
-fn aws_secret() -> String {
-    std::env::var("RENDERQ_TEST_S3_SECRET_KEY").unwrap_or_else(|_| "renderq-test-secret".into())
-}
-
 fn renderq(vars: &[(&str, String)], args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_renderq"));
     c.args(args)
         .env_remove("REDIS_URL")
         .env("RENDERQ_LOG", "debug")
         .env("RUST_LOG", "debug")
-        .env(
-            "AWS_ACCESS_KEY_ID",
-            std::env::var("RENDERQ_TEST_S3_ACCESS_KEY").unwrap_or_else(|_| "renderq-test".into()),
-        )
-        .env("AWS_SECRET_ACCESS_KEY", aws_secret())
-        .env("AWS_REGION", "us-east-1")
+        // The S3 test server's real keys: the worker signs with them on the success path.
+        .envs(s3_vars())
         .envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
     c
 }
@@ -41,7 +32,7 @@ fn assert_clean(what: &str, out: &std::process::Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    for secret in [PG_SECRET, REDIS_SECRET, WRONG_AWS_SECRET, &aws_secret()] {
+    for secret in [PG_SECRET, REDIS_SECRET, WRONG_AWS_SECRET, &s3_secret_key()] {
         assert!(!text.contains(secret), "{what} printed {secret}:\n{text}");
     }
 }
@@ -57,15 +48,12 @@ async fn no_secret_is_printed_on_success_or_error_paths() {
         .db_url
         .replacen("postgres:postgres@", &format!("postgres:{PG_SECRET}@"), 1);
     assert!(db_url.contains(PG_SECRET));
-    let s3 = std::env::var("RENDERQ_TEST_S3_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:9100".into());
     let bucket = s3_store().await;
     let ok_vars = vec![
         ("DATABASE_URL", db_url.clone()),
         ("REDIS_URL", redis_url()),
         ("RENDERQ_QUEUE", env.queue.clone()),
         ("RENDERQ_STORE", format!("s3://{}/out", bucket.bucket())),
-        ("AWS_ENDPOINT_URL", s3.clone()),
     ];
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("jobs.jsonl");

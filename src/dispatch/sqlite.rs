@@ -92,14 +92,7 @@ impl Dispatch for SqliteDispatch {
         count: usize,
         block_ms: u64,
     ) -> Result<Vec<Delivery>, DispatchError> {
-        let until = tokio::time::Instant::now() + Duration::from_millis(block_ms);
-        loop {
-            let got = self.lease(consumer, count, false).await?;
-            if !got.is_empty() || tokio::time::Instant::now() + POLL > until {
-                return Ok(got);
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        super::poll(block_ms, POLL, || self.lease(consumer, count, false)).await
     }
 
     async fn reclaim(

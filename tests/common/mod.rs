@@ -38,6 +38,28 @@ fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
+pub fn s3_endpoint() -> String {
+    env("RENDERQ_TEST_S3_ENDPOINT", "http://127.0.0.1:9100")
+}
+
+pub fn s3_access_key() -> String {
+    env("RENDERQ_TEST_S3_ACCESS_KEY", "renderq-test")
+}
+
+pub fn s3_secret_key() -> String {
+    env("RENDERQ_TEST_S3_SECRET_KEY", "renderq-test-secret")
+}
+
+/// The AWS SDK variables that point the `renderq` binary at the S3 test server.
+pub fn s3_vars() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", s3_endpoint()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", s3_access_key()),
+        ("AWS_SECRET_ACCESS_KEY", s3_secret_key()),
+    ]
+}
+
 pub fn admin_url() -> String {
     env(
         "RENDERQ_TEST_DATABASE_URL",
@@ -301,9 +323,7 @@ pub fn fast_config() -> WorkerConfig {
 
 /// A fresh bucket on the S3-compatible test server.
 pub async fn s3_store() -> Arc<S3Store> {
-    let endpoint = env("RENDERQ_TEST_S3_ENDPOINT", "http://127.0.0.1:9100");
-    let access = env("RENDERQ_TEST_S3_ACCESS_KEY", "renderq-test");
-    let secret = env("RENDERQ_TEST_S3_SECRET_KEY", "renderq-test-secret");
+    let (endpoint, access, secret) = (s3_endpoint(), s3_access_key(), s3_secret_key());
     let bucket = unique("rq-t-");
     let store = S3Store::from_parts(&endpoint, &access, &secret, &bucket, "out");
     store
