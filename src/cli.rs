@@ -243,14 +243,75 @@ pub struct PipelineArgs {
     /// This worker's name (default: host-pid-random)
     #[arg(long, env = "RENDERQ_WORKER_ID")]
     pub worker_id: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// The images endpoint behind `remote/<name>` models. The bearer key is read from
+/// `RENDERQ_REMOTE_API_KEY` only: a flag would show it in `ps`.
+#[derive(Args, Debug)]
+pub struct RemoteArgs {
+    /// OpenAI-style images API serving `remote/<name>` (e.g. http://npu-host:30000/v1)
+    #[arg(long, env = "RENDERQ_REMOTE_URL")]
+    pub remote_url: Option<String>,
+    /// The API's dialect (default: zhipu for URLs under /api/paas/, else openai)
+    #[arg(long, env = "RENDERQ_REMOTE_FLAVOR", value_enum)]
+    pub remote_flavor: Option<crate::render::remote::Flavor>,
+    /// How an openai-flavoured endpoint returns images
+    #[arg(
+        long,
+        env = "RENDERQ_REMOTE_RESPONSE_FORMAT",
+        value_enum,
+        default_value = "b64_json"
+    )]
+    pub remote_response_format: crate::render::remote::ResponseFormat,
+    /// Requests in flight to the endpoint (set --max-batch at least as high)
+    #[arg(long, env = "RENDERQ_REMOTE_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub remote_concurrency: u32,
+    /// Seconds one request may take, generation included
+    #[arg(long, env = "RENDERQ_REMOTE_TIMEOUT_SECS", default_value_t = 300.0)]
+    pub remote_timeout_secs: f64,
+    /// Tries per job within one render on 429, 5xx and timeouts (then the job's retry)
+    #[arg(long, env = "RENDERQ_REMOTE_ATTEMPTS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub remote_attempts: u32,
+}
+
+impl RemoteArgs {
+    pub fn config(&self) -> Result<Option<crate::render::RemoteConfig>> {
+        let Some(url) = &self.remote_url else {
+            return Ok(None);
+        };
+        if !(self.remote_timeout_secs.is_finite() && self.remote_timeout_secs > 0.0) {
+            bail!("--remote-timeout-secs must be a positive number of seconds");
+        }
+        let mut cfg = crate::render::RemoteConfig::new(url);
+        cfg.api_key = std::env::var("RENDERQ_REMOTE_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
+        if let Some(flavor) = self.remote_flavor {
+            cfg.flavor = flavor;
+        }
+        cfg.response_format = self.remote_response_format;
+        cfg.concurrency = self.remote_concurrency as usize;
+        cfg.timeout = Duration::from_secs_f64(self.remote_timeout_secs);
+        cfg.attempts = self.remote_attempts;
+        Ok(Some(cfg))
+    }
 }
 
 impl PipelineArgs {
-    pub fn renderers(&self) -> Renderers {
-        Renderers::with_noop(
+    pub fn renderers(&self) -> Result<Renderers> {
+        let mut renderers = Renderers::with_noop(
             crate::render::NoopRenderer::new(self.noop_delay_ms)
                 .panicking_on(self.noop_panic_on.clone()),
-        )
+        );
+        if let Some(cfg) = self.remote.config()? {
+            let remote = crate::render::RemoteRenderer::new(cfg).map_err(anyhow::Error::msg)?;
+            renderers.insert_remote(remote);
+        }
+        Ok(renderers)
     }
 }
 
@@ -310,8 +371,7 @@ impl PipelineArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    // rustls finds two crypto providers in this dependency set and refuses to pick one.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    crate::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -388,7 +448,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let batch = manifest::parse_batch(&batch)?;
             let (record, dispatch) = connect(g, WorkerConfig::default().lease).await?;
             let ids = record.retry_failed(batch, max_attempts.max(1)).await?;
-            dispatch.enqueue(&ids).await?;
+            dispatch.enqueue_batch(batch, &ids).await?;
             println!("re-queued {} failed job(s) of {batch}", ids.len());
             Ok(ExitCode::SUCCESS)
         }
@@ -540,7 +600,7 @@ async fn worker_cmd(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
         record,
         dispatch,
         Arc::from(store),
-        args.pipeline.renderers(),
+        args.pipeline.renderers()?,
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));

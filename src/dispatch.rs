@@ -9,9 +9,13 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 
-use crate::job::JobId;
+use crate::job::{BatchId, JobId};
 
 pub use self::{postgres::PgDispatch, redis::RedisDispatch, sqlite::SqliteDispatch};
+
+/// Most batches one read of the database dispatchers shares itself between (the oldest
+/// with queued jobs); later ones get their turn as these finish.
+pub(crate) const FAIR_LANES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -49,6 +53,12 @@ pub trait Dispatch: Send + Sync {
     fn queue(&self) -> &str;
     /// Dispatches jobs whose rows are committed.
     async fn enqueue(&self, ids: &[JobId]) -> Result<(), DispatchError>;
+    /// Dispatches a batch's jobs whose rows are committed. Reads share themselves
+    /// between batches, so a small batch is not starved by a big one before it.
+    async fn enqueue_batch(&self, batch: BatchId, ids: &[JobId]) -> Result<(), DispatchError> {
+        let _ = batch;
+        self.enqueue(ids).await
+    }
     /// Takes up to `count` new deliveries, waiting up to `block_ms` for the first.
     async fn fetch(
         &self,

@@ -229,7 +229,7 @@ pub async fn fire(
         return Ok(None);
     };
     dispatch
-        .enqueue(&ids)
+        .enqueue_batch(batch, &ids)
         .await
         .map_err(|e| FireError::Dispatch(e.to_string()))?;
     Ok(Some(batch))

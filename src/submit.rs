@@ -239,7 +239,7 @@ pub async fn submit_with_webhook(
     if let Some(url) = webhook {
         record.set_webhook(batch, url).await?;
     }
-    dispatch.enqueue(&inserted).await?;
+    dispatch.enqueue_batch(batch, &inserted).await?;
     Ok(Submitted {
         batch,
         jobs: inserted.len(),

@@ -22,16 +22,6 @@ fn with(model: &str, r: Arc<dyn Renderer>) -> Renderers {
     rs
 }
 
-async fn forget_queue_keys(env: &Env) {
-    let mut con = env.redis().await;
-    let _: () = redis::cmd("DEL")
-        .arg(env.stream())
-        .arg(format!("renderq:{{{}}}:delayed", env.queue))
-        .query_async(&mut con)
-        .await
-        .unwrap();
-}
-
 fn count_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
@@ -72,7 +62,7 @@ async fn redis_losing_everything_mid_batch_loses_no_job() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    forget_queue_keys(&env).await; // what FLUSHALL does to this queue
+    env.forget_queue_keys().await; // what FLUSHALL does to this queue
     let rows = env.wait_terminal(30, Duration::from_secs(60)).await;
     stop.cancel();
     h.await.unwrap();
@@ -133,7 +123,7 @@ async fn running_jobs_of_a_dead_worker_are_rescued_when_redis_lost_their_entries
     }
     a.abort(); // dies holding the job
     let _ = a.await;
-    forget_queue_keys(&env).await; // and Redis forgets the entry: no XAUTOCLAIM possible
+    env.forget_queue_keys().await; // and Redis forgets the entry: no XAUTOCLAIM possible
     let (stop, h) = env.spawn_worker(
         fast_config(),
         store,
@@ -191,7 +181,7 @@ async fn a_retry_lost_from_the_delayed_set_is_scheduled_again() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(env.rows().await[0].1, "retrying");
-    forget_queue_keys(&env).await;
+    env.forget_queue_keys().await;
     let rows = env.wait_terminal(1, Duration::from_secs(30)).await;
     stop.cancel();
     h.await.unwrap();

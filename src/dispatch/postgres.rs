@@ -41,20 +41,43 @@ impl PgDispatch {
                           AND lease_until < now() ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
              RETURNING id"
         } else {
-            "UPDATE renderq.jobs SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond'
-             WHERE id IN (SELECT id FROM renderq.jobs WHERE queue = $3 AND state = 'queued'
-                          AND (lease_until IS NULL OR lease_until < now())
-                          ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+            // An equal share from each batch with queued jobs (the oldest `$5`), and
+            // from jobs without a batch: a small batch is not starved by a big one.
+            "WITH lanes AS (
+                 SELECT b.id FROM renderq.batches b
+                 WHERE b.finished_at IS NULL AND b.queue = $3
+                   AND EXISTS (SELECT 1 FROM renderq.jobs q WHERE q.batch_id = b.id AND q.state = 'queued')
+                 ORDER BY b.created_at LIMIT $5),
+             share AS (SELECT ceil($4::float8 / greatest(1, (SELECT count(*) FROM lanes)
+                 + (SELECT count(*) FROM (SELECT 1 FROM renderq.jobs WHERE batch_id IS NULL
+                                          AND state = 'queued' AND queue = $3 LIMIT 1) x)))::bigint AS n),
+             batched AS (
+                 SELECT j.id FROM lanes l CROSS JOIN LATERAL (
+                     SELECT id FROM renderq.jobs
+                     WHERE batch_id = l.id AND state = 'queued' AND queue = $3
+                       AND (lease_until IS NULL OR lease_until < now())
+                     ORDER BY id LIMIT (SELECT n FROM share) FOR UPDATE SKIP LOCKED) j
+                 LIMIT $4),
+             loose AS (
+                 SELECT id FROM renderq.jobs
+                 WHERE batch_id IS NULL AND state = 'queued' AND queue = $3
+                   AND (lease_until IS NULL OR lease_until < now())
+                 ORDER BY id
+                 LIMIT least((SELECT n FROM share), $4 - (SELECT count(*) FROM batched))
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE renderq.jobs SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond'
+             WHERE id IN (SELECT id FROM batched UNION ALL SELECT id FROM loose)
              RETURNING id"
         };
-        let rows = sqlx::query(sql)
+        let mut query = sqlx::query(sql)
             .bind(consumer)
             .bind(self.lease.as_millis() as f64)
             .bind(&self.queue)
-            .bind(count as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
+            .bind(count as i64);
+        if !takeover {
+            query = query.bind(super::FAIR_LANES as i64);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db_error)?;
         Ok(rows
             .iter()
             .map(|r| {

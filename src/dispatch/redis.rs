@@ -1,11 +1,20 @@
-//! Dispatch on Redis Streams: one stream and one consumer group per queue.
+//! Dispatch on Redis Streams, with one consumer group per stream.
 //!
-//! Keys: `renderq:{<queue>}:stream` (the stream), `renderq:{<queue>}:delayed` (retries
-//! waiting out their backoff, a sorted set scored by due time in Unix ms). The braces
-//! keep a queue's keys in one Cluster slot, so the Lua scripts work on a cluster.
-//! Finished entries are acknowledged and deleted at once: Redis holds only work in flight.
+//! Keys: `renderq:{<queue>}:stream` (the main stream: raw producers, retries, released
+//! jobs), `renderq:{<queue>}:batch:<batch id>` (one stream per submitted batch with work
+//! left), `renderq:{<queue>}:batches` (the set naming those streams) and
+//! `renderq:{<queue>}:delayed` (retries waiting out their backoff, a sorted set scored
+//! by due time in Unix ms). The braces keep a queue's keys in one Cluster slot, so the
+//! Lua scripts work on a cluster. A read shares itself between the streams
+//! (`lua/fair_read.lua`), which is what keeps a small batch from waiting behind a big
+//! one. Finished entries are acknowledged and deleted at once: Redis holds only work
+//! in flight.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use redis::{
@@ -15,7 +24,7 @@ use redis::{
 };
 
 use super::{Delivery, Dispatch, DispatchError, Payload};
-use crate::job::JobId;
+use crate::job::{BatchId, JobId};
 
 /// The consumer group every worker of a queue joins.
 pub const GROUP: &str = "renderq";
@@ -23,10 +32,18 @@ pub const GROUP: &str = "renderq";
 const HELD_PAGE: usize = 10_000;
 /// Entries per pipelined XADD chunk at submit.
 const XADD_CHUNK: usize = 2_000;
+/// Longest single blocking read. A blocking XREADGROUP only wakes for the streams it
+/// names, so an idle worker looks again this often for batches submitted meanwhile.
+const BLOCK_SLICE_MS: u64 = 100;
+/// Most streams one blocking read waits on.
+const BLOCK_STREAMS: usize = 64;
+/// Separates a batch stream's id from the entry id in a delivery's handle.
+const HANDLE_SEP: char = '|';
 
 pub struct RedisDispatch {
     queue: String,
     stream: String,
+    batches: String,
     delayed: String,
     /// Commands that answer at once.
     con: ConnectionManager,
@@ -34,10 +51,14 @@ pub struct RedisDispatch {
     blocking: ConnectionManager,
     heartbeat: Script,
     move_due: Script,
-    /// Where the next XAUTOCLAIM scan starts. XAUTOCLAIM examines a bounded window
-    /// of the pending list per call; always starting at `0-0` would never reach a dead
-    /// worker's entries behind a long list of live ones.
-    reclaim_cursor: std::sync::Mutex<String>,
+    fair_read: Script,
+    enqueue_batch: Script,
+    /// Which batch stream a read starts with, turned each read.
+    rotation: AtomicU64,
+    /// Where the next XAUTOCLAIM scan of each stream starts. XAUTOCLAIM examines a
+    /// bounded window of the pending list per call; always starting at `0-0` would
+    /// never reach a dead worker's entries behind a long list of live ones.
+    reclaim_cursor: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl From<redis::RedisError> for DispatchError {
@@ -52,6 +73,16 @@ pub fn stream_key(queue: &str) -> String {
 
 pub fn delayed_key(queue: &str) -> String {
     format!("renderq:{{{queue}}}:delayed")
+}
+
+/// The set of a queue's batch streams.
+pub fn batches_key(queue: &str) -> String {
+    format!("renderq:{{{queue}}}:batches")
+}
+
+/// The stream of one batch's jobs.
+pub fn batch_stream_key(queue: &str, batch: BatchId) -> String {
+    format!("renderq:{{{queue}}}:batch:{batch}")
 }
 
 impl RedisDispatch {
@@ -73,12 +104,16 @@ impl RedisDispatch {
         let dispatch = RedisDispatch {
             queue: queue.to_string(),
             stream: stream_key(queue),
+            batches: batches_key(queue),
             delayed: delayed_key(queue),
             con,
             blocking,
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
             move_due: Script::new(include_str!("lua/move_due.lua")),
-            reclaim_cursor: std::sync::Mutex::new("0-0".into()),
+            fair_read: Script::new(include_str!("lua/fair_read.lua")),
+            enqueue_batch: Script::new(include_str!("lua/enqueue_batch.lua")),
+            rotation: AtomicU64::new(0),
+            reclaim_cursor: std::sync::Mutex::new(HashMap::new()),
         };
         dispatch.ensure_group().await?;
         Ok(dispatch)
@@ -100,6 +135,151 @@ impl RedisDispatch {
             Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    /// A delivery from `stream`; its handle names the stream unless it is the main one.
+    fn delivery_from(&self, stream: &str, entry: StreamId, takeover: bool) -> Delivery {
+        let mut d = Self::delivery(entry, takeover);
+        if let Some(batch) = stream
+            .strip_prefix(self.batch_prefix().as_str())
+            .filter(|_| stream != self.stream)
+        {
+            d.entry = format!("{batch}{HANDLE_SEP}{}", d.entry);
+        }
+        d
+    }
+
+    fn batch_prefix(&self) -> String {
+        format!("renderq:{{{}}}:batch:", self.queue)
+    }
+
+    /// The stream key and the entry id behind a delivery's handle.
+    fn locate<'a>(&self, handle: &'a str) -> (String, &'a str) {
+        match handle.split_once(HANDLE_SEP) {
+            Some((batch, id)) => (format!("{}{batch}", self.batch_prefix()), id),
+            None => (self.stream.clone(), handle),
+        }
+    }
+
+    /// Handles grouped by their stream.
+    fn by_stream<'a>(&self, handles: &'a [String]) -> BTreeMap<String, Vec<&'a str>> {
+        let mut map: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for h in handles {
+            let (stream, id) = self.locate(h);
+            map.entry(stream).or_default().push(id);
+        }
+        map
+    }
+
+    /// The main stream, then every batch stream.
+    async fn streams(&self) -> Result<Vec<String>, DispatchError> {
+        let mut con = self.con.clone();
+        let mut batches: Vec<String> = con.smembers(&self.batches).await?;
+        batches.sort();
+        let mut all = vec![self.stream.clone()];
+        all.extend(batches);
+        Ok(all)
+    }
+
+    /// One non-blocking read, shared fairly between the streams.
+    async fn read_fair(
+        &self,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Delivery>, DispatchError> {
+        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let mut con = self.con.clone();
+        let reply: Option<StreamReadReply> = self
+            .fair_read
+            .key(&self.stream)
+            .key(&self.batches)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(count.max(1))
+            .arg(rotation)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(self.deliveries(reply, false))
+    }
+
+    fn deliveries(&self, reply: Option<StreamReadReply>, takeover: bool) -> Vec<Delivery> {
+        reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| {
+                let stream = k.key;
+                k.ids.into_iter().map(move |e| (stream.clone(), e))
+            })
+            .map(|(stream, e)| self.delivery_from(&stream, e, takeover))
+            .collect()
+    }
+
+    /// Waits up to `block_ms` for any stream to get work; the reply is the first
+    /// entries that arrived, a share per stream.
+    async fn read_blocking(
+        &self,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Delivery>, DispatchError> {
+        let mut streams = self.streams().await?;
+        streams.truncate(BLOCK_STREAMS);
+        let share = count.max(1).div_ceil(streams.len());
+        let mut con = self.blocking.clone();
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(share)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(&streams);
+        for _ in &streams {
+            cmd.arg(">");
+        }
+        match cmd.query_async::<Option<StreamReadReply>>(&mut con).await {
+            Ok(reply) => Ok(self.deliveries(reply, false)),
+            // A batch stream emptied and deleted meanwhile, or the group lost: the next
+            // fair read makes good what is missing.
+            Err(e) if e.code() == Some("NOGROUP") => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Adds the jobs of every entry of `stream` to `held`.
+    async fn scan_stream(
+        &self,
+        stream: &str,
+        held: &mut HashSet<JobId>,
+    ) -> Result<(), DispatchError> {
+        let mut con = self.con.clone();
+        let mut start = "-".to_string();
+        loop {
+            let page: StreamRangeReply = con.xrange_count(stream, &start, "+", HELD_PAGE).await?;
+            let n = page.ids.len();
+            for entry in page.ids {
+                match Self::delivery(entry.clone(), false).payload {
+                    Payload::Id(id) => {
+                        held.insert(id);
+                    }
+                    Payload::Job(text) => {
+                        let id = serde_json::from_str::<serde_json::Value>(&text)
+                            .ok()
+                            .and_then(|v| v.get("id")?.as_str()?.parse().ok())
+                            .unwrap_or_else(|| JobId::for_raw_message(&self.queue, &entry.id));
+                        held.insert(id);
+                    }
+                    Payload::Invalid(_) => {}
+                }
+                start = format!("({}", entry.id);
+            }
+            if n < HELD_PAGE {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn delivery(entry: StreamId, takeover: bool) -> Delivery {
@@ -163,38 +343,39 @@ impl Dispatch for RedisDispatch {
         Ok(())
     }
 
+    async fn enqueue_batch(&self, batch: BatchId, ids: &[JobId]) -> Result<(), DispatchError> {
+        let mut con = self.con.clone();
+        let stream = batch_stream_key(&self.queue, batch);
+        for chunk in ids.chunks(XADD_CHUNK) {
+            let mut inv = self.enqueue_batch.key(&stream);
+            inv.key(&self.batches).arg(GROUP);
+            for id in chunk {
+                inv.arg(id.to_string());
+            }
+            inv.invoke_async::<usize>(&mut con).await?;
+        }
+        Ok(())
+    }
+
     async fn fetch(
         &self,
         consumer: &str,
         count: usize,
         block_ms: u64,
     ) -> Result<Vec<Delivery>, DispatchError> {
-        let reply: Option<StreamReadReply> = self
-            .with_group(|| {
-                let mut con = self.blocking.clone();
-                async move {
-                    redis::cmd("XREADGROUP")
-                        .arg("GROUP")
-                        .arg(GROUP)
-                        .arg(consumer)
-                        .arg("COUNT")
-                        .arg(count.max(1))
-                        .arg("BLOCK")
-                        .arg(block_ms)
-                        .arg("STREAMS")
-                        .arg(&self.stream)
-                        .arg(">")
-                        .query_async(&mut con)
-                        .await
-                }
-            })
-            .await?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(|e| Self::delivery(e, false))
-            .collect())
+        let until = tokio::time::Instant::now() + Duration::from_millis(block_ms);
+        loop {
+            let got = self.read_fair(consumer, count).await?;
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if !got.is_empty() || left.is_zero() {
+                return Ok(got);
+            }
+            let slice = (left.as_millis() as u64).clamp(1, BLOCK_SLICE_MS);
+            let got = self.read_blocking(consumer, count, slice).await?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+        }
     }
 
     async fn reclaim(
@@ -203,31 +384,56 @@ impl Dispatch for RedisDispatch {
         lease_ms: u64,
         count: usize,
     ) -> Result<Vec<Delivery>, DispatchError> {
-        let start = self.reclaim_cursor.lock().unwrap().clone();
-        let reply: StreamAutoClaimReply = self
-            .with_group(|| {
-                let mut con = self.con.clone();
-                let start = start.clone();
-                async move {
-                    redis::cmd("XAUTOCLAIM")
-                        .arg(&self.stream)
-                        .arg(GROUP)
-                        .arg(consumer)
-                        .arg(lease_ms)
-                        .arg(start)
-                        .arg("COUNT")
-                        .arg(count.max(1))
-                        .query_async(&mut con)
-                        .await
-                }
-            })
-            .await?;
-        *self.reclaim_cursor.lock().unwrap() = reply.next_stream_id.clone();
-        Ok(reply
-            .claimed
-            .into_iter()
-            .map(|e| Self::delivery(e, true))
-            .collect())
+        let mut taken = Vec::new();
+        let streams = self.streams().await?;
+        for stream in &streams {
+            if taken.len() >= count.max(1) {
+                break;
+            }
+            let start = self.reclaim_cursor.lock().unwrap().get(stream).cloned();
+            let start = start.unwrap_or_else(|| "0-0".into());
+            let want = count.max(1) - taken.len();
+            let reply: Result<StreamAutoClaimReply, DispatchError> = self
+                .with_group(|| {
+                    let mut con = self.con.clone();
+                    let (stream, start) = (stream.clone(), start.clone());
+                    async move {
+                        redis::cmd("XAUTOCLAIM")
+                            .arg(&stream)
+                            .arg(GROUP)
+                            .arg(consumer)
+                            .arg(lease_ms)
+                            .arg(start)
+                            .arg("COUNT")
+                            .arg(want)
+                            .query_async(&mut con)
+                            .await
+                    }
+                })
+                .await;
+            let reply = match reply {
+                Ok(r) => r,
+                // A batch stream deleted (emptied) since the set was read.
+                Err(_) if *stream != self.stream => continue,
+                Err(e) => return Err(e),
+            };
+            self.reclaim_cursor
+                .lock()
+                .unwrap()
+                .insert(stream.clone(), reply.next_stream_id.clone());
+            taken.extend(
+                reply
+                    .claimed
+                    .into_iter()
+                    .map(|e| self.delivery_from(stream, e, true)),
+            );
+        }
+        // Forget the cursors of streams that are gone.
+        self.reclaim_cursor
+            .lock()
+            .unwrap()
+            .retain(|s, _| streams.contains(s));
+        Ok(taken)
     }
 
     async fn heartbeat(
@@ -240,14 +446,25 @@ impl Dispatch for RedisDispatch {
         }
         let mut con = self.con.clone();
         let mut lost = Vec::new();
-        for chunk in entries.chunks(500) {
-            let mut inv = self.heartbeat.key(&self.stream);
-            inv.arg(GROUP).arg(consumer).arg(chunk);
-            let part: Vec<String> = match inv.invoke_async(&mut con).await {
-                Err(e) if e.code() == Some("NOGROUP") => chunk.to_vec(),
-                other => other?,
+        for (stream, ids) in self.by_stream(entries) {
+            let batch = (stream != self.stream)
+                .then(|| stream.strip_prefix(self.batch_prefix().as_str()))
+                .flatten();
+            let handle = |id: &str| match batch {
+                Some(batch) => format!("{batch}{HANDLE_SEP}{id}"),
+                None => id.to_string(),
             };
-            lost.extend(part);
+            for chunk in ids.chunks(500) {
+                let mut inv = self.heartbeat.key(&stream);
+                inv.arg(GROUP).arg(consumer).arg(chunk);
+                let part: Vec<String> = match inv.invoke_async(&mut con).await {
+                    Err(e) if e.code() == Some("NOGROUP") => {
+                        chunk.iter().map(|s| s.to_string()).collect()
+                    }
+                    other => other?,
+                };
+                lost.extend(part.iter().map(|id| handle(id)));
+            }
         }
         Ok(lost)
     }
@@ -258,12 +475,10 @@ impl Dispatch for RedisDispatch {
         }
         let mut con = self.con.clone();
         let mut pipe = redis::pipe();
-        pipe.cmd("XACK")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(entries)
-            .ignore();
-        pipe.cmd("XDEL").arg(&self.stream).arg(entries).ignore();
+        for (stream, ids) in self.by_stream(entries) {
+            pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(&ids).ignore();
+            pipe.cmd("XDEL").arg(&stream).arg(&ids).ignore();
+        }
         match pipe.query_async::<()>(&mut con).await {
             // The group is gone (Redis lost its data): nothing is left to acknowledge.
             Err(e) if e.code() == Some("NOGROUP") => Ok(()),
@@ -272,18 +487,19 @@ impl Dispatch for RedisDispatch {
     }
 
     async fn defer(&self, entry: &str, job: JobId, due_ms: i64) -> Result<(), DispatchError> {
+        let (stream, entry) = self.locate(entry);
         let mut con = self.con.clone();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .zadd(&self.delayed, job.to_string(), due_ms)
             .ignore()
             .cmd("XACK")
-            .arg(&self.stream)
+            .arg(&stream)
             .arg(GROUP)
             .arg(entry)
             .ignore()
             .cmd("XDEL")
-            .arg(&self.stream)
+            .arg(&stream)
             .arg(entry)
             .ignore();
         pipe.query_async::<()>(&mut con).await?;
@@ -321,17 +537,19 @@ impl Dispatch for RedisDispatch {
         Ok(())
     }
 
+    /// The job goes back on the main stream, which every read serves.
     async fn release(&self, entry: &str, job: JobId) -> Result<(), DispatchError> {
+        let (stream, entry) = self.locate(entry);
         let mut con = self.con.clone();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("XACK")
-            .arg(&self.stream)
+            .arg(&stream)
             .arg(GROUP)
             .arg(entry)
             .ignore()
             .cmd("XDEL")
-            .arg(&self.stream)
+            .arg(&stream)
             .arg(entry)
             .ignore()
             .cmd("XADD")
@@ -344,35 +562,12 @@ impl Dispatch for RedisDispatch {
         Ok(())
     }
 
-    /// Scans the stream (submitted ids, and the ids of raw jobs) and the delayed set.
+    /// Scans the streams (submitted ids, and the ids of raw jobs) and the delayed set.
     async fn held(&self) -> Result<Option<HashSet<JobId>>, DispatchError> {
         let mut con = self.con.clone();
         let mut held = HashSet::new();
-        let mut start = "-".to_string();
-        loop {
-            let page: StreamRangeReply = con
-                .xrange_count(&self.stream, &start, "+", HELD_PAGE)
-                .await?;
-            let n = page.ids.len();
-            for entry in page.ids {
-                match Self::delivery(entry.clone(), false).payload {
-                    Payload::Id(id) => {
-                        held.insert(id);
-                    }
-                    Payload::Job(text) => {
-                        let id = serde_json::from_str::<serde_json::Value>(&text)
-                            .ok()
-                            .and_then(|v| v.get("id")?.as_str()?.parse().ok())
-                            .unwrap_or_else(|| JobId::for_raw_message(&self.queue, &entry.id));
-                        held.insert(id);
-                    }
-                    Payload::Invalid(_) => {}
-                }
-                start = format!("({}", entry.id);
-            }
-            if n < HELD_PAGE {
-                break;
-            }
+        for stream in self.streams().await? {
+            self.scan_stream(&stream, &mut held).await?;
         }
         let delayed: Vec<String> = con.zrange(&self.delayed, 0, -1).await?;
         held.extend(delayed.iter().filter_map(|s| s.parse::<JobId>().ok()));
@@ -388,6 +583,10 @@ impl Dispatch for RedisDispatch {
 
     async fn backlog(&self) -> Result<usize, DispatchError> {
         let mut con = self.con.clone();
-        Ok(con.xlen(&self.stream).await?)
+        let mut total = 0;
+        for stream in self.streams().await? {
+            total += con.xlen::<_, usize>(&stream).await?;
+        }
+        Ok(total)
     }
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqlitePool};
 
 use super::{Delivery, Dispatch, DispatchError, Payload};
 use crate::{db::sqlite::now_ms, job::JobId};
@@ -37,26 +37,33 @@ impl SqliteDispatch {
         takeover: bool,
     ) -> Result<Vec<Delivery>, DispatchError> {
         let now = now_ms();
-        let sql = if takeover {
-            "UPDATE jobs SET lease_owner = ?1, lease_until = ?2
-             WHERE id IN (SELECT id FROM jobs WHERE queue = ?3 AND state = 'running' AND lease_until < ?4
-                          ORDER BY id LIMIT ?5)
-             RETURNING id"
-        } else {
-            "UPDATE jobs SET lease_owner = ?1, lease_until = ?2
-             WHERE id IN (SELECT id FROM jobs WHERE queue = ?3 AND state = 'queued'
-                          AND (lease_until IS NULL OR lease_until < ?4) ORDER BY id LIMIT ?5)
-             RETURNING id"
-        };
-        let rows = sqlx::query(sql)
-            .bind(consumer)
-            .bind(now + self.lease.as_millis() as i64)
+        let mut con = self.pool.acquire().await.map_err(db_error)?;
+        let mut tx = con.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
+        let picked: Vec<String> = if takeover {
+            sqlx::query_scalar(
+                "SELECT id FROM jobs WHERE queue = ?1 AND state = 'running' AND lease_until < ?2
+                 ORDER BY id LIMIT ?3",
+            )
             .bind(&self.queue)
             .bind(now)
             .bind(count as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(db_error)?;
+            .map_err(db_error)?
+        } else {
+            self.pick_fairly(&mut tx, now, count).await?
+        };
+        let rows = sqlx::query(
+            "UPDATE jobs SET lease_owner = ?1, lease_until = ?2
+             WHERE id IN (SELECT value FROM json_each(?3)) RETURNING id",
+        )
+        .bind(consumer)
+        .bind(now + self.lease.as_millis() as i64)
+        .bind(serde_json::to_string(&picked).unwrap_or_default())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
         Ok(rows
             .iter()
             .filter_map(|r| {
@@ -69,6 +76,58 @@ impl SqliteDispatch {
                 })
             })
             .collect())
+    }
+
+    /// Up to `count` queued jobs, an equal share from each batch with queued jobs
+    /// (oldest batches first, at most `super::FAIR_LANES` of them) and from jobs
+    /// without a batch.
+    async fn pick_fairly(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        now: i64,
+        count: usize,
+    ) -> Result<Vec<String>, DispatchError> {
+        let mut lanes: Vec<Option<String>> = sqlx::query_scalar(
+            "SELECT id FROM batches b WHERE finished_at IS NULL AND queue = ?1
+               AND EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id AND j.state = 'queued')
+             ORDER BY created_at LIMIT ?2",
+        )
+        .bind(&self.queue)
+        .bind(super::FAIR_LANES as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let loose: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE batch_id IS NULL AND state = 'queued' AND queue = ?1)",
+        )
+        .bind(&self.queue)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if loose || lanes.is_empty() {
+            lanes.push(None);
+        }
+        let share = count.max(1).div_ceil(lanes.len()) as i64;
+        let mut picked = Vec::with_capacity(count);
+        for lane in lanes {
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM jobs WHERE batch_id IS ?1 AND state = 'queued' AND queue = ?2
+                   AND (lease_until IS NULL OR lease_until < ?3)
+                 ORDER BY id LIMIT ?4",
+            )
+            .bind(lane)
+            .bind(&self.queue)
+            .bind(now)
+            .bind(share.min((count - picked.len()) as i64))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            picked.extend(ids);
+            if picked.len() >= count {
+                break;
+            }
+        }
+        Ok(picked)
     }
 }
 

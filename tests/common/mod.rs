@@ -281,28 +281,58 @@ impl Env {
         format!("renderq:{{{}}}:stream", self.queue)
     }
 
-    /// (XLEN, pending count) of the queue's stream.
+    /// The queue's streams: the main one and every batch stream named in its set.
+    pub async fn streams(&self) -> Vec<String> {
+        let mut con = self.redis().await;
+        let mut batches: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("renderq:{{{}}}:batches", self.queue))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        batches.insert(0, self.stream());
+        batches
+    }
+
+    /// (XLEN, pending count) summed over the queue's streams.
     pub async fn stream_counts(&self) -> (usize, usize) {
         let mut con = self.redis().await;
-        let len: usize = redis::cmd("XLEN")
-            .arg(self.stream())
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        let pending: redis::Value = redis::cmd("XPENDING")
-            .arg(self.stream())
-            .arg("renderq")
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        let pending = match pending {
-            redis::Value::Array(v) => match v.first() {
-                Some(redis::Value::Int(n)) => *n as usize,
-                _ => 0,
-            },
-            _ => 0,
-        };
+        let (mut len, mut pending) = (0, 0);
+        for stream in self.streams().await {
+            len += redis::cmd("XLEN")
+                .arg(&stream)
+                .query_async::<usize>(&mut con)
+                .await
+                .unwrap();
+            let summary: redis::Value = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg("renderq")
+                .query_async(&mut con)
+                .await
+                .unwrap_or(redis::Value::Nil);
+            if let redis::Value::Array(v) = summary
+                && let Some(redis::Value::Int(n)) = v.first()
+            {
+                pending += *n as usize;
+            }
+        }
         (len, pending)
+    }
+
+    /// Deletes every Redis key of the queue (streams, set, delayed retries).
+    pub async fn forget_queue_keys(&self) {
+        let mut con = self.redis().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("renderq:{{{}}}:*", self.queue))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        }
     }
 }
 
