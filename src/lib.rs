@@ -35,3 +35,9 @@ pub mod store;
 pub mod submit;
 pub mod webhook;
 pub mod worker;
+
+/// rustls finds two crypto providers in this dependency set and refuses to pick one:
+/// every HTTPS client (S3, webhooks, remote renderers) needs this first. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

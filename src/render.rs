@@ -2,10 +2,12 @@
 //!
 //! Built in: `placeholder` (the default; a legible, deterministic card per job) and
 //! `noop` (a blank image after `RENDERQ_NOOP_DELAY_MS` per call, for benchmarks and
-//! drills). A job asking for a model this worker does not serve fails with that said.
+//! drills); `remote/<name>` when an images endpoint is configured (`remote.rs`). A job
+//! asking for a model this worker does not serve fails with that said.
 
 pub mod noop;
 pub mod placeholder;
+pub mod remote;
 
 use std::{collections::BTreeMap, io::Cursor, sync::Arc};
 
@@ -17,7 +19,14 @@ use crate::{
     job::{ImageFormat, JobId},
 };
 
-pub use self::{noop::NoopRenderer, placeholder::PlaceholderRenderer};
+pub use self::{
+    noop::NoopRenderer,
+    placeholder::PlaceholderRenderer,
+    remote::{RemoteConfig, RemoteRenderer},
+};
+
+/// How the remote renderer is listed among a worker's models.
+const REMOTE_MODELS: &str = "remote/*";
 
 /// Why a render failed, and whether to try again.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -117,8 +126,19 @@ impl Renderers {
         self.by_model.insert(model.to_string(), renderer);
     }
 
+    /// The renderer of `model`; every `remote/<name>` goes to the one remote renderer.
     pub fn get(&self, model: &str) -> Option<Arc<dyn Renderer>> {
-        self.by_model.get(model).cloned()
+        self.by_model.get(model).cloned().or_else(|| {
+            model
+                .starts_with("remote/")
+                .then(|| self.by_model.get(REMOTE_MODELS).cloned())
+                .flatten()
+        })
+    }
+
+    /// Serves every `remote/<name>` through an images endpoint.
+    pub fn insert_remote(&mut self, remote: RemoteRenderer) {
+        self.insert(REMOTE_MODELS, Arc::new(remote));
     }
 
     pub fn models(&self) -> Vec<String> {

@@ -61,6 +61,7 @@ pub async fn deliver(record: Arc<dyn Record>, batch: BatchId, backoff: Duration)
     };
     let body = summary.to_string();
     let secret = std::env::var("RENDERQ_WEBHOOK_SECRET").unwrap_or_default();
+    crate::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -15,6 +15,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let cfg = args.pipeline.config(args.submit.max_attempts)?;
+    let renderers = args.pipeline.renderers()?;
     let (record, dispatch) = connect(g, cfg.lease).await?;
     let store: Arc<dyn store::Store> = Arc::from(store::open(&g.store).await?);
     let name = batch_name(&args.submit);
@@ -32,13 +33,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
-    let worker = Worker::new(
-        cfg,
-        record.clone(),
-        dispatch,
-        store.clone(),
-        args.pipeline.renderers(),
-    );
+    let worker = Worker::new(cfg, record.clone(), dispatch, store.clone(), renderers);
     let working = tokio::spawn(worker.run(shutdown.clone()));
     let batch = done.batch.to_string();
     let code = tokio::select! {
