@@ -245,6 +245,69 @@ pub struct PipelineArgs {
     pub worker_id: Option<String>,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    #[command(flatten)]
+    pub diffusion: DiffusionArgs,
+}
+
+/// The Stable Diffusion models this worker serves, and on what.
+#[derive(Args, Debug)]
+pub struct DiffusionArgs {
+    /// Diffusion models to serve, comma-separated (sd-1.5, sd-2.1, sd-turbo, sdxl, sdxl-turbo)
+    #[arg(long, env = "RENDERQ_DIFFUSION", value_delimiter = ',')]
+    pub diffusion: Vec<String>,
+    /// Where their weights are: DIR/<model>/ in the diffusers layout or a Hugging Face cache entry
+    #[arg(long, env = "RENDERQ_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Download missing weights from the Hugging Face hub instead (needs a network)
+    #[arg(long, env = "RENDERQ_HUB")]
+    pub hub: bool,
+    /// cpu, cuda, cuda:N or metal (GPU builds need --features cuda or metal); one worker per device
+    #[arg(long, env = "RENDERQ_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// f32, f16 or bf16 (default: f32 on CPU, f16 on GPUs)
+    #[arg(long, env = "RENDERQ_DTYPE")]
+    pub dtype: Option<String>,
+    /// Attention slice size (smaller: less memory, slower); 0 turns slicing off
+    /// (default: 1 on CPU, off on GPUs)
+    #[arg(long, env = "RENDERQ_ATTENTION_SLICE")]
+    pub attention_slice: Option<usize>,
+}
+
+impl DiffusionArgs {
+    fn add_to(&self, renderers: &mut Renderers) -> Result<()> {
+        use crate::render::diffusion::{self, Architecture, DiffusionRenderer, WeightSource};
+        if self.diffusion.is_empty() {
+            return Ok(());
+        }
+        let device = diffusion::device(&self.device).map_err(anyhow::Error::msg)?;
+        let dtype = match &self.dtype {
+            Some(d) => diffusion::dtype(d, &device).map_err(anyhow::Error::msg)?,
+            None => diffusion::default_dtype(&device),
+        };
+        let slice = match self.attention_slice {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None if device.is_cpu() => Some(1),
+            None => None,
+        };
+        for model in &self.diffusion {
+            let model = model.trim();
+            let arch = Architecture::preset(model, slice).with_context(|| {
+                format!(
+                    "--diffusion: unknown model `{model}` (known: {})",
+                    diffusion::PRESETS.join(", ")
+                )
+            })?;
+            let source = if self.hub {
+                WeightSource::Hub
+            } else {
+                WeightSource::Local(self.models_dir.join(model))
+            };
+            let renderer = DiffusionRenderer::new(model, arch, source, device.clone(), dtype);
+            renderers.insert(model, Arc::new(renderer));
+        }
+        Ok(())
+    }
 }
 
 /// The images endpoint behind `remote/<name>` models. The bearer key is read from
@@ -307,6 +370,7 @@ impl PipelineArgs {
             crate::render::NoopRenderer::new(self.noop_delay_ms)
                 .panicking_on(self.noop_panic_on.clone()),
         );
+        self.diffusion.add_to(&mut renderers)?;
         if let Some(cfg) = self.remote.config()? {
             let remote = crate::render::RemoteRenderer::new(cfg).map_err(anyhow::Error::msg)?;
             renderers.insert_remote(remote);

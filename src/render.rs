@@ -5,6 +5,7 @@
 //! drills); `remote/<name>` when an images endpoint is configured (`remote.rs`). A job
 //! asking for a model this worker does not serve fails with that said.
 
+pub mod diffusion;
 pub mod noop;
 pub mod placeholder;
 pub mod remote;

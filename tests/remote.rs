@@ -28,7 +28,6 @@ use renderq::{
         RemoteConfig, RemoteRenderer, RenderError, RenderRequest, Renderer, Renderers,
         remote::{Flavor, ResponseFormat},
     },
-    store::DirStore,
 };
 use serde_json::{Value, json};
 
@@ -382,14 +381,9 @@ async fn remote_jobs_go_through_the_worker() {
     let dir = tempfile::tempdir().unwrap();
     let mut renderers = Renderers::builtin(0);
     renderers.insert_remote(RemoteRenderer::new(config(&format!("{addr}/ok/v1"))).unwrap());
-    let (stop, handle) = env.spawn_worker(
-        fast_config(),
-        Arc::new(DirStore::new(dir.path())),
-        renderers,
-    );
-    let rows = env.wait_terminal(2, Duration::from_secs(30)).await;
-    stop.cancel();
-    handle.await.unwrap();
+    let rows = env
+        .work_until_done(2, renderers, dir.path(), Duration::from_secs(30))
+        .await;
     for (_, state, _, error, key) in &rows {
         assert_eq!(state, "succeeded", "{error:?}");
         let bytes = std::fs::read(dir.path().join(key.as_deref().unwrap())).unwrap();
@@ -405,35 +399,17 @@ async fn remote_jobs_go_through_the_worker() {
 async fn the_binary_serves_remote_models_from_its_environment() {
     let (addr, _) = server().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("jobs.jsonl");
-    std::fs::write(
-        &file,
-        "{\"prompt\":\"a teal armchair\",\"model\":\"remote/glm-image\",\"width\":32,\"height\":32}\n",
-    )
-    .unwrap();
-    let db = format!("sqlite://{}", dir.path().join("rq.db").display());
     // The command runs on the blocking pool: this test's runtime serves the endpoint.
     let run = |key: &'static str| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_renderq"));
-        cmd.args(["run", file.to_str().unwrap()])
-            .args(["--remote-attempts", "1", "--max-attempts", "1"])
-            .env("DATABASE_URL", &db)
-            .env_remove("REDIS_URL")
-            .env("RENDERQ_STORE", dir.path().join("out"))
+        let job =
+            r#"{"prompt":"a teal armchair","model":"remote/glm-image","width":32,"height":32}"#;
+        let mut cmd = run_one_job(dir.path(), job);
+        cmd.args(["--remote-attempts", "1"])
             .env("RENDERQ_REMOTE_URL", format!("{addr}/ok/v1"))
             .env("RENDERQ_REMOTE_API_KEY", key);
         async move {
-            let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-                .await
-                .unwrap();
-            (
-                out.status.code(),
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            )
+            let out = tokio::task::spawn_blocking(move || cmd.output().unwrap());
+            exit_and_text(out.await.unwrap())
         }
     };
     let (code, output) = run(KEY).await;

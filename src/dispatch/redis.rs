@@ -30,8 +30,10 @@ use crate::job::{BatchId, JobId};
 pub const GROUP: &str = "renderq";
 /// Entries per XRANGE page when the reconciler reads the stream.
 const HELD_PAGE: usize = 10_000;
-/// Entries per pipelined XADD chunk at submit.
+/// Entries per pipelined XADD chunk (or script call) at submit.
 const XADD_CHUNK: usize = 2_000;
+/// Script calls per pipeline at submit.
+const PIPELINED_CHUNKS: usize = 10;
 /// Longest single blocking read. A blocking XREADGROUP only wakes for the streams it
 /// names, so an idle worker looks again this often for batches submitted meanwhile.
 const BLOCK_SLICE_MS: u64 = 100;
@@ -346,13 +348,30 @@ impl Dispatch for RedisDispatch {
     async fn enqueue_batch(&self, batch: BatchId, ids: &[JobId]) -> Result<(), DispatchError> {
         let mut con = self.con.clone();
         let stream = batch_stream_key(&self.queue, batch);
-        for chunk in ids.chunks(XADD_CHUNK) {
-            let mut inv = self.enqueue_batch.key(&stream);
-            inv.key(&self.batches).arg(GROUP);
-            for id in chunk {
-                inv.arg(id.to_string());
+        // Loaded once, then every chunk's script call pipelined: each chunk is atomic
+        // (stream, group and set membership made with its XADDs), and no chunk waits
+        // for the one before.
+        let hash = self
+            .enqueue_batch
+            .prepare_invoke()
+            .load_async(&mut con)
+            .await?;
+        for calls in ids.chunks(XADD_CHUNK * PIPELINED_CHUNKS) {
+            let mut pipe = redis::pipe();
+            for chunk in calls.chunks(XADD_CHUNK) {
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(&hash)
+                    .arg(2)
+                    .arg(&stream)
+                    .arg(&self.batches)
+                    .arg(GROUP);
+                for id in chunk {
+                    cmd.arg(id.to_string());
+                }
+                cmd.ignore();
             }
-            inv.invoke_async::<usize>(&mut con).await?;
+            pipe.query_async::<()>(&mut con).await?;
         }
         Ok(())
     }

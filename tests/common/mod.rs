@@ -213,6 +213,26 @@ impl Env {
         (token, handle)
     }
 
+    /// Runs a worker with `renderers` into a directory store until `n` jobs are
+    /// terminal, stops it, and returns the rows.
+    pub async fn work_until_done(
+        &self,
+        n: usize,
+        renderers: Renderers,
+        store: &std::path::Path,
+        within: Duration,
+    ) -> Vec<Row> {
+        let (stop, handle) = self.spawn_worker(
+            fast_config(),
+            Arc::new(renderq::store::DirStore::new(store)),
+            renderers,
+        );
+        let rows = self.wait_terminal(n, within).await;
+        stop.cancel();
+        handle.await.unwrap();
+        rows
+    }
+
     /// Rows of the queue: (id, state, attempt, error, output_key).
     pub async fn rows(&self) -> Vec<Row> {
         self.record
@@ -334,6 +354,34 @@ impl Env {
                 .unwrap();
         }
     }
+}
+
+/// `renderq run` of a one-job file written into `dir`, on a SQLite record and a
+/// directory store there, one attempt per job.
+pub fn run_one_job(dir: &std::path::Path, job: &str) -> std::process::Command {
+    let file = dir.join("jobs.jsonl");
+    std::fs::write(&file, format!("{job}\n")).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_renderq"));
+    cmd.arg("run")
+        .arg(&file)
+        .args(["--max-attempts", "1"])
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("rq.db").display()),
+        )
+        .env_remove("REDIS_URL")
+        .env("RENDERQ_STORE", dir.join("out"));
+    cmd
+}
+
+/// The exit code, and stdout and stderr together.
+pub fn exit_and_text(out: std::process::Output) -> (Option<i32>, String) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
 }
 
 /// Fast settings for tests: short lease and backoff.

@@ -1,0 +1,236 @@
+//! What a diffusion model is made of: the UNet, VAE, text encoder(s) and scheduler
+//! configurations, and the defaults a job falls back on. The five Stable Diffusion
+//! models take candle's published configurations; tests and the benchmark build tiny
+//! ones (`tiny.rs`) that load through the same code.
+
+use std::sync::Arc;
+
+use candle_transformers::models::{
+    clip::text_model::ClipTextConfig,
+    stable_diffusion::{
+        StableDiffusionConfig,
+        clip::Config as SdClipConfig,
+        ddim::DDIMSchedulerConfig,
+        schedulers::{PredictionType, SchedulerConfig, TimestepSpacing},
+        unet_2d::{BlockConfig, UNet2DConditionModelConfig},
+        vae::AutoEncoderKLConfig,
+    },
+};
+
+/// A text encoder's shape. Stable Diffusion's published encoders use candle's SD
+/// CLIP; the generic CLIP config is the one whose sizes a test can choose.
+#[derive(Clone, Debug)]
+pub enum TextArch {
+    Sd(SdClipConfig),
+    Clip(ClipTextConfig),
+}
+
+impl TextArch {
+    pub fn max_tokens(&self) -> usize {
+        match self {
+            TextArch::Sd(c) => c.max_position_embeddings,
+            TextArch::Clip(c) => c.max_position_embeddings,
+        }
+    }
+
+    /// The token prompts are padded with (`None`: the end-of-text token).
+    pub fn pad_with(&self) -> Option<&str> {
+        match self {
+            TextArch::Sd(c) => c.pad_with.as_deref(),
+            TextArch::Clip(c) => c.pad_with.as_deref(),
+        }
+    }
+}
+
+/// One text encoder: its shape and where its files live in the diffusers layout.
+#[derive(Clone, Debug)]
+pub struct TextEncoderArch {
+    pub arch: TextArch,
+    /// `text_encoder` or `text_encoder_2`.
+    pub dir: &'static str,
+    /// `tokenizer` or `tokenizer_2`.
+    pub tokenizer_dir: &'static str,
+    /// Where the hub keeps a `tokenizer.json` for it (diffusers repos ship only the
+    /// vocabulary and merges).
+    pub tokenizer_repo: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct Architecture {
+    pub unet: UNet2DConditionModelConfig,
+    pub vae: AutoEncoderKLConfig,
+    /// Latents are divided by this before decoding.
+    pub vae_scale: f64,
+    /// One or two (SDXL); their outputs are concatenated.
+    pub text: Vec<TextEncoderArch>,
+    pub scheduler: Arc<DDIMSchedulerConfig>,
+    pub default_steps: u32,
+    pub default_guidance: f64,
+    /// Width and height must be multiples of this.
+    pub size_multiple: u32,
+    /// The hub repository the weights come from (`--hub`).
+    pub repo: &'static str,
+}
+
+impl Architecture {
+    /// How much smaller the latents are than the image.
+    pub fn latent_factor(&self) -> usize {
+        1 << (self.vae.block_out_channels.len().saturating_sub(1))
+    }
+
+    /// The published models renderq knows by name.
+    pub fn preset(model: &str, slice: Option<usize>) -> Option<Self> {
+        let sd = |repo, steps, guidance, cfg: StableDiffusionConfig, spacing, scale| {
+            let prediction = match model {
+                "sd-2.1" => PredictionType::VPrediction,
+                _ => PredictionType::Epsilon,
+            };
+            let mut text = vec![TextEncoderArch {
+                arch: TextArch::Sd(cfg.clip.clone()),
+                dir: "text_encoder",
+                tokenizer_dir: "tokenizer",
+                tokenizer_repo: "openai/clip-vit-large-patch14",
+            }];
+            if let Some(clip2) = &cfg.clip2 {
+                text.push(TextEncoderArch {
+                    arch: TextArch::Sd(clip2.clone()),
+                    dir: "text_encoder_2",
+                    tokenizer_dir: "tokenizer_2",
+                    tokenizer_repo: "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k",
+                });
+            }
+            Architecture {
+                unet: unet(model, slice),
+                vae: AutoEncoderKLConfig {
+                    block_out_channels: vec![128, 256, 512, 512],
+                    layers_per_block: 2,
+                    latent_channels: 4,
+                    norm_num_groups: 32,
+                    use_quant_conv: true,
+                    use_post_quant_conv: true,
+                },
+                vae_scale: scale,
+                text,
+                // DDIM for every model: with eta 0 it adds no noise of its own, so
+                // the seed alone decides the image (Euler ancestral draws unseeded
+                // noise on the device at every step).
+                scheduler: Arc::new(DDIMSchedulerConfig {
+                    prediction_type: prediction,
+                    timestep_spacing: spacing,
+                    ..Default::default()
+                }),
+                default_steps: steps,
+                default_guidance: guidance,
+                size_multiple: 8,
+                repo,
+            }
+        };
+        let leading = TimestepSpacing::Leading;
+        let trailing = TimestepSpacing::Trailing;
+        Some(match model {
+            "sd-1.5" => sd(
+                "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                30,
+                7.5,
+                StableDiffusionConfig::v1_5(slice, None, None),
+                leading,
+                0.18215,
+            ),
+            "sd-2.1" => sd(
+                "stabilityai/stable-diffusion-2-1",
+                30,
+                7.5,
+                StableDiffusionConfig::v2_1(slice, None, None),
+                leading,
+                0.18215,
+            ),
+            "sd-turbo" => sd(
+                "stabilityai/sd-turbo",
+                1,
+                0.0,
+                StableDiffusionConfig::v2_1(slice, None, None),
+                trailing,
+                0.18215,
+            ),
+            "sdxl" => sd(
+                "stabilityai/stable-diffusion-xl-base-1.0",
+                30,
+                7.5,
+                StableDiffusionConfig::sdxl(slice, None, None),
+                leading,
+                0.13025,
+            ),
+            "sdxl-turbo" => sd(
+                "stabilityai/sdxl-turbo",
+                1,
+                0.0,
+                StableDiffusionConfig::sdxl_turbo(slice, None, None),
+                trailing,
+                0.13025,
+            ),
+            _ => return None,
+        })
+    }
+
+    pub fn scheduler_config(&self) -> Arc<dyn SchedulerConfig> {
+        self.scheduler.clone()
+    }
+}
+
+/// The UNet of a published model, from its `unet/config.json` (candle keeps its own
+/// copy private).
+fn unet(model: &str, slice: Option<usize>) -> UNet2DConditionModelConfig {
+    let bc = |out_channels, use_cross_attn, attention_head_dim| BlockConfig {
+        out_channels,
+        use_cross_attn,
+        attention_head_dim,
+    };
+    let (blocks, cross_attention_dim, use_linear_projection) = match model {
+        "sd-1.5" => (
+            vec![
+                bc(320, Some(1), 8),
+                bc(640, Some(1), 8),
+                bc(1280, Some(1), 8),
+                bc(1280, None, 8),
+            ],
+            768,
+            false,
+        ),
+        "sd-2.1" | "sd-turbo" => (
+            vec![
+                bc(320, Some(1), 5),
+                bc(640, Some(1), 10),
+                bc(1280, Some(1), 20),
+                bc(1280, None, 20),
+            ],
+            1024,
+            true,
+        ),
+        _ => (
+            vec![
+                bc(320, None, 5),
+                bc(640, Some(2), 10),
+                bc(1280, Some(10), 20),
+            ],
+            2048,
+            true,
+        ),
+    };
+    UNet2DConditionModelConfig {
+        blocks,
+        center_input_sample: false,
+        cross_attention_dim,
+        downsample_padding: 1,
+        flip_sin_to_cos: true,
+        freq_shift: 0.,
+        layers_per_block: 2,
+        mid_block_scale_factor: 1.,
+        norm_num_groups: 32,
+        norm_eps: 1e-5,
+        sliced_attention_size: slice,
+        use_linear_projection,
+    }
+}
+
+/// The models `Architecture::preset` knows.
+pub const PRESETS: [&str; 5] = ["sd-1.5", "sd-2.1", "sd-turbo", "sdxl", "sdxl-turbo"];

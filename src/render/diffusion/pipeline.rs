@@ -1,0 +1,288 @@
+//! The diffusion pipeline: text encoding, denoising and decoding for a batch of jobs
+//! that share (model, size, steps, guidance), each with its own prompt, negative
+//! prompt and seed, in one forward pass per step.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::{
+    clip::text_model::ClipTextTransformer,
+    stable_diffusion::{
+        clip::ClipTextTransformer as SdClipTextTransformer, unet_2d::UNet2DConditionModel,
+        vae::AutoEncoderKL,
+    },
+};
+use image::RgbImage;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use tokenizers::Tokenizer;
+
+use super::{
+    arch::{Architecture, TextArch},
+    weights::ModelFiles,
+};
+
+/// Why a batch failed, before it is mapped to Retry/Abort.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A weight or tokenizer file that cannot be used; names the file.
+    #[error("{0}")]
+    File(String),
+    #[error("{0}")]
+    OutOfMemory(String),
+    #[error("{0}")]
+    Device(String),
+}
+
+impl From<candle_core::Error> for PipelineError {
+    fn from(e: candle_core::Error) -> Self {
+        let text = e.to_string();
+        let lower = text.to_lowercase();
+        if lower.contains("out of memory") || lower.contains("out_of_memory") {
+            PipelineError::OutOfMemory(text)
+        } else {
+            PipelineError::Device(text)
+        }
+    }
+}
+
+enum TextModel {
+    Sd(SdClipTextTransformer),
+    Clip(ClipTextTransformer),
+}
+
+impl TextModel {
+    fn forward(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            TextModel::Sd(m) => m.forward(tokens),
+            TextModel::Clip(m) => m.forward_with_mask(tokens, usize::MAX),
+        }
+    }
+}
+
+struct TextEncoder {
+    model: TextModel,
+    tokenizer: Tokenizer,
+    max_tokens: usize,
+    pad_id: u32,
+}
+
+/// One job of a batch.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub seed: u64,
+}
+
+/// Time spent in each stage of one batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub text: Duration,
+    pub denoise: Duration,
+    pub decode: Duration,
+}
+
+pub struct Pipeline {
+    arch: Architecture,
+    device: Device,
+    dtype: DType,
+    text: Vec<TextEncoder>,
+    unet: UNet2DConditionModel,
+    vae: AutoEncoderKL,
+}
+
+/// Reads a safetensors file; a missing or corrupt one is an error naming it.
+fn weights(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>, PipelineError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| PipelineError::File(format!("cannot read {}: {e}", path.display())))?;
+    VarBuilder::from_buffered_safetensors(bytes, dtype, device).map_err(|e| {
+        PipelineError::File(format!(
+            "{} is not a valid safetensors file: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Tensors missing from a file, or of the wrong shape, mean the file is not this model's.
+fn does_not_fit(path: &Path) -> impl Fn(candle_core::Error) -> PipelineError + '_ {
+    move |e| {
+        PipelineError::File(format!(
+            "{} does not fit this model's architecture: {e}",
+            path.display()
+        ))
+    }
+}
+
+impl Pipeline {
+    pub fn load(
+        arch: Architecture,
+        files: &ModelFiles,
+        device: Device,
+        dtype: DType,
+    ) -> Result<Self, PipelineError> {
+        let mut text = Vec::new();
+        for (enc, (weights_path, tokenizer_path)) in arch.text.iter().zip(&files.text) {
+            let vb = weights(weights_path, dtype, &device)?;
+            let model = match &enc.arch {
+                TextArch::Sd(c) => SdClipTextTransformer::new(vb, c).map(TextModel::Sd),
+                TextArch::Clip(c) => {
+                    ClipTextTransformer::new(vb.pp("text_model"), c).map(TextModel::Clip)
+                }
+            }
+            .map_err(does_not_fit(weights_path))?;
+            let tokenizer = Tokenizer::from_file(tokenizer_path).map_err(|e| {
+                PipelineError::File(format!(
+                    "{} is not a tokenizer.json: {e}",
+                    tokenizer_path.display()
+                ))
+            })?;
+            let pad = enc.arch.pad_with().unwrap_or("<|endoftext|>");
+            let pad_id = tokenizer.token_to_id(pad).ok_or_else(|| {
+                PipelineError::File(format!(
+                    "{} has no `{pad}` token to pad prompts with",
+                    tokenizer_path.display()
+                ))
+            })?;
+            text.push(TextEncoder {
+                model,
+                tokenizer,
+                max_tokens: enc.arch.max_tokens(),
+                pad_id,
+            });
+        }
+        let vb = weights(&files.unet, dtype, &device)?;
+        let unet = UNet2DConditionModel::new(vb, 4, 4, false, arch.unet.clone())
+            .map_err(does_not_fit(&files.unet))?;
+        let vb = weights(&files.vae, dtype, &device)?;
+        let vae =
+            AutoEncoderKL::new(vb, 3, 3, arch.vae.clone()).map_err(does_not_fit(&files.vae))?;
+        Ok(Pipeline {
+            arch,
+            device,
+            dtype,
+            text,
+            unet,
+            vae,
+        })
+    }
+
+    pub fn arch(&self) -> &Architecture {
+        &self.arch
+    }
+
+    /// The embeddings of one prompt: every encoder's, concatenated (SDXL has two).
+    /// Each prompt is encoded alone: candle's SD text encoder fails on batches.
+    fn embed(&self, prompt: &str) -> Result<Tensor, PipelineError> {
+        let mut parts = Vec::new();
+        for enc in &self.text {
+            let mut ids = enc
+                .tokenizer
+                .encode(prompt, true)
+                .map_err(|e| PipelineError::Device(format!("tokenizing: {e}")))?
+                .get_ids()
+                .to_vec();
+            // Longer prompts are cut, as diffusers does; shorter ones padded.
+            ids.truncate(enc.max_tokens);
+            ids.resize(enc.max_tokens, enc.pad_id);
+            let tokens = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
+            parts.push(enc.model.forward(&tokens)?.to_dtype(self.dtype)?);
+        }
+        Ok(Tensor::cat(&parts, D::Minus1)?)
+    }
+
+    /// The starting noise of one job, from its seed alone: the same seed gives the same
+    /// latents on every run (a device's own generator cannot be seeded on CPU).
+    fn noise(&self, seed: u64, shape: (usize, usize, usize)) -> Result<Tensor, PipelineError> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = shape.0 * shape.1 * shape.2;
+        let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+        Ok(Tensor::from_vec(values, shape, &Device::Cpu)?
+            .to_device(&self.device)?
+            .to_dtype(self.dtype)?)
+    }
+
+    /// Renders `samples` together: one UNet call per step for the whole batch.
+    pub fn render(
+        &self,
+        samples: &[Sample],
+        width: u32,
+        height: u32,
+        steps: u32,
+        guidance: f64,
+    ) -> Result<(Vec<RgbImage>, Timings), PipelineError> {
+        let mut timings = Timings::default();
+        let started = Instant::now();
+        let guided = guidance > 1.0;
+        let cond: Vec<Tensor> = samples
+            .iter()
+            .map(|s| self.embed(&s.prompt))
+            .collect::<Result<_, _>>()?;
+        let mut context = Tensor::cat(&cond, 0)?;
+        if guided {
+            let uncond: Vec<Tensor> = samples
+                .iter()
+                .map(|s| self.embed(&s.negative_prompt))
+                .collect::<Result<_, _>>()?;
+            context = Tensor::cat(&[Tensor::cat(&uncond, 0)?, context], 0)?;
+        }
+        timings.text = started.elapsed();
+
+        let started = Instant::now();
+        let f = self.arch.latent_factor();
+        let shape = (4, height as usize / f, width as usize / f);
+        let mut scheduler = self.arch.scheduler_config().build(steps as usize)?;
+        let noise: Vec<Tensor> = samples
+            .iter()
+            .map(|s| Ok::<_, PipelineError>(self.noise(s.seed, shape)?.unsqueeze(0)?))
+            .collect::<Result<_, _>>()?;
+        let mut latents = (Tensor::cat(&noise, 0)? * scheduler.init_noise_sigma())?;
+        let timesteps = scheduler.timesteps().to_vec();
+        for t in timesteps {
+            let input = if guided {
+                Tensor::cat(&[&latents, &latents], 0)?
+            } else {
+                latents.clone()
+            };
+            let input = scheduler.scale_model_input(input, t)?;
+            let predicted = self.unet.forward(&input, t as f64, &context)?;
+            let predicted = if guided {
+                let halves = predicted.chunk(2, 0)?;
+                let (uncond, cond) = (&halves[0], &halves[1]);
+                (uncond + ((cond - uncond)? * guidance)?)?
+            } else {
+                predicted
+            };
+            latents = scheduler.step(&predicted, t, &latents)?;
+        }
+        timings.denoise = started.elapsed();
+
+        let started = Instant::now();
+        let decoded = self.vae.decode(&(latents / self.arch.vae_scale)?)?;
+        let pixels = ((decoded.to_dtype(DType::F32)? / 2.)? + 0.5)?
+            .clamp(0f32, 1f32)?
+            .affine(255., 0.)?
+            .to_dtype(DType::U8)?
+            .to_device(&Device::Cpu)?;
+        let mut images = Vec::with_capacity(samples.len());
+        for i in 0..samples.len() {
+            // (3, h, w) -> (h, w, 3), the image crate's layout.
+            let hwc = pixels.get(i)?.permute((1, 2, 0))?.flatten_all()?;
+            let raw: Vec<u8> = hwc.to_vec1()?;
+            let image = RgbImage::from_raw(width, height, raw).ok_or_else(|| {
+                PipelineError::Device("the decoder made an image of the wrong size".into())
+            })?;
+            images.push(image);
+        }
+        timings.decode = started.elapsed();
+        Ok((images, timings))
+    }
+}

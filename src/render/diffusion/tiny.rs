@@ -1,0 +1,164 @@
+//! A tiny Stable Diffusion with random weights, for tests and the benchmark (no
+//! weights can be downloaded where they run). It has every part of the real thing,
+//! just small: a 2-block UNet with cross-attention, a 2-block VAE, a 2-layer CLIP text
+//! encoder and a character-level tokenizer. `write` saves it in the diffusers layout,
+//! so it loads through the same code as real weights. Random weights cost what real
+//! ones do to compute, so at real sizes it also measures a device.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use candle_transformers::models::{
+    clip::text_model::{Activation, ClipTextConfig, ClipTextTransformer},
+    stable_diffusion::{
+        ddim::DDIMSchedulerConfig,
+        unet_2d::{BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig},
+        vae::{AutoEncoderKL, AutoEncoderKLConfig},
+    },
+};
+use serde_json::json;
+
+use super::arch::{Architecture, TextArch, TextEncoderArch};
+
+/// Characters the tiny tokenizer knows; anything else is `<unk>`.
+const ALPHABET: &str = "abcdefghijklmnopqrstuvwxyz0123456789-.,'!?";
+
+/// The tiny model's shape. `width` scales the channel counts (1: tests; larger for
+/// benchmarks that want more arithmetic per pixel).
+pub fn architecture(width: usize) -> Architecture {
+    let c = 32 * width.max(1);
+    let bc = |out_channels, use_cross_attn, attention_head_dim| BlockConfig {
+        out_channels,
+        use_cross_attn,
+        attention_head_dim,
+    };
+    Architecture {
+        unet: UNet2DConditionModelConfig {
+            blocks: vec![bc(c, Some(1), 2), bc(2 * c, None, 2)],
+            center_input_sample: false,
+            cross_attention_dim: 32,
+            downsample_padding: 1,
+            flip_sin_to_cos: true,
+            freq_shift: 0.,
+            layers_per_block: 1,
+            mid_block_scale_factor: 1.,
+            norm_num_groups: 8,
+            norm_eps: 1e-5,
+            sliced_attention_size: None,
+            use_linear_projection: false,
+        },
+        vae: AutoEncoderKLConfig {
+            block_out_channels: vec![c, 2 * c],
+            layers_per_block: 1,
+            latent_channels: 4,
+            norm_num_groups: 8,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+        },
+        vae_scale: 0.18215,
+        text: vec![TextEncoderArch {
+            arch: TextArch::Clip(ClipTextConfig {
+                vocab_size: 3 + ALPHABET.len(),
+                embed_dim: 32,
+                activation: Activation::QuickGelu,
+                intermediate_size: 64,
+                max_position_embeddings: 16,
+                pad_with: None,
+                num_hidden_layers: 2,
+                num_attention_heads: 2,
+                projection_dim: 32,
+            }),
+            dir: "text_encoder",
+            tokenizer_dir: "tokenizer",
+            tokenizer_repo: "",
+        }],
+        scheduler: std::sync::Arc::new(DDIMSchedulerConfig::default()),
+        default_steps: 4,
+        default_guidance: 7.5,
+        // The VAE halves the size and the UNet halves it again.
+        size_multiple: 4,
+        repo: "",
+    }
+}
+
+fn save(varmap: &VarMap, path: &Path) -> candle_core::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    varmap.save(path)
+}
+
+/// Writes random weights and the tokenizer under `dir` in the diffusers layout.
+pub fn write(dir: &Path, arch: &Architecture) -> candle_core::Result<()> {
+    let fresh = || {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        (map, vb)
+    };
+    let (map, vb) = fresh();
+    UNet2DConditionModel::new(vb, 4, 4, false, arch.unet.clone())?;
+    save(&map, &dir.join("unet/diffusion_pytorch_model.safetensors"))?;
+    let (map, vb) = fresh();
+    AutoEncoderKL::new(vb, 3, 3, arch.vae.clone())?;
+    save(&map, &dir.join("vae/diffusion_pytorch_model.safetensors"))?;
+    for enc in &arch.text {
+        let TextArch::Clip(cfg) = &enc.arch else {
+            return Err(candle_core::Error::Msg(
+                "the tiny model writes generic CLIP encoders only".into(),
+            ));
+        };
+        let (map, vb) = fresh();
+        ClipTextTransformer::new(vb.pp("text_model"), cfg)?;
+        save(&map, &dir.join(enc.dir).join("model.safetensors"))?;
+        let tokenizer = dir.join(enc.tokenizer_dir).join("tokenizer.json");
+        std::fs::create_dir_all(tokenizer.parent().expect("has a parent"))?;
+        std::fs::write(tokenizer, tokenizer_json().to_string())?;
+    }
+    Ok(())
+}
+
+/// A character-level tokenizer in the `tokenizer.json` format: lower-cased, split on
+/// whitespace, each character a token, wrapped in start and end tokens as CLIP's is.
+fn tokenizer_json() -> serde_json::Value {
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in ["<|startoftext|>", "<|endoftext|>", "<unk>"]
+        .iter()
+        .enumerate()
+    {
+        vocab.insert(t.to_string(), json!(i));
+    }
+    for (i, c) in ALPHABET.chars().enumerate() {
+        vocab.insert(c.to_string(), json!(3 + i));
+    }
+    let special = |id: u32, content: &str| {
+        json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+               "rstrip": false, "normalized": false, "special": true})
+    };
+    let token = |t: &str| json!({"SpecialToken": {"id": t, "type_id": 0}});
+    let seq = |s: &str| json!({"Sequence": {"id": s, "type_id": 0}});
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special(0, "<|startoftext|>"), special(1, "<|endoftext|>")],
+        "normalizer": {"type": "Lowercase"},
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [token("<|startoftext|>"), seq("A"), token("<|endoftext|>")],
+            "pair": [token("<|startoftext|>"), seq("A"), seq("B"), token("<|endoftext|>")],
+            "special_tokens": {
+                "<|startoftext|>": {"id": "<|startoftext|>", "ids": [0], "tokens": ["<|startoftext|>"]},
+                "<|endoftext|>": {"id": "<|endoftext|>", "ids": [1], "tokens": ["<|endoftext|>"]}
+            }
+        },
+        "decoder": null,
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": "<unk>",
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": []
+        }
+    })
+}

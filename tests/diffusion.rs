@@ -1,0 +1,272 @@
+//! The diffusion renderer on a tiny Stable Diffusion with random weights, written by
+//! the tests in the diffusers layout and loaded by the code that loads real weights.
+
+mod common;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use candle_core::{DType, Device};
+use common::*;
+use image::RgbImage;
+use renderq::{
+    job::JobId,
+    render::{
+        RenderError, RenderRequest, Renderer, Renderers,
+        diffusion::{DiffusionRenderer, WeightSource, tiny},
+    },
+};
+
+fn model_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    tiny::write(dir.path(), &tiny::architecture(1)).unwrap();
+    dir
+}
+
+fn renderer(dir: &Path) -> DiffusionRenderer {
+    DiffusionRenderer::new(
+        "sd-turbo",
+        tiny::architecture(1),
+        WeightSource::Local(dir.to_path_buf()),
+        Device::Cpu,
+        DType::F32,
+    )
+}
+
+fn request(prompt: &str, negative: &str, seed: u64) -> RenderRequest {
+    RenderRequest {
+        job_id: JobId::generate(),
+        model: "sd-turbo".into(),
+        prompt: prompt.into(),
+        negative_prompt: (!negative.is_empty()).then(|| negative.to_string()),
+        width: 32,
+        height: 24,
+        steps: Some(3),
+        guidance: Some(5.0),
+        seed,
+    }
+}
+
+async fn render(r: &DiffusionRenderer, batch: &[RenderRequest]) -> Vec<RgbImage> {
+    r.render(batch)
+        .await
+        .into_iter()
+        .map(|i| i.expect("rendered"))
+        .collect()
+}
+
+fn abort_message(result: &Result<RgbImage, RenderError>) -> String {
+    match result {
+        Err(RenderError::Abort(m)) => m.clone(),
+        other => panic!("expected an Abort error, got {other:?}"),
+    }
+}
+
+/// Largest difference of one channel of one pixel.
+fn max_diff(a: &RgbImage, b: &RgbImage) -> u8 {
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_mixed_batch_gives_the_images_of_its_jobs_rendered_alone() {
+    let dir = model_dir();
+    let r = renderer(dir.path());
+    let batch = [
+        request("a teal armchair", "", 1),
+        request("a brass lamp", "blurry", 2),
+        request("a linen sofa", "dark", 3),
+    ];
+    let together = render(&r, &batch).await;
+    assert_eq!(together.len(), 3);
+    for (job, image) in batch.iter().zip(&together) {
+        assert_eq!(image.dimensions(), (32, 24));
+        let alone = render(&r, std::slice::from_ref(job)).await;
+        // One forward pass for three jobs sums in a different order than three
+        // passes: allow one step of rounding, no more.
+        assert!(
+            max_diff(image, &alone[0]) <= 1,
+            "job `{}` differs by {} when rendered alone",
+            job.prompt,
+            max_diff(image, &alone[0])
+        );
+    }
+    assert!(
+        max_diff(&together[0], &together[1]) > 8 && max_diff(&together[1], &together[2]) > 8,
+        "each job got its own prompt and seed"
+    );
+}
+
+#[tokio::test]
+async fn the_same_seed_gives_the_same_bytes_and_another_seed_another_image() {
+    let dir = model_dir();
+    let job = request("a teal armchair", "blurry", 42);
+    let first = render(&renderer(dir.path()), std::slice::from_ref(&job)).await;
+    // A second renderer loads the files again: nothing carried over in memory.
+    let again = render(&renderer(dir.path()), std::slice::from_ref(&job)).await;
+    assert_eq!(first[0].as_raw(), again[0].as_raw());
+    let other = render(
+        &renderer(dir.path()),
+        &[request("a teal armchair", "blurry", 43)],
+    )
+    .await;
+    assert!(
+        max_diff(&first[0], &other[0]) > 8,
+        "the seed changes the image"
+    );
+    let prompt = render(
+        &renderer(dir.path()),
+        &[request("a brass lamp", "blurry", 42)],
+    )
+    .await;
+    assert!(
+        max_diff(&first[0], &prompt[0]) > 8,
+        "the prompt changes the image"
+    );
+}
+
+#[tokio::test]
+async fn missing_and_corrupt_files_are_named() {
+    let dir = model_dir();
+    std::fs::remove_file(dir.path().join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    let out = renderer(dir.path()).render(&[request("x", "", 1)]).await;
+    let m = abort_message(&out[0]);
+    assert!(
+        m.contains("missing weight file") && m.contains("unet/diffusion_pytorch_model.safetensors"),
+        "{m}"
+    );
+
+    let dir = model_dir();
+    let vae = dir.path().join("vae/diffusion_pytorch_model.safetensors");
+    std::fs::write(&vae, b"this is not a safetensors file").unwrap();
+    let out = renderer(dir.path()).render(&[request("x", "", 1)]).await;
+    let m = abort_message(&out[0]);
+    assert!(
+        m.contains(&vae.display().to_string()) && m.contains("not a valid safetensors"),
+        "{m}"
+    );
+
+    let dir = model_dir();
+    std::fs::remove_file(dir.path().join("tokenizer/tokenizer.json")).unwrap();
+    let out = renderer(dir.path()).render(&[request("x", "", 1)]).await;
+    let m = abort_message(&out[0]);
+    assert!(m.contains("tokenizer/tokenizer.json"), "{m}");
+
+    // Weights of another shape: the file is named, not a tensor deep inside.
+    let dir = model_dir();
+    let other = tempfile::tempdir().unwrap();
+    tiny::write(other.path(), &tiny::architecture(2)).unwrap();
+    let unet = dir.path().join("unet/diffusion_pytorch_model.safetensors");
+    std::fs::copy(
+        other
+            .path()
+            .join("unet/diffusion_pytorch_model.safetensors"),
+        &unet,
+    )
+    .unwrap();
+    let out = renderer(dir.path()).render(&[request("x", "", 1)]).await;
+    let m = abort_message(&out[0]);
+    assert!(
+        m.contains(&unet.display().to_string()) && m.contains("does not fit"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn sizes_off_the_latent_grid_are_refused() {
+    let dir = model_dir();
+    let mut job = request("x", "", 1);
+    job.width = 30;
+    let out = renderer(dir.path()).render(&[job]).await;
+    let m = abort_message(&out[0]);
+    assert!(m.contains("multiples of 4") && m.contains("30x24"), "{m}");
+}
+
+#[tokio::test]
+async fn a_hugging_face_cache_entry_loads() {
+    let cache = tempfile::tempdir().unwrap();
+    let entry = cache.path().join("models--stabilityai--sd-turbo");
+    let snapshot = entry.join("snapshots/0a1b2c");
+    tiny::write(&snapshot, &tiny::architecture(1)).unwrap();
+    std::fs::create_dir_all(entry.join("refs")).unwrap();
+    std::fs::write(entry.join("refs/main"), "0a1b2c").unwrap();
+    let out = render(&renderer(&entry), &[request("x", "", 1)]).await;
+    assert_eq!(out[0].dimensions(), (32, 24));
+}
+
+/// Through the worker: jobs of different sizes and formats, grouped by shape,
+/// rendered, encoded and stored.
+#[tokio::test]
+async fn diffusion_jobs_go_through_the_worker() {
+    let env = Env::with(Kind::Sqlite).await;
+    let dir = model_dir();
+    env.submit(&[
+        r#"{"prompt":"a teal armchair","model":"sd-turbo","width":32,"height":24,"steps":2,"seed":1}"#,
+        r#"{"prompt":"a brass lamp","model":"sd-turbo","width":32,"height":24,"steps":2,"format":"jpeg"}"#,
+        r#"{"prompt":"a linen sofa","model":"sd-turbo","width":16,"height":16,"steps":2,"format":"webp"}"#,
+    ])
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let mut renderers = Renderers::builtin(0);
+    renderers.insert("sd-turbo", Arc::new(renderer(dir.path())));
+    let rows = env
+        .work_until_done(3, renderers, out.path(), Duration::from_secs(120))
+        .await;
+    for (_, state, _, error, key) in &rows {
+        assert_eq!(state, "succeeded", "{error:?}");
+        let key = key.as_deref().unwrap();
+        let bytes = std::fs::read(out.path().join(key)).unwrap();
+        let format = image::guess_format(&bytes).unwrap();
+        let image = image::load_from_memory(&bytes).unwrap();
+        match key.rsplit('.').next().unwrap() {
+            "png" => assert_eq!(
+                (format, image.width(), image.height()),
+                (image::ImageFormat::Png, 32, 24)
+            ),
+            "jpg" => assert_eq!(
+                (format, image.width(), image.height()),
+                (image::ImageFormat::Jpeg, 32, 24)
+            ),
+            "webp" => assert_eq!(
+                (format, image.width(), image.height()),
+                (image::ImageFormat::WebP, 16, 16)
+            ),
+            other => panic!("unexpected extension {other}"),
+        }
+    }
+}
+
+/// The binary: `--diffusion` names what it serves; without weights the job fails with
+/// the file it looked for; an unknown model or device is refused at start.
+#[tokio::test]
+async fn the_binary_reports_missing_weights_and_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let job = r#"{"prompt":"x","model":"sd-turbo","width":64,"height":64}"#;
+        exit_and_text(run_one_job(dir.path(), job).args(extra).output().unwrap())
+    };
+    let models = dir.path().join("models");
+    let (code, output) = run(&[
+        "--diffusion",
+        "sd-turbo",
+        "--models-dir",
+        models.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{output}");
+    let expected = models.join("sd-turbo/text_encoder/model.safetensors");
+    assert!(output.contains(&expected.display().to_string()), "{output}");
+    let (code, output) = run(&["--diffusion", "sd-9"]);
+    assert_eq!(code, Some(2), "{output}");
+    assert!(
+        output.contains("unknown model `sd-9`") && output.contains("sdxl-turbo"),
+        "{output}"
+    );
+    if !cfg!(feature = "cuda") {
+        let (code, output) = run(&["--diffusion", "sd-turbo", "--device", "cuda:0"]);
+        assert_eq!(code, Some(2), "{output}");
+        assert!(output.contains("--features cuda"), "{output}");
+    }
+}
