@@ -45,6 +45,8 @@ const HANDLE_SEP: char = '|';
 pub struct RedisDispatch {
     queue: String,
     stream: String,
+    /// `renderq:{<queue>}:batch:`, which a batch stream's key starts with.
+    batch_prefix: String,
     batches: String,
     delayed: String,
     /// Commands that answer at once.
@@ -106,6 +108,7 @@ impl RedisDispatch {
         let dispatch = RedisDispatch {
             queue: queue.to_string(),
             stream: stream_key(queue),
+            batch_prefix: format!("renderq:{{{queue}}}:batch:"),
             batches: batches_key(queue),
             delayed: delayed_key(queue),
             con,
@@ -142,23 +145,16 @@ impl RedisDispatch {
     /// A delivery from `stream`; its handle names the stream unless it is the main one.
     fn delivery_from(&self, stream: &str, entry: StreamId, takeover: bool) -> Delivery {
         let mut d = Self::delivery(entry, takeover);
-        if let Some(batch) = stream
-            .strip_prefix(self.batch_prefix().as_str())
-            .filter(|_| stream != self.stream)
-        {
+        if let Some(batch) = stream.strip_prefix(self.batch_prefix.as_str()) {
             d.entry = format!("{batch}{HANDLE_SEP}{}", d.entry);
         }
         d
     }
 
-    fn batch_prefix(&self) -> String {
-        format!("renderq:{{{}}}:batch:", self.queue)
-    }
-
     /// The stream key and the entry id behind a delivery's handle.
     fn locate<'a>(&self, handle: &'a str) -> (String, &'a str) {
         match handle.split_once(HANDLE_SEP) {
-            Some((batch, id)) => (format!("{}{batch}", self.batch_prefix()), id),
+            Some((batch, id)) => (format!("{}{batch}", self.batch_prefix), id),
             None => (self.stream.clone(), handle),
         }
     }
@@ -205,15 +201,15 @@ impl RedisDispatch {
     }
 
     fn deliveries(&self, reply: Option<StreamReadReply>, takeover: bool) -> Vec<Delivery> {
-        reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| {
-                let stream = k.key;
-                k.ids.into_iter().map(move |e| (stream.clone(), e))
-            })
-            .map(|(stream, e)| self.delivery_from(&stream, e, takeover))
-            .collect()
+        let mut out = Vec::new();
+        for k in reply.into_iter().flat_map(|r| r.keys) {
+            out.extend(
+                k.ids
+                    .into_iter()
+                    .map(|e| self.delivery_from(&k.key, e, takeover)),
+            );
+        }
+        out
     }
 
     /// Waits up to `block_ms` for any stream to get work; the reply is the first
@@ -466,9 +462,7 @@ impl Dispatch for RedisDispatch {
         let mut con = self.con.clone();
         let mut lost = Vec::new();
         for (stream, ids) in self.by_stream(entries) {
-            let batch = (stream != self.stream)
-                .then(|| stream.strip_prefix(self.batch_prefix().as_str()))
-                .flatten();
+            let batch = stream.strip_prefix(self.batch_prefix.as_str());
             let handle = |id: &str| match batch {
                 Some(batch) => format!("{batch}{HANDLE_SEP}{id}"),
                 None => id.to_string(),
