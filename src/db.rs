@@ -260,6 +260,9 @@ pub trait Record: Send + Sync {
         batch: BatchId,
         extra_attempts: i32,
     ) -> Result<Vec<JobId>, DbError>;
+    /// When the batch was marked finished (see `finish_batches`); `None` while it
+    /// has unfinished jobs. One row read, unlike `progress`, which counts every job.
+    async fn batch_finished_at(&self, batch: BatchId) -> Result<Option<DateTime<Utc>>, DbError>;
     /// When the batch's first job started and its latest one finished.
     async fn batch_times(
         &self,

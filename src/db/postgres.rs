@@ -1,5 +1,12 @@
 //! The record on Postgres. Bulk writes go through `unnest` of arrays: one round trip
 //! per chunk of jobs, never one per job.
+//!
+//! Statements that change jobs by id compare the state with a column of the unnested
+//! input (`c.from_state`), not with a constant. A constant would let the planner find
+//! the rows by state, and its estimate for `queued` or `running` is stale on a table
+//! that is mostly finished (~1 row, where a drain has thousands, plus dead index
+//! entries): every chunk then scanned all of them, and a 100,000-job drain took four
+//! times as long. As a join condition, the only cheap path is the primary key.
 
 use std::time::Duration;
 
@@ -280,9 +287,10 @@ impl Record for PgRecord {
             .collect();
         if !taken.is_empty() {
             sqlx::query(
-                "UPDATE renderq.jobs SET state = 'failed', finished_at = now(),
-                        error = format('worker stopped responding during attempt %s of %s', attempt, max_attempts)
-                 WHERE id = ANY($1) AND state = 'running' AND attempt >= max_attempts",
+                "UPDATE renderq.jobs j SET state = 'failed', finished_at = now(),
+                        error = format('worker stopped responding during attempt %s of %s', j.attempt, j.max_attempts)
+                 FROM (SELECT u.id, 'running' AS from_state FROM unnest($1::uuid[]) AS u(id) OFFSET 0) AS c
+                 WHERE j.id = c.id AND j.state = c.from_state AND j.attempt >= j.max_attempts",
             )
             .bind(&taken)
             .execute(&self.pool)
@@ -293,9 +301,10 @@ impl Record for PgRecord {
         let rows = sqlx::query(
             "UPDATE renderq.jobs j
              SET state = 'running', attempt = j.attempt + 1, started_at = now(), worker = $3, run_at = NULL
-             FROM unnest($1::uuid[], $2::bool[]) AS c(id, takeover)
+             FROM (SELECT u.*, 'queued' AS from_state
+                   FROM unnest($1::uuid[], $2::bool[]) AS u(id, takeover) OFFSET 0) AS c
              WHERE j.id = c.id
-               AND (j.state = 'queued' OR (c.takeover AND j.state IN ('running', 'retrying')))
+               AND (j.state = c.from_state OR (c.takeover AND j.state IN ('running', 'retrying')))
              RETURNING j.id, j.batch_id, j.attempt, j.seed, j.spec",
         )
         .bind(&ids)
@@ -340,8 +349,9 @@ impl Record for PgRecord {
             let rows = sqlx::query(
                 "UPDATE renderq.jobs j
                  SET state = 'succeeded', finished_at = now(), output_key = c.key, error = NULL
-                 FROM unnest($1::uuid[], $2::int[], $3::text[]) AS c(id, attempt, key)
-                 WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = 'running'
+                 FROM (SELECT u.*, 'running' AS from_state
+                       FROM unnest($1::uuid[], $2::int[], $3::text[]) AS u(id, attempt, key) OFFSET 0) AS c
+                 WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = c.from_state
                  RETURNING j.id",
             )
             .bind(&ids)
@@ -383,9 +393,10 @@ impl Record for PgRecord {
                      run_at = CASE WHEN c.retry AND j.attempt < j.max_attempts
                                    THEN now() + c.delay_ms * interval '1 millisecond' END,
                      finished_at = CASE WHEN c.retry AND j.attempt < j.max_attempts THEN NULL ELSE now() END
-                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bool[], $5::bigint[])
-                      AS c(id, attempt, error, retry, delay_ms)
-                 WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = 'running'
+                 FROM (SELECT u.*, 'running' AS from_state
+                       FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bool[], $5::bigint[])
+                            AS u(id, attempt, error, retry, delay_ms) OFFSET 0) AS c
+                 WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = c.from_state
                  RETURNING j.id, j.state, j.run_at",
             )
             .bind(&ids)
@@ -433,17 +444,21 @@ impl Record for PgRecord {
     async fn requeue_due(&self, ids: &[JobId]) -> Result<Vec<JobId>, DbError> {
         let ids: Vec<Uuid> = ids.iter().map(|j| j.0).collect();
         sqlx::query(
-            "UPDATE renderq.jobs SET state = 'queued', run_at = NULL
-             WHERE id = ANY($1) AND state = 'retrying'",
+            "UPDATE renderq.jobs j SET state = 'queued', run_at = NULL
+             FROM (SELECT u.id, 'retrying' AS from_state FROM unnest($1::uuid[]) AS u(id) OFFSET 0) AS c
+             WHERE j.id = c.id AND j.state = c.from_state",
         )
         .bind(&ids)
         .execute(&self.pool)
         .await?;
-        let rows =
-            sqlx::query("SELECT id FROM renderq.jobs WHERE id = ANY($1) AND state = 'queued'")
-                .bind(&ids)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT j.id FROM renderq.jobs j
+             JOIN (SELECT u.id, 'queued' AS from_state FROM unnest($1::uuid[]) AS u(id) OFFSET 0) AS c
+               ON j.id = c.id AND j.state = c.from_state",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
     }
 
@@ -454,8 +469,9 @@ impl Record for PgRecord {
         let attempts: Vec<i32> = jobs.iter().map(|j| j.1).collect();
         let rows = sqlx::query(
             "UPDATE renderq.jobs j SET state = 'queued', worker = NULL
-             FROM unnest($1::uuid[], $2::int[]) AS c(id, attempt)
-             WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = 'running'
+             FROM (SELECT u.*, 'running' AS from_state
+                   FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt) OFFSET 0) AS c
+             WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = c.from_state
              RETURNING j.id",
         )
         .bind(&ids)
@@ -640,6 +656,14 @@ impl Record for PgRecord {
             .await?;
         tx.commit().await?;
         Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
+    }
+
+    async fn batch_finished_at(&self, batch: BatchId) -> Result<Option<DateTime<Utc>>, DbError> {
+        let at = sqlx::query_scalar("SELECT finished_at FROM renderq.batches WHERE id = $1")
+            .bind(batch.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(at.flatten())
     }
 
     async fn batch_times(

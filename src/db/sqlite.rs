@@ -689,6 +689,15 @@ impl Record for SqliteRecord {
             .collect()
     }
 
+    async fn batch_finished_at(&self, batch: BatchId) -> Result<Option<DateTime<Utc>>, DbError> {
+        let at: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT finished_at FROM batches WHERE id = ?")
+                .bind(batch.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(at.flatten().map(from_ms))
+    }
+
     async fn batch_times(
         &self,
         batch: BatchId,

@@ -144,8 +144,12 @@ impl Dispatch for PgDispatch {
         .await
         .map_err(db_error)?;
         let rows = sqlx::query(
-            "SELECT id FROM renderq.jobs WHERE id = ANY($1) AND state = 'running'
-             AND lease_owner IS DISTINCT FROM $2",
+            // By id through the primary key, as in `db::postgres` (a state constant
+            // could make the planner scan every running job on a stale estimate).
+            "SELECT j.id FROM renderq.jobs j
+             JOIN (SELECT u.id, 'running' AS from_state FROM unnest($1::uuid[]) AS u(id) OFFSET 0) AS c
+               ON j.id = c.id AND j.state = c.from_state
+             WHERE j.lease_owner IS DISTINCT FROM $2",
         )
         .bind(&ids)
         .bind(consumer)

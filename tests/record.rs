@@ -1,0 +1,216 @@
+//! The Postgres record at scale: announcements of bulk state changes, and the plans
+//! of the worker's statements on a table whose statistics say nothing is running.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::*;
+use renderq::{
+    db::{ClaimRequest, Outcome, Record, Recorded, postgres::PgRecord},
+    job::JobId,
+};
+use sqlx::Row;
+
+/// Every job of a bulk claim and completion is announced once per state change, and
+/// an update that changes no state announces nothing.
+#[tokio::test]
+async fn bulk_state_changes_announce_each_job_once() {
+    let env = Env::new().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&env.db_url)
+        .await
+        .unwrap();
+    listener.listen("renderq_events").await.unwrap();
+    let lines: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"prompt":"job {i}","width":16,"height":16}}"#))
+        .collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let (done, ids) = submit(&env, env.record.as_ref(), &lines).await;
+    let claimed = claim_all(env.record.as_ref(), &ids).await;
+    let outcomes: Vec<_> = claimed
+        .iter()
+        .map(|(id, attempt)| {
+            let key = format!("k/{id}");
+            (*id, *attempt, Outcome::Stored { key })
+        })
+        .collect();
+    let recorded = env.record.record_outcomes(&outcomes).await.unwrap();
+    assert!(recorded.iter().all(|r| matches!(r, Recorded::Moved(..))));
+
+    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+    while seen.values().map(Vec::len).sum::<usize>() < 3 * lines.len() {
+        let v = next_event(&mut listener).await;
+        assert_eq!(v["batch_id"], done.batch.to_string());
+        let job = v["job_id"].as_str().unwrap().to_string();
+        seen.entry(job)
+            .or_default()
+            .push(v["state"].as_str().unwrap().into());
+    }
+    assert_eq!(seen.len(), lines.len());
+    for id in &ids {
+        assert_eq!(
+            seen[&id.to_string()],
+            ["queued", "running", "succeeded"],
+            "{id}"
+        );
+    }
+
+    // From psql, as a client would: a change of another column is not announced, a
+    // change of state is (the first event after both must be the cancel).
+    let pool = sqlx::PgPool::connect(&env.db_url).await.unwrap();
+    sqlx::query("UPDATE renderq.jobs SET error = 'note' WHERE batch_id = $1")
+        .bind(done.batch.0)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE renderq.jobs SET state = 'cancelled' WHERE id = $1")
+        .bind(ids[0].0)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let v = next_event(&mut listener).await;
+    assert_eq!(v["job_id"], ids[0].to_string());
+    assert_eq!(v["state"], "cancelled");
+    env.forget_queue_keys().await;
+}
+
+/// A table of finished jobs (the normal case after a few catalogues) makes the
+/// planner estimate ~0 queued or running rows. Claims and completions find jobs by id
+/// and must do so through the primary key then: a scan by state (of the running-jobs
+/// index, or of a batch's states) once made every completion chunk walk all running
+/// and dead entries, and a drain four times slower.
+#[tokio::test]
+async fn claims_and_completions_find_jobs_by_primary_key_when_statistics_are_stale() {
+    let env = Env::new().await;
+    // Statistics reach the views when a backend has been idle a while, or at once
+    // when it exits: each step runs on a pool of its own, closed afterwards.
+    let (old, _) = {
+        let rec = PgRecord::connect(&env.db_url, false).await.unwrap();
+        let done = submit(&env, &rec, &[r#"{"prompt":"old","width":16,"height":16}"#]).await;
+        rec.pool().close().await;
+        done
+    };
+    {
+        // 100,000 finished jobs, then fresh statistics.
+        let pool = sqlx::PgPool::connect(&env.db_url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO renderq.jobs (id, batch_id, queue, state, model, seed, spec, finished_at)
+             SELECT gen_random_uuid(), $1, $2, 'succeeded', 'placeholder', g, '{}', now()
+             FROM generate_series(1, 100000) g",
+        )
+        .bind(old.batch.0)
+        .bind(&env.queue)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("ANALYZE renderq.jobs")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let lines: Vec<String> = (0..200)
+        .map(|i| format!(r#"{{"prompt":"new {i}","width":16,"height":16}}"#))
+        .collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let ids = {
+        let rec = PgRecord::connect(&env.db_url, false).await.unwrap();
+        let (_, ids) = submit(&env, &rec, &lines).await;
+        rec.pool().close().await;
+        ids
+    };
+    let pool = sqlx::PgPool::connect(&env.db_url).await.unwrap();
+    let before = settled_scans(&pool, None).await;
+
+    let rec = PgRecord::connect(&env.db_url, false).await.unwrap();
+    let claimed = claim_all(&rec, &ids).await;
+    let outcomes: Vec<_> = claimed
+        .iter()
+        .map(|(id, attempt)| (*id, *attempt, Outcome::Stored { key: "k".into() }))
+        .collect();
+    let recorded = rec.record_outcomes(&outcomes).await.unwrap();
+    assert!(recorded.iter().all(|r| matches!(r, Recorded::Moved(..))));
+    rec.pool().close().await;
+    let after = settled_scans(&pool, Some(&before)).await;
+
+    let delta = |k: &str| after[k] - before[k];
+    // One probe per job for the claim, one for the completion.
+    assert!(delta("jobs_pkey") >= 2 * 200, "{before:?} → {after:?}");
+    for (k, _) in after.iter().filter(|(k, _)| k.as_str() != "jobs_pkey") {
+        assert_eq!(delta(k), 0, "{k} was scanned: {before:?} → {after:?}");
+    }
+    env.forget_queue_keys().await;
+}
+
+async fn submit(
+    env: &Env,
+    record: &dyn Record,
+    lines: &[&str],
+) -> (renderq::submit::Submitted, Vec<JobId>) {
+    let jobs = env.jobs(lines);
+    let ids = jobs.iter().map(|j| j.id).collect();
+    let done = renderq::submit::submit(record, env.dispatch.as_ref(), "t", &jobs, 3)
+        .await
+        .unwrap();
+    (done, ids)
+}
+
+async fn claim_all(record: &dyn Record, ids: &[JobId]) -> Vec<(JobId, i32)> {
+    let requests: Vec<_> = ids
+        .iter()
+        .map(|id| ClaimRequest {
+            id: *id,
+            takeover: false,
+        })
+        .collect();
+    let claimed = record.claim(&requests, "w-test").await.unwrap();
+    assert_eq!(claimed.len(), ids.len());
+    claimed.into_iter().map(|c| (c.id, c.attempt)).collect()
+}
+
+async fn next_event(listener: &mut sqlx::postgres::PgListener) -> serde_json::Value {
+    let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("an event within 10 s")
+        .unwrap();
+    serde_json::from_str(n.payload()).unwrap()
+}
+
+/// Scans of `renderq.jobs` by index (and `seq` for sequential scans), once the
+/// figures have moved past `than` (the backends flush them as they exit).
+async fn settled_scans(
+    pool: &sqlx::PgPool,
+    than: Option<&HashMap<String, i64>>,
+) -> HashMap<String, i64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut last = None;
+    loop {
+        let mut now: HashMap<String, i64> = sqlx::query(
+            "SELECT indexrelname::text, idx_scan FROM pg_stat_user_indexes
+             WHERE schemaname = 'renderq' AND relname = 'jobs'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+        let seq: i64 = sqlx::query_scalar(
+            "SELECT seq_scan FROM pg_stat_user_tables WHERE schemaname = 'renderq' AND relname = 'jobs'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        now.insert("seq".into(), seq);
+        let moved = match than {
+            None => true,
+            Some(t) => now.iter().any(|(k, v)| t.get(k) != Some(v)),
+        };
+        // Moved, and then still for half a second: every backend has flushed.
+        if moved && last.as_ref() == Some(&now) || tokio::time::Instant::now() > deadline {
+            return now;
+        }
+        last = moved.then_some(now);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
