@@ -1,10 +1,11 @@
 //! Intake: takes deliveries (new ones, and ones whose lease ran out), turns raw
 //! messages into rows, claims the jobs in Postgres in one statement per chunk, and
-//! hands what it claimed to the render stage.
+//! hands what it claimed to the render stage. Reading and claiming are two tasks, so
+//! the next chunk is read from the queue while the last one is being claimed.
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -19,10 +20,27 @@ use crate::{
 const READ_CHUNK: usize = 1024;
 const BLOCK: Duration = Duration::from_millis(1000);
 
+/// Deliveries read, with the concurrency permits that hold room for them.
+type Chunk = (Vec<Delivery>, Vec<OwnedSemaphorePermit>);
+
 pub(crate) async fn run(
     s: Arc<Shared>,
     permits: Arc<Semaphore>,
     out: mpsc::Sender<InFlight>,
+    shutdown: CancellationToken,
+) {
+    // One chunk waits while another is claimed: enough to keep both busy.
+    let (tx, rx) = mpsc::channel(1);
+    let claimer = tokio::spawn(claim_chunks(s.clone(), rx, out, shutdown.clone()));
+    read(s, permits, tx, shutdown).await;
+    // The reader has stopped; chunks it read are still claimed and handed on.
+    let _ = claimer.await;
+}
+
+async fn read(
+    s: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tx: mpsc::Sender<Chunk>,
     shutdown: CancellationToken,
 ) {
     let lease_ms = s.cfg.lease.as_millis() as u64;
@@ -72,6 +90,19 @@ pub(crate) async fn run(
             continue;
         }
         debug!(n = deliveries.len(), "delivered");
+        if tx.send((deliveries, held)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn claim_chunks(
+    s: Arc<Shared>,
+    mut rx: mpsc::Receiver<Chunk>,
+    out: mpsc::Sender<InFlight>,
+    shutdown: CancellationToken,
+) {
+    while let Some((deliveries, held)) = rx.recv().await {
         let claimed = claim(&s, deliveries, &shutdown).await;
         let mut held = held.into_iter();
         for (job, entry) in claimed {
