@@ -12,7 +12,7 @@ use renderq::{
     job::JobId,
     render::{
         RenderError, RenderRequest, Renderer, Renderers,
-        diffusion::{DiffusionRenderer, WeightSource, tiny},
+        diffusion::{Architecture, DiffusionRenderer, WeightSource, tiny, weights},
     },
 };
 
@@ -126,6 +126,32 @@ async fn the_same_seed_gives_the_same_bytes_and_another_seed_another_image() {
         max_diff(&first[0], &prompt[0]) > 8,
         "the prompt changes the image"
     );
+}
+
+/// A stock diffusers download has vocab.json and merges.txt but no tokenizer.json:
+/// the error names the missing file and the repository that has one.
+#[test]
+fn a_missing_tokenizer_json_says_where_one_comes_from() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+    ] {
+        let path = dir.path().join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"").unwrap();
+    }
+    let arch = Architecture::preset("sd-1.5", None).unwrap();
+    let repo = arch.text[0].tokenizer_repo;
+    assert!(!repo.is_empty());
+    let Err(RenderError::Abort(m)) = weights::local("sd-1.5", &arch, dir.path()) else {
+        panic!("expected an Abort for the missing tokenizer.json");
+    };
+    assert!(m.contains("tokenizer/tokenizer.json"), "{m}");
+    assert!(m.contains(repo), "{m}");
 }
 
 #[tokio::test]

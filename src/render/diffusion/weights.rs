@@ -51,12 +51,16 @@ fn snapshot(dir: &Path) -> PathBuf {
         .unwrap_or(snapshots)
 }
 
-fn missing(model: &str, path: &Path) -> RenderError {
-    RenderError::Abort(format!(
+fn missing_text(model: &str, path: &Path) -> String {
+    format!(
         "model `{model}`: missing weight file {} (expected the diffusers layout: unet/, vae/, \
          text_encoder/, tokenizer/tokenizer.json)",
         path.display()
-    ))
+    )
+}
+
+fn missing(model: &str, path: &Path) -> RenderError {
+    RenderError::Abort(missing_text(model, path))
 }
 
 fn first_existing(model: &str, dir: &Path, names: &[&str]) -> Result<PathBuf, RenderError> {
@@ -75,7 +79,12 @@ pub fn local(model: &str, arch: &Architecture, dir: &Path) -> Result<ModelFiles,
         let weights = first_existing(model, &root.join(enc.dir), &TEXT)?;
         let tokenizer = root.join(enc.tokenizer_dir).join("tokenizer.json");
         if !tokenizer.is_file() {
-            return Err(missing(model, &tokenizer));
+            // A diffusers download has only vocab.json and merges.txt there.
+            let hint = match enc.tokenizer_repo {
+                "" => String::new(),
+                repo => format!("; diffusers repositories ship none: take {repo}'s tokenizer.json"),
+            };
+            return Err(RenderError::Abort(missing_text(model, &tokenizer) + &hint));
         }
         text.push((weights, tokenizer));
     }
