@@ -17,10 +17,7 @@ use sqlx::Row;
 #[tokio::test]
 async fn bulk_state_changes_announce_each_job_once() {
     let env = Env::new().await;
-    let mut listener = sqlx::postgres::PgListener::connect(&env.db_url)
-        .await
-        .unwrap();
-    listener.listen("renderq_events").await.unwrap();
+    let mut listener = listen(&env).await;
     let lines: Vec<String> = (0..40)
         .map(|i| format!(r#"{{"prompt":"job {i}","width":16,"height":16}}"#))
         .collect();
@@ -71,6 +68,57 @@ async fn bulk_state_changes_announce_each_job_once() {
     let v = next_event(&mut listener).await;
     assert_eq!(v["job_id"], ids[0].to_string());
     assert_eq!(v["state"], "cancelled");
+    env.forget_queue_keys().await;
+}
+
+/// The payload is byte for byte what `json_build_object` makes (a client may compare
+/// strings, not only parse them), with a null batch for raw jobs, for inserts and
+/// updates alike.
+#[tokio::test]
+async fn announcements_are_byte_identical_to_json_build_object() {
+    let env = Env::new().await;
+    let mut listener = listen(&env).await;
+    let pool = sqlx::PgPool::connect(&env.db_url).await.unwrap();
+    let (_, ids) = submit(&env, env.record.as_ref(), &[r#"{"prompt":"a"}"#]).await;
+    let raw: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO renderq.jobs (id, queue, model, seed, spec)
+         VALUES (gen_random_uuid(), 'raw', 'noop', 1, '{}') RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let both = vec![ids[0].0, raw];
+    sqlx::query("UPDATE renderq.jobs SET state = 'cancelled' WHERE id = ANY($1)")
+        .bind(&both)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for id in &both {
+        for state in ["queued", "cancelled"] {
+            let text: String = sqlx::query_scalar(
+                "SELECT json_build_object('job_id', id, 'batch_id', batch_id, 'state', $2::text)::text
+                 FROM renderq.jobs WHERE id = $1",
+            )
+            .bind(id)
+            .bind(state)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            expected.push(text);
+        }
+    }
+    let mut got = Vec::new();
+    for _ in 0..expected.len() {
+        got.push(next_payload(&mut listener).await);
+    }
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+    assert!(
+        got.iter().any(|p| p.contains(r#""batch_id" : null"#)),
+        "{got:?}"
+    );
     env.forget_queue_keys().await;
 }
 
@@ -168,12 +216,25 @@ async fn claim_all(record: &dyn Record, ids: &[JobId]) -> Vec<(JobId, i32)> {
     claimed.into_iter().map(|c| (c.id, c.attempt)).collect()
 }
 
-async fn next_event(listener: &mut sqlx::postgres::PgListener) -> serde_json::Value {
+async fn listen(env: &Env) -> sqlx::postgres::PgListener {
+    let mut listener = sqlx::postgres::PgListener::connect(&env.db_url)
+        .await
+        .unwrap();
+    listener.listen("renderq_events").await.unwrap();
+    listener
+}
+
+/// The next announcement's raw payload.
+async fn next_payload(listener: &mut sqlx::postgres::PgListener) -> String {
     let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
         .await
         .expect("an event within 10 s")
         .unwrap();
-    serde_json::from_str(n.payload()).unwrap()
+    n.payload().to_string()
+}
+
+async fn next_event(listener: &mut sqlx::postgres::PgListener) -> serde_json::Value {
+    serde_json::from_str(&next_payload(listener).await).unwrap()
 }
 
 /// Scans of `renderq.jobs` by index (and `seq` for sequential scans), once the
