@@ -580,13 +580,29 @@ impl Record for PgRecord {
 
     async fn unfinished(&self, queue: &str, silent_ms: i64) -> Result<Unfinished, DbError> {
         let rows = sqlx::query(
-            "SELECT j.id, j.state, j.attempt, (extract(epoch FROM j.run_at) * 1000)::bigint,
-                    (j.state = 'running'
-                     AND j.started_at < now() - $2 * interval '1 millisecond'
+            // Each branch has an index: queued and retrying jobs by queue; running jobs
+            // by batch and state (the running-jobs index holds only database-leased
+            // jobs, migration 10), for every batch of the queue and for raw jobs.
+            "WITH open AS (
+                 SELECT id, state, attempt, run_at, started_at, worker FROM renderq.jobs
+                 WHERE queue = $1 AND state = 'queued'
+                 UNION ALL
+                 SELECT id, state, attempt, run_at, started_at, worker FROM renderq.jobs
+                 WHERE queue = $1 AND state = 'retrying'
+                 UNION ALL
+                 SELECT j.id, j.state, j.attempt, j.run_at, j.started_at, j.worker
+                 FROM renderq.batches b
+                 JOIN renderq.jobs j ON j.batch_id = b.id AND j.state = 'running'
+                 WHERE b.queue = $1 AND j.queue = $1
+                 UNION ALL
+                 SELECT id, state, attempt, run_at, started_at, worker FROM renderq.jobs
+                 WHERE batch_id IS NULL AND state = 'running' AND queue = $1)
+             SELECT o.id, o.state, o.attempt, (extract(epoch FROM o.run_at) * 1000)::bigint,
+                    (o.state = 'running'
+                     AND o.started_at < now() - $2 * interval '1 millisecond'
                      AND (w.id IS NULL OR w.stopped_at IS NOT NULL
                           OR w.last_heartbeat < now() - $2 * interval '1 millisecond'))
-             FROM renderq.jobs j LEFT JOIN renderq.workers w ON w.id = j.worker
-             WHERE j.queue = $1 AND j.state IN ('queued', 'retrying', 'running')",
+             FROM open o LEFT JOIN renderq.workers w ON w.id = o.worker",
         )
         .bind(queue)
         .bind(silent_ms as f64)

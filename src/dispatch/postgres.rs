@@ -37,7 +37,7 @@ impl PgDispatch {
     ) -> Result<Vec<Delivery>, DispatchError> {
         let sql = if takeover {
             "UPDATE renderq.jobs SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond'
-             WHERE id IN (SELECT id FROM renderq.jobs WHERE queue = $3 AND state = 'running'
+             WHERE id IN (SELECT id FROM renderq.jobs WHERE queue = $3 AND state = 'running' AND lease_owner IS NOT NULL
                           AND lease_until < now() ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
              RETURNING id"
         } else {
@@ -212,7 +212,9 @@ impl Dispatch for PgDispatch {
 
     async fn backlog(&self) -> Result<usize, DispatchError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM renderq.jobs WHERE queue = $1 AND state IN ('queued', 'running')",
+            // Running jobs of this dispatch hold a lease: the running-jobs index serves them.
+            "SELECT count(*) FROM renderq.jobs
+             WHERE queue = $1 AND (state = 'queued' OR (state = 'running' AND lease_owner IS NOT NULL))",
         )
         .bind(&self.queue)
         .fetch_one(&self.pool)
