@@ -583,8 +583,8 @@ impl Record for PgRecord {
             // Each branch has an index: queued and retrying jobs by queue; running jobs
             // by batch and state (the running-jobs index holds only database-leased
             // jobs, migration 10), for raw jobs and for every batch of the queue,
-            // finished ones too: `retry` requeues a batch's jobs before it clears the
-            // batch's finished mark, so the mark does not prove that nothing runs.
+            // finished ones too: `finish_batches` checks on its statement's snapshot, so
+            // racing a `retry` it can mark a batch whose jobs were just requeued.
             "WITH open AS (
                  SELECT id, state, attempt, run_at, started_at, worker FROM renderq.jobs
                  WHERE queue = $1 AND state = 'queued'
