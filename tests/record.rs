@@ -245,6 +245,96 @@ async fn the_reconciler_finds_running_jobs_of_dead_workers_without_scanning_the_
     env.forget_queue_keys().await;
 }
 
+/// A batch's last job ending while `renderq retry` requeues its failed jobs (in one
+/// transaction, still open) must not finish the batch: the check has to see the
+/// requeued jobs once retry's lock on the batch is granted. A check on the snapshot
+/// taken before the wait marked the batch finished, with a job queued again.
+#[tokio::test]
+async fn a_batch_is_not_finished_under_jobs_that_retry_requeues() {
+    let env = Env::new().await;
+    let rec = PgRecord::connect(&env.db_url, false).await.unwrap();
+    let (done, ids) = submit(
+        &env,
+        &rec,
+        &[
+            r#"{"prompt":"fails","width":16,"height":16}"#,
+            r#"{"prompt":"runs","width":16,"height":16}"#,
+        ],
+    )
+    .await;
+    let claimed = claim_all(&rec, &ids).await;
+    let failed = Outcome::Failed {
+        error: "boom".into(),
+        retry: false,
+        backoff_ms: 0,
+    };
+    rec.record_outcomes(&[(claimed[0].0, claimed[0].1, failed)])
+        .await
+        .unwrap();
+
+    // What `retry_failed` does, held open: requeue the failed job, clear the mark.
+    let pool = sqlx::PgPool::connect(&env.db_url).await.unwrap();
+    let mut retry = pool.begin().await.unwrap();
+    sqlx::query("UPDATE renderq.jobs SET state = 'queued', finished_at = NULL WHERE id = $1")
+        .bind(claimed[0].0.0)
+        .execute(&mut *retry)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE renderq.batches SET finished_at = NULL WHERE id = $1")
+        .bind(done.batch.0)
+        .execute(&mut *retry)
+        .await
+        .unwrap();
+
+    // Meanwhile the other job succeeds and its worker asks whether the batch is done.
+    let stored = Outcome::Stored { key: "k".into() };
+    rec.record_outcomes(&[(claimed[1].0, claimed[1].1, stored)])
+        .await
+        .unwrap();
+    let finisher = {
+        let url = env.db_url.clone();
+        let batch = done.batch;
+        tokio::spawn(async move {
+            let rec = PgRecord::connect(&url, false).await.unwrap();
+            rec.finish_batches(&[batch]).await.unwrap()
+        })
+    };
+    // Commit only once the check waits for the batch's row lock.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the check never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    retry.commit().await.unwrap();
+
+    let finished = finisher.await.unwrap();
+    assert!(
+        finished.is_empty(),
+        "finished under a requeued job: {finished:?}"
+    );
+    let mark: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT finished_at FROM renderq.batches WHERE id = $1")
+            .bind(done.batch.0)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(mark, None);
+    env.forget_queue_keys().await;
+}
+
 /// 100,000 finished jobs in `batch`: the table after a few catalogues.
 async fn add_finished_jobs(pool: &sqlx::PgPool, env: &Env, batch: BatchId) {
     sqlx::query(

@@ -583,8 +583,8 @@ impl Record for PgRecord {
             // Each branch has an index: queued and retrying jobs by queue; running jobs
             // by batch and state (the running-jobs index holds only database-leased
             // jobs, migration 10), for raw jobs and for every batch of the queue,
-            // finished ones too: `finish_batches` checks on its statement's snapshot, so
-            // racing a `retry` it can mark a batch whose jobs were just requeued.
+            // finished ones too: the reconciler repairs what went wrong elsewhere, so it
+            // does not rely on the finished mark being right.
             "WITH open AS (
                  SELECT id, state, attempt, run_at, started_at, worker FROM renderq.jobs
                  WHERE queue = $1 AND state = 'queued'
@@ -638,20 +638,40 @@ impl Record for PgRecord {
     }
 
     async fn finish_batches(&self, batches: &[BatchId]) -> Result<Vec<BatchId>, DbError> {
+        const UNFINISHED: &str = "NOT EXISTS (SELECT 1 FROM renderq.jobs j WHERE j.batch_id = b.id
+                                  AND j.state IN ('queued', 'running', 'retrying'))";
         let ids: Vec<Uuid> = batches.iter().map(|b| b.0).collect();
-        let rows = sqlx::query(
-            "WITH done AS (
-                UPDATE renderq.batches b SET finished_at = now()
-                WHERE b.id = ANY($1) AND b.finished_at IS NULL
-                  AND NOT EXISTS (SELECT 1 FROM renderq.jobs j WHERE j.batch_id = b.id
-                                  AND j.state IN ('queued', 'running', 'retrying'))
-                RETURNING b.id)
-             SELECT id, pg_notify('renderq_events', json_build_object(
-                 'job_id', NULL, 'batch_id', id, 'state', 'done')::text) FROM done",
-        )
+        // Nearly every call is for a batch with work left: a plain read says so.
+        let candidates: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT b.id FROM renderq.batches b
+             WHERE b.id = ANY($1) AND b.finished_at IS NULL AND {UNFINISHED}"
+        ))
         .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Lock first, then check on the next statement's fresh snapshot. A check on a
+        // snapshot taken before the lock was granted would miss the jobs that a
+        // `retry` holding the lock had just requeued, and finish the batch under them.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT 1 FROM renderq.batches WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&candidates)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(&format!(
+            "WITH done AS (
+                UPDATE renderq.batches b SET finished_at = now()
+                WHERE b.id = ANY($1) AND b.finished_at IS NULL AND {UNFINISHED}
+                RETURNING b.id)
+             SELECT id, pg_notify('renderq_events', json_build_object(
+                 'job_id', NULL, 'batch_id', id, 'state', 'done')::text) FROM done"
+        ))
+        .bind(&candidates)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(rows.iter().map(|r| BatchId(r.get(0))).collect())
     }
 
