@@ -638,13 +638,13 @@ impl Record for PgRecord {
     }
 
     async fn finish_batches(&self, batches: &[BatchId]) -> Result<Vec<BatchId>, DbError> {
-        const UNFINISHED: &str = "NOT EXISTS (SELECT 1 FROM renderq.jobs j WHERE j.batch_id = b.id
+        const NO_JOB_LEFT: &str = "NOT EXISTS (SELECT 1 FROM renderq.jobs j WHERE j.batch_id = b.id
                                   AND j.state IN ('queued', 'running', 'retrying'))";
         let ids: Vec<Uuid> = batches.iter().map(|b| b.0).collect();
         // Nearly every call is for a batch with work left: a plain read says so.
         let candidates: Vec<Uuid> = sqlx::query_scalar(&format!(
             "SELECT b.id FROM renderq.batches b
-             WHERE b.id = ANY($1) AND b.finished_at IS NULL AND {UNFINISHED}"
+             WHERE b.id = ANY($1) AND b.finished_at IS NULL AND {NO_JOB_LEFT}"
         ))
         .bind(&ids)
         .fetch_all(&self.pool)
@@ -663,7 +663,7 @@ impl Record for PgRecord {
         let rows = sqlx::query(&format!(
             "WITH done AS (
                 UPDATE renderq.batches b SET finished_at = now()
-                WHERE b.id = ANY($1) AND b.finished_at IS NULL AND {UNFINISHED}
+                WHERE b.id = ANY($1) AND b.finished_at IS NULL AND {NO_JOB_LEFT}
                 RETURNING b.id)
              SELECT id, pg_notify('renderq_events', json_build_object(
                  'job_id', NULL, 'batch_id', id, 'state', 'done')::text) FROM done"
