@@ -38,6 +38,15 @@ pub struct NewJob {
     pub spec: JobSpec,
 }
 
+/// What `cancel` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled {
+    /// Jobs moved to `cancelled`.
+    pub jobs: u64,
+    /// The batch the id names or the job belongs to, to be checked for its end.
+    pub batch: Option<BatchId>,
+}
+
 /// A job a worker now holds: `attempt` fences everything it writes afterwards.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
@@ -192,7 +201,17 @@ pub trait Record: Send + Sync {
     /// Sets the URL a batch's summary is POSTed to when it finishes.
     async fn set_webhook(&self, batch: BatchId, url: &str) -> Result<(), DbError>;
     async fn webhook(&self, batch: BatchId) -> Result<Option<String>, DbError>;
+    /// Records what became of a batch's webhook delivery; it is then no longer due.
     async fn set_webhook_status(&self, batch: BatchId, status: &str) -> Result<(), DbError>;
+    /// Takes up to `limit` due webhook deliveries of `queue`: finished batches with a
+    /// webhook and no recorded outcome, not taken by any worker in the last
+    /// `retake_after` (a worker that died mid-delivery). Marks them taken now.
+    async fn take_webhooks(
+        &self,
+        queue: &str,
+        retake_after: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<BatchId>, DbError>;
     /// Records that the firing at `at` was handled (never moves backwards).
     async fn mark_fired(&self, name: &str, at: DateTime<Utc>) -> Result<(), DbError>;
     /// Creates the row of a job that arrived without one (a raw producer); no-op if it exists.
@@ -229,8 +248,8 @@ pub trait Record: Send + Sync {
     async fn requeue_due(&self, ids: &[JobId]) -> Result<Vec<JobId>, DbError>;
     /// `running` → `queued` (fenced) for attempts a draining worker gives back.
     async fn release(&self, jobs: &[(JobId, i32)]) -> Result<Vec<JobId>, DbError>;
-    /// Cancels a job or every unfinished job of a batch; returns how many moved.
-    async fn cancel(&self, id: uuid::Uuid) -> Result<u64, DbError>;
+    /// Cancels a job or every unfinished job of a batch.
+    async fn cancel(&self, id: uuid::Uuid) -> Result<Cancelled, DbError>;
     /// Whether `id` names a batch or a job.
     async fn exists(&self, id: uuid::Uuid) -> Result<bool, DbError>;
     async fn progress(&self, batch: BatchId) -> Result<Option<Progress>, DbError>;
@@ -254,7 +273,8 @@ pub trait Record: Send + Sync {
     /// `renderq_events`). Returns the batches that finished now.
     async fn finish_batches(&self, batches: &[BatchId]) -> Result<Vec<BatchId>, DbError>;
     /// Puts a batch's failed jobs back in `queued` with `extra_attempts` more attempts;
-    /// returns them (to be dispatched).
+    /// returns them (to be dispatched). The batch is unfinished again, and its webhook
+    /// is due again when it next finishes.
     async fn retry_failed(
         &self,
         batch: BatchId,

@@ -17,6 +17,7 @@
 mod intake;
 mod reconcile;
 mod stages;
+mod webhooks;
 
 use std::{
     collections::HashMap,
@@ -27,7 +28,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -59,6 +60,9 @@ pub struct WorkerConfig {
     pub reconcile_every: Duration,
     /// First wait before a failed webhook delivery is tried again (doubles).
     pub webhook_backoff: Duration,
+    /// A webhook delivery taken this long ago without a recorded outcome (its worker
+    /// died) is taken again. Longer than a delivery's retries take.
+    pub webhook_retake: Duration,
     /// Attempts of jobs created from raw stream messages.
     pub max_attempts: i32,
     /// This worker's name in the stream's consumer group and `renderq.workers`.
@@ -79,6 +83,7 @@ impl Default for WorkerConfig {
             upload_deadline: Duration::from_secs(300),
             reconcile_every: Duration::from_secs(10),
             webhook_backoff: Duration::from_secs(1),
+            webhook_retake: Duration::from_secs(120),
             max_attempts: 3,
             id: default_worker_id(),
             device: "cpu".into(),
@@ -124,6 +129,8 @@ pub(crate) struct Shared {
     /// Stream entry → (job, attempt) of every claimed job not yet recorded.
     pub in_flight: Mutex<HashMap<String, (JobId, i32)>>,
     pub jobs_done: AtomicU64,
+    /// Wakes the webhook sender: this worker just finished a batch.
+    pub webhooks_due: Notify,
 }
 
 /// What a worker did, returned when it stops.
@@ -155,6 +162,7 @@ impl Worker {
                 renderers,
                 in_flight: Mutex::new(HashMap::new()),
                 jobs_done: AtomicU64::new(0),
+                webhooks_due: Notify::new(),
             }),
         }
     }
@@ -182,6 +190,10 @@ impl Worker {
         tasks.spawn(stages::heartbeat(s.clone(), background.clone()));
         tasks.spawn(stages::move_due_retries(s.clone(), background.clone()));
         tasks.spawn(reconcile::run(s.clone(), background.clone()));
+        // Webhooks stop after the pipeline: its last completions may finish a batch.
+        let webhooks_stop = CancellationToken::new();
+        let webhooks = tokio::spawn(webhooks::run(s.clone(), webhooks_stop.clone()));
+        let _webhooks_guard = AbortOnDrop(webhooks.abort_handle());
         let mut intake = tokio::spawn(intake::run(
             s.clone(),
             permits,
@@ -222,6 +234,15 @@ impl Worker {
         } else {
             0
         };
+        // Deliveries in flight get what is left of the deadline; one cut short stays
+        // due in the record and is sent by another worker after `webhook_retake`.
+        webhooks_stop.cancel();
+        let left = cfg.shutdown_deadline.saturating_sub(started.elapsed());
+        if tokio::time::timeout(left, webhooks).await.is_err() {
+            warn!(
+                "webhook deliveries still running at the deadline; another worker will send them"
+            );
+        }
         background.cancel();
         while tasks.join_next().await.is_some() {}
         if let Err(e) = s.record.worker_stopped(&cfg.id).await {

@@ -426,7 +426,7 @@ async fn cancel_stops_queued_jobs_and_discards_running_ones(env: Env) {
             r#"{"prompt":"q2","width":16,"height":16}"#,
         ])
         .await;
-    assert_eq!(env.record.cancel(queued.batch.0).await.unwrap(), 2);
+    assert_eq!(env.record.cancel(queued.batch.0).await.unwrap().jobs, 2);
     let running = env
         .submit(&[r#"{"prompt":"r","model":"remote/slow","width":16,"height":16}"#])
         .await;
@@ -446,7 +446,7 @@ async fn cancel_stops_queued_jobs_and_discards_running_ones(env: Env) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(env.record.cancel(running.batch.0).await.unwrap(), 1);
+    assert_eq!(env.record.cancel(running.batch.0).await.unwrap().jobs, 1);
     // The render finishes; its result must be discarded and its message forgotten.
     for _ in 0..200 {
         if env.dispatch.backlog().await.unwrap() == 0

@@ -150,3 +150,152 @@ async fn a_finished_batch_posts_a_signed_summary_retried_after_a_500() {
         );
     }
 }
+
+/// Submits `n` 8×8 jobs as one batch with a webhook to `port`; returns the batch and
+/// its job ids.
+async fn submit_with_hook(env: &Env, port: u16, n: usize) -> (renderq::job::BatchId, Vec<String>) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"prompt":"p{i}","width":8,"height":8}}"#))
+        .collect();
+    let jobs = env.jobs(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+    let ids = jobs.iter().map(|j| j.id.to_string()).collect();
+    let done = renderq::submit::submit_with_webhook(
+        env.record.as_ref(),
+        env.dispatch.as_ref(),
+        "hooked",
+        &jobs,
+        3,
+        Some(&format!("http://127.0.0.1:{port}/hook")),
+    )
+    .await
+    .unwrap();
+    (done.batch, ids)
+}
+
+/// Waits until the receiver has seen `n` requests.
+async fn wait_seen(seen: &Mutex<Vec<(String, String)>>, n: usize, within: Duration) {
+    let end = tokio::time::Instant::now() + within;
+    while seen.lock().unwrap().len() < n && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn hook_config() -> renderq::worker::WorkerConfig {
+    renderq::worker::WorkerConfig {
+        webhook_backoff: Duration::from_millis(20),
+        ..fast_config()
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_batchs_last_job_by_its_id_finishes_the_batch_and_sends_its_webhook() {
+    let env = Env::new().await;
+    let (port, seen) = receiver().await;
+    let (batch, ids) = submit_with_hook(&env, port, 2).await;
+    let cancel = |id: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_renderq"))
+            .env_remove("RENDERQ_STORE")
+            .envs(env.vars())
+            .args(["cancel", id])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let first = cancel(&ids[0]);
+    assert!(first.contains("cancelled 1"), "{first}");
+    assert!(!first.contains("finished"), "a job is left: {first}");
+    assert_eq!(env.record.batch_finished_at(batch).await.unwrap(), None);
+    let last = cancel(&ids[1]);
+    assert!(last.contains(&format!("batch {batch} finished")), "{last}");
+    assert!(env.record.batch_finished_at(batch).await.unwrap().is_some());
+
+    // No worker was running when the batch ended; the next one sends the webhook.
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, h) = env.spawn_worker(
+        hook_config(),
+        Arc::new(renderq::store::DirStore::new(dir.path())),
+        renderq::render::Renderers::builtin(0),
+    );
+    wait_seen(&seen, 2, Duration::from_secs(10)).await;
+    stop.cancel();
+    h.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "a 500, then delivered: {seen:?}");
+    let v: serde_json::Value = serde_json::from_str(&seen[1].1).unwrap();
+    assert_eq!(v["batch_id"], batch.to_string());
+    assert_eq!(
+        (v["total"].as_i64(), v["cancelled"].as_i64()),
+        (Some(2), Some(2))
+    );
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT webhook_status FROM renderq.batches WHERE id = $1")
+            .bind(batch.0)
+            .fetch_one(&sqlx::PgPool::connect(&env.db_url).await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(status.as_deref(), Some("delivered (200)"));
+}
+
+/// A worker took the delivery and died before recording its outcome: after
+/// `webhook_retake` another worker sends it, and once recorded it is not due again.
+async fn a_delivery_whose_worker_died_is_sent_by_another(kind: Kind) {
+    let env = Env::with(kind).await;
+    let (port, seen) = receiver().await;
+    let (batch, _) = submit_with_hook(&env, port, 1).await;
+    assert_eq!(env.record.cancel(batch.0).await.unwrap().jobs, 1);
+    assert_eq!(
+        env.record.finish_batches(&[batch]).await.unwrap(),
+        vec![batch]
+    );
+
+    let retake = Duration::from_millis(1500);
+    let took = env.record.take_webhooks(&env.queue, retake, 64).await;
+    assert_eq!(took.unwrap(), vec![batch], "the dying worker takes it");
+    let again = env.record.take_webhooks(&env.queue, retake, 64).await;
+    assert_eq!(again.unwrap(), vec![], "taken: no one else sends it yet");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = renderq::worker::WorkerConfig {
+        webhook_retake: retake,
+        ..hook_config()
+    };
+    let (stop, h) = env.spawn_worker(
+        cfg,
+        Arc::new(renderq::store::DirStore::new(dir.path())),
+        renderq::render::Renderers::builtin(0),
+    );
+    wait_seen(&seen, 2, Duration::from_secs(15)).await;
+    stop.cancel();
+    h.await.unwrap();
+    let bodies: Vec<String> = seen.lock().unwrap().iter().map(|s| s.1.clone()).collect();
+    assert_eq!(bodies.len(), 2, "a 500, then delivered: {bodies:?}");
+    assert!(bodies.iter().all(|b| b.contains(&batch.to_string())));
+    let after = env
+        .record
+        .take_webhooks(&env.queue, Duration::ZERO, 64)
+        .await;
+    assert_eq!(after.unwrap(), vec![], "delivered: no longer due");
+
+    // `renderq retry` reopens the batch; when it ends again, its webhook is due again.
+    env.record.retry_failed(batch, 1).await.unwrap();
+    assert_eq!(
+        env.record.finish_batches(&[batch]).await.unwrap(),
+        vec![batch]
+    );
+    let due = env
+        .record
+        .take_webhooks(&env.queue, Duration::ZERO, 64)
+        .await;
+    assert_eq!(due.unwrap(), vec![batch]);
+}
+
+#[tokio::test]
+async fn a_delivery_whose_worker_died_is_sent_by_another_postgres() {
+    a_delivery_whose_worker_died_is_sent_by_another(Kind::PgRedis).await;
+}
+
+#[tokio::test]
+async fn a_delivery_whose_worker_died_is_sent_by_another_sqlite() {
+    a_delivery_whose_worker_died_is_sent_by_another(Kind::Sqlite).await;
+}

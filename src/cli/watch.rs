@@ -161,9 +161,15 @@ pub async fn cancel(record: &dyn Record, id: &str) -> Result<ExitCode> {
         eprintln!("error: no job or batch {uuid}");
         return Ok(ExitCode::from(2));
     }
-    let n = record.cancel(uuid).await?;
-    record.finish_batches(&[BatchId(uuid)]).await?;
-    println!("cancelled {n} unfinished job(s) of {uuid}");
+    let done = record.cancel(uuid).await?;
+    println!("cancelled {} unfinished job(s) of {uuid}", done.jobs);
+    // Cancelling a batch's last unfinished job ends the batch, whichever id was given.
+    // Its `done` event goes out now; its webhook, if any, is sent by a worker.
+    if let Some(batch) = done.batch
+        && !record.finish_batches(&[batch]).await?.is_empty()
+    {
+        println!("batch {batch} finished");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

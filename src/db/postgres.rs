@@ -20,8 +20,8 @@ use uuid::Uuid;
 use async_trait::async_trait;
 
 use super::{
-    ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob, Outcome, Progress,
-    Record, Recorded, Unfinished, WorkerInfo,
+    Cancelled, ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob, Outcome,
+    Progress, Record, Recorded, Unfinished, WorkerInfo,
 };
 use crate::{
     job::{BatchId, JobId, JobSpec, JobState},
@@ -199,6 +199,31 @@ impl Record for PgRecord {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn take_webhooks(
+        &self,
+        queue: &str,
+        retake_after: Duration,
+        limit: i64,
+    ) -> Result<Vec<BatchId>, DbError> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE renderq.batches SET webhook_taken_at = now()
+             WHERE id IN (
+                 SELECT id FROM renderq.batches
+                 WHERE queue = $1 AND webhook IS NOT NULL AND webhook_status IS NULL
+                   AND finished_at IS NOT NULL
+                   AND (webhook_taken_at IS NULL
+                        OR webhook_taken_at < now() - $2 * interval '1 millisecond')
+                 LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING id",
+        )
+        .bind(queue)
+        .bind(retake_after.as_millis() as f64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(BatchId).collect())
     }
 
     async fn remove_schedule(&self, name: &str) -> Result<bool, DbError> {
@@ -483,16 +508,24 @@ impl Record for PgRecord {
         Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
     }
 
-    /// Cancels a job, or every unfinished job of a batch. Returns how many moved.
-    async fn cancel(&self, id: Uuid) -> Result<u64, DbError> {
-        let done = sqlx::query(
-            "UPDATE renderq.jobs SET state = 'cancelled', finished_at = now()
-             WHERE (id = $1 OR batch_id = $1) AND state IN ('queued', 'retrying', 'running')",
+    /// Cancels a job, or every unfinished job of a batch.
+    async fn cancel(&self, id: Uuid) -> Result<Cancelled, DbError> {
+        let row = sqlx::query(
+            "WITH moved AS (
+                 UPDATE renderq.jobs SET state = 'cancelled', finished_at = now()
+                 WHERE (id = $1 OR batch_id = $1) AND state IN ('queued', 'retrying', 'running')
+                 RETURNING 1)
+             SELECT (SELECT count(*) FROM moved),
+                    COALESCE((SELECT id FROM renderq.batches WHERE id = $1),
+                             (SELECT batch_id FROM renderq.jobs WHERE id = $1))",
         )
         .bind(id)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        Ok(Cancelled {
+            jobs: row.get::<i64, _>(0) as u64,
+            batch: row.get::<Option<Uuid>, _>(1).map(BatchId),
+        })
     }
 
     /// Whether `id` names a batch or a job (for messages to the user).
@@ -690,10 +723,14 @@ impl Record for PgRecord {
         .bind(extra_attempts)
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query("UPDATE renderq.batches SET finished_at = NULL WHERE id = $1")
-            .bind(batch.0)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE renderq.batches
+             SET finished_at = NULL, webhook_status = NULL, webhook_taken_at = NULL
+             WHERE id = $1",
+        )
+        .bind(batch.0)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
     }

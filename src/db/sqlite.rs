@@ -15,8 +15,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob, Outcome, Progress,
-    Record, Recorded, Unfinished, WorkerInfo,
+    Cancelled, ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob, Outcome,
+    Progress, Record, Recorded, Unfinished, WorkerInfo,
 };
 use crate::{
     job::{BatchId, JobId, JobSpec, JobState},
@@ -268,6 +268,32 @@ impl Record for SqliteRecord {
         Ok(())
     }
 
+    async fn take_webhooks(
+        &self,
+        queue: &str,
+        retake_after: Duration,
+        limit: i64,
+    ) -> Result<Vec<BatchId>, DbError> {
+        let now = now_ms();
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE batches SET webhook_taken_at = ?1
+             WHERE id IN (
+                 SELECT id FROM batches
+                 WHERE queue = ?2 AND webhook IS NOT NULL AND webhook_status IS NULL
+                   AND finished_at IS NOT NULL
+                   AND (webhook_taken_at IS NULL OR webhook_taken_at < ?3)
+                 LIMIT ?4)
+             RETURNING id",
+        )
+        .bind(now)
+        .bind(queue)
+        .bind(now - retake_after.as_millis() as i64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter().map(|id| Ok(BatchId(uuid_of(id)?))).collect()
+    }
+
     async fn remove_schedule(&self, name: &str) -> Result<bool, DbError> {
         let done = sqlx::query("DELETE FROM schedules WHERE name = ?")
             .bind(name)
@@ -505,8 +531,10 @@ impl Record for SqliteRecord {
         Ok(released)
     }
 
-    async fn cancel(&self, id: Uuid) -> Result<u64, DbError> {
+    async fn cancel(&self, id: Uuid) -> Result<Cancelled, DbError> {
         let id = id.to_string();
+        let mut con = self.pool.acquire().await?;
+        let mut tx = con.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?
              WHERE (id = ? OR batch_id = ?) AND state IN ('queued', 'retrying', 'running')",
@@ -514,9 +542,20 @@ impl Record for SqliteRecord {
         .bind(now_ms())
         .bind(&id)
         .bind(&id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected())
+        let batch: Option<String> = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT id FROM batches WHERE id = ?1),
+                             (SELECT batch_id FROM jobs WHERE id = ?1))",
+        )
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Cancelled {
+            jobs: done.rows_affected(),
+            batch: batch.map(|b| uuid_of(&b).map(BatchId)).transpose()?,
+        })
     }
 
     async fn exists(&self, id: Uuid) -> Result<bool, DbError> {
@@ -679,10 +718,13 @@ impl Record for SqliteRecord {
         .bind(extra_attempts)
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query("UPDATE batches SET finished_at = NULL WHERE id = ?")
-            .bind(batch.to_string())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE batches SET finished_at = NULL, webhook_status = NULL, webhook_taken_at = NULL
+             WHERE id = ?",
+        )
+        .bind(batch.to_string())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         rows.iter()
             .map(|r| Ok(JobId(uuid_of(&r.get::<String, _>(0))?)))

@@ -360,13 +360,11 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
             let touched: Vec<_> = touched.into_iter().collect();
             match s.record.finish_batches(&touched).await {
                 Ok(finished) => {
-                    for b in finished {
+                    for b in &finished {
                         tracing::info!(batch = %b, "batch finished");
-                        tokio::spawn(crate::webhook::deliver(
-                            s.record.clone(),
-                            b,
-                            s.cfg.webhook_backoff,
-                        ));
+                    }
+                    if !finished.is_empty() {
+                        s.webhooks_due.notify_one();
                     }
                 }
                 Err(e) => warn!("checking whether batches finished failed: {e}"),
