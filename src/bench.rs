@@ -41,6 +41,7 @@ pub async fn run(g: &Global, args: BenchArgs) -> Result<ExitCode> {
     let mut g = g.clone();
     g.queue = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let (record, dispatch) = connect(&g, WorkerConfig::default().lease).await?;
+    println!("queue: {}", g.queue);
     let store: Arc<dyn store::Store> = Arc::from(store::open(&g.store).await?);
 
     let dir = tempfile::tempdir()?;
@@ -75,7 +76,13 @@ pub async fn run(g: &Global, args: BenchArgs) -> Result<ExitCode> {
         max_batch: args.max_batch,
         ..WorkerConfig::default()
     };
-    let worker = Worker::new(cfg, record.clone(), dispatch, store, Renderers::builtin(0));
+    let worker = Worker::new(
+        cfg,
+        record.clone(),
+        dispatch.clone(),
+        store,
+        Renderers::builtin(0),
+    );
     let shutdown = CancellationToken::new();
     let t = Instant::now();
     let handle = tokio::spawn(worker.run(shutdown.clone()));
@@ -101,6 +108,8 @@ pub async fn run(g: &Global, args: BenchArgs) -> Result<ExitCode> {
     );
     shutdown.cancel();
     handle.await?;
+    // The queue was the bench's own: leave nothing of it in Redis.
+    dispatch.discard().await?;
     if p.succeeded != p.total {
         anyhow::bail!(
             "not every job succeeded: {} of {} ({} failed, {} cancelled)",

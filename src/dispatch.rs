@@ -98,6 +98,11 @@ pub trait Dispatch: Send + Sync {
     async fn schedule(&self, job: JobId, due_ms: i64) -> Result<(), DispatchError>;
     /// Messages waiting or in flight (for status and tests).
     async fn backlog(&self) -> Result<usize, DispatchError>;
+    /// Deletes what dispatch keeps for this queue outside the record. Only for a
+    /// queue no one else uses: `renderq bench` removes its own when it ends.
+    async fn discard(&self) -> Result<(), DispatchError> {
+        Ok(())
+    }
 }
 
 /// For dispatch that polls (the database backends): tries `take` until it returns

@@ -238,3 +238,38 @@ conformance!(
     sigterm_drains_in_flight_jobs_and_exits_zero,
     past_the_shutdown_deadline_unfinished_jobs_are_released,
 );
+
+#[tokio::test]
+async fn bench_prints_its_figures_and_leaves_nothing_in_redis() {
+    let env = Env::new().await;
+    let store = tempfile::tempdir().unwrap();
+    let out = renderq(&env)
+        .args([
+            "bench",
+            "--jobs",
+            "300",
+            "--concurrency",
+            "64",
+            "--max-batch",
+            "16",
+        ])
+        .env("RENDERQ_STORE", store.path())
+        .output()
+        .unwrap();
+    let (code, text) = exit_and_text(out);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("submit: 300 jobs in"), "{text}");
+    assert!(text.contains("drain: 300 jobs in"), "{text}");
+    let queue = text
+        .lines()
+        .find_map(|l| l.strip_prefix("queue: "))
+        .unwrap_or_else(|| panic!("no queue line: {text}"));
+    assert!(queue.starts_with("bench-"), "{queue}");
+    let mut redis = env.redis().await;
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("renderq:{{{queue}}}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "the bench's queue left {left:?}");
+}

@@ -602,4 +602,12 @@ impl Dispatch for RedisDispatch {
         }
         Ok(total)
     }
+
+    async fn discard(&self) -> Result<(), DispatchError> {
+        let mut keys = self.streams().await?;
+        keys.extend([self.batches.clone(), self.delayed.clone()]);
+        let mut con = self.con.clone();
+        con.del::<_, ()>(&keys).await?;
+        Ok(())
+    }
 }
