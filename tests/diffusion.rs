@@ -12,7 +12,9 @@ use renderq::{
     job::JobId,
     render::{
         RenderError, RenderRequest, Renderer, Renderers,
-        diffusion::{Architecture, DiffusionRenderer, WeightSource, tiny, weights},
+        diffusion::{
+            Architecture, DiffusionRenderer, Pipeline, Sample, WeightSource, tiny, weights,
+        },
     },
 };
 
@@ -97,6 +99,38 @@ async fn a_mixed_batch_gives_the_images_of_its_jobs_rendered_alone() {
     assert!(
         max_diff(&together[0], &together[1]) > 8 && max_diff(&together[1], &together[2]) > 8,
         "each job got its own prompt and seed"
+    );
+}
+
+#[test]
+fn a_text_that_recurs_in_a_batch_is_encoded_once() {
+    let dir = model_dir();
+    let arch = tiny::architecture(1);
+    let files = weights::local("tiny", &arch, dir.path()).unwrap();
+    let pipeline = Pipeline::load(arch, &files, Device::Cpu, DType::F32).unwrap();
+    let sample = |prompt: &str, seed| Sample {
+        prompt: prompt.into(),
+        negative_prompt: String::new(),
+        seed,
+    };
+    let batch = [
+        sample("a teal armchair", 1),
+        sample("a teal armchair", 2),
+        sample("a brass lamp", 3),
+    ];
+    let (together, timings) = pipeline.render(&batch, 32, 24, 3, 5.0).unwrap();
+    // Two prompts and one (empty) negative prompt, not six encoder runs.
+    assert_eq!(timings.texts_encoded, 3);
+    for (sample, image) in batch.iter().zip(&together) {
+        let (alone, t) = pipeline
+            .render(std::slice::from_ref(sample), 32, 24, 3, 5.0)
+            .unwrap();
+        assert_eq!(t.texts_encoded, 2);
+        assert!(max_diff(image, &alone[0]) <= 1, "seed {}", sample.seed);
+    }
+    assert!(
+        max_diff(&together[0], &together[1]) > 8,
+        "one prompt, two seeds: two images"
     );
 }
 

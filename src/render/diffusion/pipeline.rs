@@ -3,6 +3,7 @@
 //! prompt and seed, in one forward pass per step.
 
 use std::{
+    collections::HashMap,
     path::Path,
     time::{Duration, Instant},
 };
@@ -85,6 +86,9 @@ pub struct Timings {
     pub text: Duration,
     pub denoise: Duration,
     pub decode: Duration,
+    /// Distinct texts (prompts and negative prompts) put through the text encoders:
+    /// a text that recurs in a batch (an empty negative prompt, most often) once.
+    pub texts_encoded: usize,
 }
 
 pub struct Pipeline {
@@ -222,18 +226,30 @@ impl Pipeline {
         let mut timings = Timings::default();
         let started = Instant::now();
         let guided = guidance > 1.0;
+        let mut embedded: HashMap<String, Tensor> = HashMap::new();
+        let mut encoded = 0;
+        let mut embed = |text: &str| -> Result<Tensor, PipelineError> {
+            if let Some(t) = embedded.get(text) {
+                return Ok(t.clone()); // shares the storage: no copy
+            }
+            let t = self.embed(text)?;
+            encoded += 1;
+            embedded.insert(text.to_string(), t.clone());
+            Ok(t)
+        };
         let cond: Vec<Tensor> = samples
             .iter()
-            .map(|s| self.embed(&s.prompt))
+            .map(|s| embed(&s.prompt))
             .collect::<Result<_, _>>()?;
         let mut context = Tensor::cat(&cond, 0)?;
         if guided {
             let uncond: Vec<Tensor> = samples
                 .iter()
-                .map(|s| self.embed(&s.negative_prompt))
+                .map(|s| embed(&s.negative_prompt))
                 .collect::<Result<_, _>>()?;
             context = Tensor::cat(&[Tensor::cat(&uncond, 0)?, context], 0)?;
         }
+        timings.texts_encoded = encoded;
         timings.text = started.elapsed();
 
         let started = Instant::now();
