@@ -38,6 +38,15 @@ pub struct NewJob {
     pub spec: JobSpec,
 }
 
+/// A batch's webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: String,
+    /// The delivery's outcome (`delivered (200)`, `refused with 404`, …); `None`
+    /// until one is recorded.
+    pub status: Option<String>,
+}
+
 /// What `cancel` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cancelled {
@@ -200,7 +209,8 @@ pub trait Record: Send + Sync {
     async fn remove_schedule(&self, name: &str) -> Result<bool, DbError>;
     /// Sets the URL a batch's summary is POSTed to when it finishes.
     async fn set_webhook(&self, batch: BatchId, url: &str) -> Result<(), DbError>;
-    async fn webhook(&self, batch: BatchId) -> Result<Option<String>, DbError>;
+    /// The batch's webhook and what became of its delivery; `None` without one.
+    async fn webhook(&self, batch: BatchId) -> Result<Option<Webhook>, DbError>;
     /// Records what became of a batch's webhook delivery; it is then no longer due.
     async fn set_webhook_status(&self, batch: BatchId, status: &str) -> Result<(), DbError>;
     /// Takes up to `limit` due webhook deliveries of `queue`: finished batches with a

@@ -40,7 +40,7 @@ pub fn validate(url: &str) -> Result<(), String> {
 /// caller: the outcome is logged and recorded.
 pub async fn deliver(record: Arc<dyn Record>, batch: BatchId, backoff: Duration) {
     let url = match record.webhook(batch).await {
-        Ok(Some(url)) => url,
+        Ok(Some(hook)) => hook.url,
         Ok(None) => return,
         Err(e) => {
             warn!(%batch, "webhook: cannot read the batch: {e}");

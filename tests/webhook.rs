@@ -192,16 +192,23 @@ async fn cancelling_a_batchs_last_job_by_its_id_finishes_the_batch_and_sends_its
     let env = Env::new().await;
     let (port, seen) = receiver().await;
     let (batch, ids) = submit_with_hook(&env, port, 2).await;
-    let cancel = |id: &str| {
+    let renderq = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_renderq"))
             .env_remove("RENDERQ_STORE")
             .envs(env.vars())
-            .args(["cancel", id])
+            .args(args)
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).to_string()
     };
+    let cancel = |id: &str| renderq(&["cancel", id]);
+    let hook_line = format!("webhook http://127.0.0.1:{port}/hook: ");
+    let status = renderq(&["status", &batch.to_string()]);
+    assert!(
+        status.contains(&format!("{hook_line}sent when the batch finishes")),
+        "{status}"
+    );
     let first = cancel(&ids[0]);
     assert!(first.contains("cancelled 1"), "{first}");
     let finished = format!("batch {batch} finished");
@@ -210,6 +217,8 @@ async fn cancelling_a_batchs_last_job_by_its_id_finishes_the_batch_and_sends_its
     let last = cancel(&ids[1]);
     assert!(last.contains(&finished), "{last}");
     assert!(env.record.batch_finished_at(batch).await.unwrap().is_some());
+    let status = renderq(&["status", &batch.to_string()]);
+    assert!(status.contains(&format!("{hook_line}due")), "{status}");
 
     // No worker was running when the batch ended; the next one sends the webhook.
     let dir = tempfile::tempdir().unwrap();
@@ -236,6 +245,11 @@ async fn cancelling_a_batchs_last_job_by_its_id_finishes_the_batch_and_sends_its
             .await
             .unwrap();
     assert_eq!(status.as_deref(), Some("delivered (200)"));
+    let status = renderq(&["status", &batch.to_string()]);
+    assert!(
+        status.contains(&format!("{hook_line}delivered (200)")),
+        "{status}"
+    );
 }
 
 /// A worker took the delivery and died before recording its outcome: after

@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{
     db::{Progress, Record},
     job::BatchId,
+    redact::redact_url,
 };
 
 fn parse_batch(text: &str) -> Result<BatchId> {
@@ -81,6 +82,14 @@ pub async fn status(record: &dyn Record, queue: &str, batch: Option<String>) -> 
             line.push_str(&format!(", about {} left", human(left)));
         }
         println!("{line}");
+    }
+    if let Some(hook) = record.webhook(id).await? {
+        let state = match (&hook.status, p.done) {
+            (Some(status), _) => status.clone(),
+            (None, true) => "due: a worker on the batch's queue sends it".into(),
+            (None, false) => "sent when the batch finishes".into(),
+        };
+        println!("  webhook {}: {state}", redact_url(&hook.url));
     }
     if p.failed > 0 {
         println!("failed jobs (first 20):");

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 
 use super::{
     Cancelled, ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob, Outcome,
-    Progress, Record, Recorded, Unfinished, WorkerInfo,
+    Progress, Record, Recorded, Unfinished, Webhook, WorkerInfo,
 };
 use crate::{
     job::{BatchId, JobId, JobSpec, JobState},
@@ -182,14 +182,18 @@ impl Record for PgRecord {
         Ok(())
     }
 
-    async fn webhook(&self, batch: BatchId) -> Result<Option<String>, DbError> {
-        Ok(
-            sqlx::query_scalar("SELECT webhook FROM renderq.batches WHERE id = $1")
-                .bind(batch.0)
-                .fetch_optional(&self.pool)
-                .await?
-                .flatten(),
+    async fn webhook(&self, batch: BatchId) -> Result<Option<Webhook>, DbError> {
+        let row = sqlx::query(
+            "SELECT webhook, webhook_status FROM renderq.batches
+             WHERE id = $1 AND webhook IS NOT NULL",
         )
+        .bind(batch.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| Webhook {
+            url: r.get(0),
+            status: r.get(1),
+        }))
     }
 
     async fn set_webhook_status(&self, batch: BatchId, status: &str) -> Result<(), DbError> {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{
     Cancelled, ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob, Outcome,
-    Progress, Record, Recorded, Unfinished, WorkerInfo,
+    Progress, Record, Recorded, Unfinished, Webhook, WorkerInfo,
 };
 use crate::{
     job::{BatchId, JobId, JobSpec, JobState},
@@ -249,14 +249,17 @@ impl Record for SqliteRecord {
         Ok(())
     }
 
-    async fn webhook(&self, batch: BatchId) -> Result<Option<String>, DbError> {
-        Ok(
-            sqlx::query_scalar("SELECT webhook FROM batches WHERE id = ?")
-                .bind(batch.to_string())
-                .fetch_optional(&self.pool)
-                .await?
-                .flatten(),
+    async fn webhook(&self, batch: BatchId) -> Result<Option<Webhook>, DbError> {
+        let row = sqlx::query(
+            "SELECT webhook, webhook_status FROM batches WHERE id = ? AND webhook IS NOT NULL",
         )
+        .bind(batch.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| Webhook {
+            url: r.get(0),
+            status: r.get(1),
+        }))
     }
 
     async fn set_webhook_status(&self, batch: BatchId, status: &str) -> Result<(), DbError> {
