@@ -9,7 +9,8 @@
 //!   ▼                                                                  ▼
 //! Postgres ◀──────── completions in batches, fenced by attempt ── complete ──▶ XACK+XDEL
 //! heartbeat: renews this worker's leases; mover: dispatches due retries;
-//! reconciler (one leader): re-dispatches what the record has and dispatch lost
+//! reconciler (one leader): re-dispatches what the record has and dispatch lost;
+//! webhooks: sends the due webhooks of finished batches
 //! ```
 //!
 //! `--concurrency` permits bound the jobs between intake and complete.

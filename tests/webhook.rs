@@ -314,3 +314,27 @@ async fn a_delivery_whose_worker_died_is_sent_by_another_postgres() {
 async fn a_delivery_whose_worker_died_is_sent_by_another_sqlite() {
     a_delivery_whose_worker_died_is_sent_by_another(Kind::Sqlite).await;
 }
+
+/// `renderq run` stops its worker as soon as the batch is done: the delivery, retried
+/// after the receiver's 500, must finish before the process exits.
+#[tokio::test]
+async fn renderq_run_exits_after_its_webhook_is_delivered() {
+    let (port, seen) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = format!("http://127.0.0.1:{port}/hook");
+    let mut cmd = run_one_job(dir.path(), r#"{"prompt":"a","width":8,"height":8}"#);
+    cmd.args(["--webhook", &hook]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let (code, text) = exit_and_text(out);
+    assert_eq!(code, Some(0), "{text}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        2,
+        "a 500, then delivered, before the exit: {seen:?}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&seen[1].1).unwrap();
+    assert_eq!(v["succeeded"], 1);
+}
