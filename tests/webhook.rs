@@ -9,6 +9,10 @@ use std::{
 };
 
 use common::*;
+use renderq::{
+    db::{ClaimRequest, Outcome},
+    job::JobId,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A receiver that answers 500 to the first request and 200 after; keeps
@@ -257,7 +261,23 @@ async fn cancelling_a_batchs_last_job_by_its_id_finishes_the_batch_and_sends_its
 async fn a_delivery_whose_worker_died_is_sent_by_another(kind: Kind) {
     let env = Env::with(kind).await;
     let (port, seen) = receiver().await;
-    let (batch, _) = submit_with_hook(&env, port, 1).await;
+    let (batch, ids) = submit_with_hook(&env, port, 2).await;
+    // One job fails for good, the other is cancelled: the batch ends.
+    let failing = JobId(ids[0].parse().unwrap());
+    let request = ClaimRequest {
+        id: failing,
+        takeover: false,
+    };
+    let claimed = env.record.claim(&[request], "test").await.unwrap();
+    let failure = Outcome::Failed {
+        error: "weights missing".into(),
+        retry: false,
+        backoff_ms: 0,
+    };
+    env.record
+        .record_outcomes(&[(failing, claimed[0].attempt, failure)])
+        .await
+        .unwrap();
     assert_eq!(env.record.cancel(batch.0).await.unwrap().jobs, 1);
     assert_eq!(
         env.record.finish_batches(&[batch]).await.unwrap(),
@@ -292,17 +312,30 @@ async fn a_delivery_whose_worker_died_is_sent_by_another(kind: Kind) {
         .await;
     assert_eq!(after.unwrap(), vec![], "delivered: no longer due");
 
-    // `renderq retry` reopens the batch; when it ends again, its webhook is due again.
-    env.record.retry_failed(batch, 1).await.unwrap();
+    // `renderq retry` reopens the batch: its webhook is due again when it ends again.
+    let take_now = || env.record.take_webhooks(&env.queue, Duration::ZERO, 64);
+    assert_eq!(
+        env.record.retry_failed(batch, 1).await.unwrap(),
+        vec![failing]
+    );
+    assert_eq!(env.record.batch_finished_at(batch).await.unwrap(), None);
+    assert_eq!(take_now().await.unwrap(), vec![], "not due while it runs");
+    assert_eq!(env.record.cancel(batch.0).await.unwrap().jobs, 1);
     assert_eq!(
         env.record.finish_batches(&[batch]).await.unwrap(),
         vec![batch]
     );
-    let due = env
-        .record
-        .take_webhooks(&env.queue, Duration::ZERO, 64)
-        .await;
-    assert_eq!(due.unwrap(), vec![batch]);
+    assert_eq!(take_now().await.unwrap(), vec![batch], "due again");
+
+    // A retry with nothing to requeue leaves the batch finished: nothing would end
+    // it again, and its delivered webhook is not sent twice.
+    env.record
+        .set_webhook_status(batch, "delivered (200)")
+        .await
+        .unwrap();
+    assert!(env.record.retry_failed(batch, 1).await.unwrap().is_empty());
+    assert!(env.record.batch_finished_at(batch).await.unwrap().is_some());
+    assert_eq!(take_now().await.unwrap(), vec![]);
 }
 
 #[tokio::test]

@@ -727,14 +727,17 @@ impl Record for PgRecord {
         .bind(extra_attempts)
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query(
-            "UPDATE renderq.batches
-             SET finished_at = NULL, webhook_status = NULL, webhook_taken_at = NULL
-             WHERE id = $1",
-        )
-        .bind(batch.0)
-        .execute(&mut *tx)
-        .await?;
+        // Reopened only when a job was requeued: nothing else would finish it again.
+        if !rows.is_empty() {
+            sqlx::query(
+                "UPDATE renderq.batches
+                 SET finished_at = NULL, webhook_status = NULL, webhook_taken_at = NULL
+                 WHERE id = $1",
+            )
+            .bind(batch.0)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
     }

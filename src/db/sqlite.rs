@@ -721,13 +721,16 @@ impl Record for SqliteRecord {
         .bind(extra_attempts)
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query(
-            "UPDATE batches SET finished_at = NULL, webhook_status = NULL, webhook_taken_at = NULL
-             WHERE id = ?",
-        )
-        .bind(batch.to_string())
-        .execute(&mut *tx)
-        .await?;
+        // Reopened only when a job was requeued: nothing else would finish it again.
+        if !rows.is_empty() {
+            sqlx::query(
+                "UPDATE batches SET finished_at = NULL, webhook_status = NULL, webhook_taken_at = NULL
+                 WHERE id = ?",
+            )
+            .bind(batch.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         rows.iter()
             .map(|r| Ok(JobId(uuid_of(&r.get::<String, _>(0))?)))
