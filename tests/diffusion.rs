@@ -24,12 +24,20 @@ fn model_dir() -> tempfile::TempDir {
     dir
 }
 
+/// The device the tests render on: `RENDERQ_TEST_DEVICE` (`cpu` unless set;
+/// `scripts/gpu-check.sh` sets `cuda:0`), always in f32 so a batch and its jobs
+/// rendered alone agree to rounding.
+fn device() -> Device {
+    let spec = std::env::var("RENDERQ_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    renderq::render::diffusion::device(&spec).expect("RENDERQ_TEST_DEVICE")
+}
+
 fn renderer(dir: &Path) -> DiffusionRenderer {
     DiffusionRenderer::new(
         "sd-turbo",
         tiny::architecture(1),
         WeightSource::Local(dir.to_path_buf()),
-        Device::Cpu,
+        device(),
         DType::F32,
     )
 }
@@ -107,7 +115,7 @@ fn a_text_that_recurs_in_a_batch_is_encoded_once() {
     let dir = model_dir();
     let arch = tiny::architecture(1);
     let files = weights::local("tiny", &arch, dir.path()).unwrap();
-    let pipeline = Pipeline::load(arch, &files, Device::Cpu, DType::F32).unwrap();
+    let pipeline = Pipeline::load(arch, &files, device(), DType::F32).unwrap();
     let sample = |prompt: &str, seed| Sample {
         prompt: prompt.into(),
         negative_prompt: String::new(),

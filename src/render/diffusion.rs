@@ -5,14 +5,15 @@
 //! together, one UNet call per step, each with its own prompt, negative prompt and
 //! seed. Weights load on the first job (a missing or corrupt file fails the job with
 //! an Abort naming the file). A batch that runs out of device memory is split in two
-//! and each half tried again, down to single jobs.
+//! and each half tried again, down to single jobs; later batches of that shape start
+//! below the size that failed.
 
 pub mod arch;
 pub mod pipeline;
 pub mod tiny;
 pub mod weights;
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use async_trait::async_trait;
 use candle_core::{DType, Device};
@@ -71,6 +72,9 @@ pub fn default_dtype(device: &Device) -> DType {
     }
 }
 
+/// By (width, height, guided): the smallest batch size that ran out of memory.
+type TooBig = HashMap<(u32, u32, bool), usize>;
+
 pub struct DiffusionRenderer {
     model: String,
     arch: Architecture,
@@ -78,6 +82,7 @@ pub struct DiffusionRenderer {
     device: Device,
     dtype: DType,
     loaded: tokio::sync::Mutex<Option<Arc<Pipeline>>>,
+    too_big: Arc<std::sync::Mutex<TooBig>>,
 }
 
 impl DiffusionRenderer {
@@ -95,6 +100,7 @@ impl DiffusionRenderer {
             device,
             dtype,
             loaded: tokio::sync::Mutex::new(None),
+            too_big: Arc::default(),
         }
     }
 
@@ -140,27 +146,41 @@ impl DiffusionRenderer {
     }
 }
 
-/// Renders, splitting the batch in halves while the device runs out of memory.
-pub fn render_splitting(
-    pipeline: &Pipeline,
+/// What one device call makes of a batch: its images, or why it failed.
+pub type BatchOutcome = Result<Vec<RgbImage>, PipelineError>;
+
+/// Renders `samples` with `render`, splitting the batch in halves while the device runs
+/// out of memory, down to single jobs (then `Retry`). `too_big` is the smallest batch
+/// size that ran out of memory so far: later batches start below it instead of failing
+/// at full size again. Generic over the device call so the splitting is testable
+/// without a GPU.
+pub fn render_splitting<F>(
     samples: &[Sample],
-    (width, height, steps, guidance): (u32, u32, u32, f64),
-) -> Vec<Result<RgbImage, RenderError>> {
-    match pipeline.render(samples, width, height, steps, guidance) {
-        Ok((images, _)) => images.into_iter().map(Ok).collect(),
+    too_big: &mut Option<usize>,
+    render: &F,
+) -> Vec<Result<RgbImage, RenderError>>
+where
+    F: Fn(&[Sample]) -> BatchOutcome,
+{
+    let halves = |too_big: &mut Option<usize>| {
+        let (a, b) = samples.split_at(samples.len() / 2);
+        let mut out = render_splitting(a, too_big, render);
+        out.extend(render_splitting(b, too_big, render));
+        out
+    };
+    if samples.len() > 1 && too_big.is_some_and(|limit| samples.len() >= limit) {
+        return halves(too_big);
+    }
+    match render(samples) {
+        Ok(images) => images.into_iter().map(Ok).collect(),
         Err(PipelineError::OutOfMemory(e)) if samples.len() > 1 => {
             tracing::warn!(
                 n = samples.len(),
-                "out of device memory; splitting the batch: {e}"
+                "out of device memory; splitting the batch, and later batches of this \
+                 shape start smaller: {e}"
             );
-            let (a, b) = samples.split_at(samples.len() / 2);
-            let mut out = render_splitting(pipeline, a, (width, height, steps, guidance));
-            out.extend(render_splitting(
-                pipeline,
-                b,
-                (width, height, steps, guidance),
-            ));
-            out
+            *too_big = Some(too_big.map_or(samples.len(), |t| t.min(samples.len())));
+            halves(too_big)
         }
         Err(PipelineError::OutOfMemory(e)) => samples
             .iter()
@@ -205,12 +225,130 @@ impl Renderer for DiffusionRenderer {
             first.guidance.unwrap_or(self.arch.default_guidance),
         );
         let n = batch.len();
-        tokio::task::spawn_blocking(move || render_splitting(&pipeline, &samples, shape))
-            .await
-            .unwrap_or_else(|e| {
-                (0..n)
-                    .map(|_| Err(RenderError::Abort(format!("rendering panicked: {e}"))))
-                    .collect()
+        let (width, height, steps, guidance) = shape;
+        // Memory grows with the pixels and doubles under classifier-free guidance.
+        let memory_shape = (width, height, guidance > 1.0);
+        let too_big_sizes = self.too_big.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut too_big = too_big_sizes.lock().unwrap().get(&memory_shape).copied();
+            let images = render_splitting(&samples, &mut too_big, &|s: &[Sample]| {
+                pipeline
+                    .render(s, width, height, steps, guidance)
+                    .map(|(images, _)| images)
+            });
+            if let Some(limit) = too_big {
+                too_big_sizes.lock().unwrap().insert(memory_shape, limit);
+            }
+            images
+        })
+        .await
+        .unwrap_or_else(|e| {
+            (0..n)
+                .map(|_| Err(RenderError::Abort(format!("rendering panicked: {e}"))))
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use image::Rgb;
+
+    use super::*;
+
+    fn samples(n: u64) -> Vec<Sample> {
+        (0..n)
+            .map(|seed| Sample {
+                prompt: format!("prompt {seed}"),
+                negative_prompt: String::new(),
+                seed,
             })
+            .collect()
+    }
+
+    /// A device that fits `fits` images per call: it records each call's size and
+    /// paints each image with its sample's seed, so order can be checked.
+    fn device_fitting(
+        fits: usize,
+        calls: &Mutex<Vec<usize>>,
+    ) -> impl Fn(&[Sample]) -> BatchOutcome {
+        move |batch| {
+            calls.lock().unwrap().push(batch.len());
+            if batch.len() > fits {
+                return Err(PipelineError::OutOfMemory(
+                    "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+                ));
+            }
+            Ok(batch
+                .iter()
+                .map(|s| RgbImage::from_pixel(1, 1, Rgb([s.seed as u8, 0, 0])))
+                .collect())
+        }
+    }
+
+    fn seeds(out: &[Result<RgbImage, RenderError>]) -> Vec<u8> {
+        out.iter()
+            .map(|r| r.as_ref().expect("rendered").get_pixel(0, 0).0[0])
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_that_does_not_fit_is_split_until_it_does_and_keeps_its_order() {
+        let calls = Mutex::new(Vec::new());
+        let mut too_big = None;
+        let out = render_splitting(&samples(8), &mut too_big, &device_fitting(2, &calls));
+        assert_eq!(seeds(&out), (0..8).collect::<Vec<u8>>());
+        // The second half starts at 2: the first half taught it that 4 does not fit.
+        assert_eq!(*calls.lock().unwrap(), vec![8, 4, 2, 2, 2, 2]);
+        assert_eq!(too_big, Some(4), "the smallest size that failed");
+    }
+
+    #[test]
+    fn later_batches_start_below_the_size_that_ran_out_of_memory() {
+        let calls = Mutex::new(Vec::new());
+        let mut too_big = Some(4);
+        let out = render_splitting(&samples(8), &mut too_big, &device_fitting(3, &calls));
+        assert_eq!(seeds(&out), (0..8).collect::<Vec<u8>>());
+        assert_eq!(*calls.lock().unwrap(), vec![2, 2, 2, 2], "no call runs out");
+        assert_eq!(too_big, Some(4));
+        // A batch below the limit goes in one call.
+        calls.lock().unwrap().clear();
+        let out = render_splitting(&samples(3), &mut too_big, &device_fitting(3, &calls));
+        assert_eq!(seeds(&out), vec![0, 1, 2]);
+        assert_eq!(*calls.lock().unwrap(), vec![3]);
+    }
+
+    #[test]
+    fn one_image_that_does_not_fit_is_retried_later_not_failed() {
+        let calls = Mutex::new(Vec::new());
+        let mut too_big = None;
+        let out = render_splitting(&samples(2), &mut too_big, &device_fitting(0, &calls));
+        assert_eq!(out.len(), 2);
+        for r in &out {
+            match r {
+                Err(RenderError::Retry(e)) => assert!(e.contains("out of device memory"), "{e}"),
+                other => panic!("expected Retry, got {other:?}"),
+            }
+        }
+        assert_eq!(*calls.lock().unwrap(), vec![2, 1, 1]);
+    }
+
+    #[test]
+    fn other_device_errors_fail_the_whole_batch_without_splitting() {
+        let calls = Mutex::new(Vec::new());
+        let render = |batch: &[Sample]| {
+            calls.lock().unwrap().push(batch.len());
+            Err(PipelineError::Device("unsupported dtype".into()))
+        };
+        let mut too_big = None;
+        let out = render_splitting(&samples(3), &mut too_big, &render);
+        assert_eq!(*calls.lock().unwrap(), vec![3]);
+        assert!(
+            out.iter()
+                .all(|r| matches!(r, Err(RenderError::Abort(e)) if e == "unsupported dtype"))
+        );
+        assert_eq!(too_big, None);
     }
 }

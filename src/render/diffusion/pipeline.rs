@@ -42,13 +42,30 @@ pub enum PipelineError {
 impl From<candle_core::Error> for PipelineError {
     fn from(e: candle_core::Error) -> Self {
         let text = e.to_string();
-        let lower = text.to_lowercase();
-        if lower.contains("out of memory") || lower.contains("out_of_memory") {
+        if is_out_of_memory(&text) {
             PipelineError::OutOfMemory(text)
         } else {
             PipelineError::Device(text)
         }
     }
+}
+
+/// Whether a device error means the batch did not fit, as CUDA (`DriverError(
+/// CUDA_ERROR_OUT_OF_MEMORY, "out of memory")`), cuBLAS and cuDNN (`…_ALLOC_FAILED`)
+/// and Metal (a buffer it could not create, or a command buffer that ran out of
+/// memory) word it.
+pub fn is_out_of_memory(error: &str) -> bool {
+    let lower = error.to_lowercase();
+    [
+        "out of memory",
+        "out_of_memory",
+        "outofmemory",
+        "alloc_failed",
+        "insufficient memory",
+        "failed to create metal resource: buffer",
+    ]
+    .iter()
+    .any(|sign| lower.contains(sign))
 }
 
 enum TextModel {
@@ -300,5 +317,31 @@ impl Pipeline {
         }
         timings.decode = started.elapsed();
         Ok((images, timings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_out_of_memory;
+
+    #[test]
+    fn device_errors_that_mean_the_batch_did_not_fit_are_recognised() {
+        for oom in [
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            "CublasError(CUBLAS_STATUS_ALLOC_FAILED)",
+            "CudnnError(CUDNN_STATUS_ALLOC_FAILED)",
+            "Failed to create metal resource: Buffer",
+            "Command buffer had following error: Insufficient Memory \
+             (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)",
+        ] {
+            assert!(is_out_of_memory(oom), "{oom}");
+        }
+        for other in [
+            "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access was encountered\")",
+            "shape mismatch in matmul, lhs: [2, 77, 768], rhs: [512, 320]",
+            "Failed to create metal resource: CommandQueue",
+        ] {
+            assert!(!is_out_of_memory(other), "{other}");
+        }
     }
 }

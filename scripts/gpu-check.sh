@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs on a machine with an NVIDIA GPU and no Rust: the diffusion tests on cuda:0,
+# then the diffusion benchmark at SD-Turbo size (512x512, the tiny model's channels
+# x10, 4 steps) in f16 and bf16, from the binaries scripts/gpu-build.sh put in gpu/.
+# Needs the driver, and CUDA 13's cuBLAS, cuRAND and NVRTC (a Python environment's
+# nvidia wheels or a system install). Logs go to $OUT (default gpu/out).
+#
+#   scripts/gpu-check.sh             # on the GPU machine
+#   scripts/gpu-check.sh --dry-run   # here: the same binaries on the CPU, 64x64
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu/out}
+mkdir -p "$out"
+device=cuda:0 size=512 width=10 dtypes="f16 bf16"
+if [ "${1:-}" = --dry-run ]; then
+  device=cpu size=64 width=1 dtypes=f32
+  # The stub libcuda the build linked against stands in for the driver here.
+  export LD_LIBRARY_PATH=${RENDERQ_CUDA_DIR:-$HOME/.cache/renderq/cuda-13.0}/nvidia/cu13/lib/stubs
+fi
+# Where the CUDA libraries are: the first directory holding each.
+for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13; do
+  found=$(find /opt /usr /root "$HOME" -name "$lib" 2>/dev/null | head -1)
+  if [ -z "$found" ]; then echo "gpu-check: $lib not found" >&2; exit 1; fi
+  LD_LIBRARY_PATH=$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+done
+export LD_LIBRARY_PATH
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
+  ldd gpu/diffusion-tests | grep -E 'libcuda|cublas|curand|nvrtc'
+} | tee "$out/machine.txt"
+status=0
+# the_binary_reports… runs target/…/renderq, which stays on the build machine.
+RENDERQ_TEST_DEVICE=$device timeout 300 gpu/diffusion-tests \
+  --skip the_binary_reports_missing_weights_and_bad_settings --test-threads 1 2>&1 |
+  tee "$out/tests.txt" || status=1
+for dtype in $dtypes; do
+  timeout 240 gpu/diffusion-bench --device "$device" --size "$size" --width "$width" \
+    --dtype "$dtype" 2>&1 | tee "$out/bench-$dtype.txt" || status=1
+done
+exit $status
