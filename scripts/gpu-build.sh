@@ -8,17 +8,18 @@
 # $RENDERQ_CUDA_DIR (default ~/.cache/renderq/cuda-13.0). candle links libcuda, which
 # only a driver installs, so a stub with the driver's symbols stands in for it at link
 # time; the GPU machine's driver provides the real one. Kernels are compiled for
-# CUDA_COMPUTE_CAP (default 90: H100/H200). Binaries go to gpu/ (git-ignored).
+# CUDA_COMPUTE_CAP (default 90: H100/H200). Binaries go to gpu/ (git-ignored), xz-compressed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cuda=${RENDERQ_CUDA_DIR:-$HOME/.cache/renderq/cuda-13.0}
 root=$cuda/nvidia/cu13
 wheels=(
   nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
-  nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvrtc==13.0.88
+  nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88
   nvidia-cublas==13.0.2.14 nvidia-curand==10.4.5.25
 )
-if [ ! -x "$root/bin/nvcc" ] || [ ! -f "$root/lib/stubs/libcuda.so" ]; then
+# Installed once per wheel list: $cuda/installed holds the list it was made from.
+if [ "$(cat "$cuda/installed" 2>/dev/null)" != "${wheels[*]}" ]; then
   echo "installing CUDA 13.0 from PyPI into $cuda" >&2
   mkdir -p "$cuda/wheels"
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
@@ -38,7 +39,10 @@ if [ ! -x "$root/bin/nvcc" ] || [ ! -f "$root/lib/stubs/libcuda.so" ]; then
   mkdir -p "$root/lib/stubs"
   grep -oP '^pub unsafe fn \Kcu\w+' "$sys" | sort -u | sed 's/.*/void &(void) {}/' >"$root/lib/stubs/cuda.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$root/lib/stubs/libcuda.so" "$root/lib/stubs/cuda.c"
+  echo "${wheels[*]}" >"$cuda/installed"
 fi
+# The name a program loads it by, for `gpu-check.sh --dry-run`.
+ln -sf libcuda.so "$root/lib/stubs/libcuda.so.1"
 export PATH=$root/bin:$PATH CUDA_ROOT=$root CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 # Its own target directory: the cuda feature rebuilds candle and all that uses it.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
@@ -48,7 +52,11 @@ tests=$(cargo test -j2 --locked --release --features cuda --test diffusion --no-
   tee /dev/stderr | built tests/diffusion.rs)
 bench=$(cargo bench -j2 --locked --features cuda --bench diffusion --no-run 2>&1 |
   tee /dev/stderr | built benches/diffusion.rs)
+# Stripped and compressed (the kernels' PTX is most of their size): about 18 MB for
+# both, within what a copy of the tree to another machine may carry.
 mkdir -p gpu
+rm -f gpu/diffusion-tests.xz gpu/diffusion-bench.xz
 strip -o gpu/diffusion-tests "$tests"
 strip -o gpu/diffusion-bench "$bench"
+xz -T2 -9 gpu/diffusion-tests gpu/diffusion-bench
 ls -la gpu
