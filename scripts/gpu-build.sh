@@ -46,12 +46,19 @@ ln -sf libcuda.so "$root/lib/stubs/libcuda.so.1"
 export PATH=$root/bin:$PATH CUDA_ROOT=$root CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 # Its own target directory: the cuda feature rebuilds candle and all that uses it.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
-# cargo names each executable it built: `Executable tests/diffusion.rs (PATH)`.
-built() { sed -n "s|.*Executable $1 (\(.*\))|\1|p"; }
-tests=$(cargo test -j2 --locked --release --features cuda --test diffusion --no-run 2>&1 |
-  tee /dev/stderr | built tests/diffusion.rs)
-bench=$(cargo bench -j2 --locked --features cuda --bench diffusion --no-run 2>&1 |
-  tee /dev/stderr | built benches/diffusion.rs)
+# The path of the `diffusion` executable cargo built, from its JSON messages (its
+# progress and errors still go to stderr).
+built() {
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "diffusion":
+        print(m["executable"])'
+}
+tests=$(cargo test -j2 --locked --release --features cuda --test diffusion --no-run \
+  --message-format=json-render-diagnostics | built)
+bench=$(cargo bench -j2 --locked --features cuda --bench diffusion --no-run \
+  --message-format=json-render-diagnostics | built)
 # Stripped and compressed (the kernels' PTX is most of their size): about 18 MB for
 # both, within what a copy of the tree to another machine may carry.
 mkdir -p gpu
