@@ -48,6 +48,25 @@ impl Renderer for Panicky {
     }
 }
 
+/// Records the batch key of each job of each device call. Calls wait for the gate, so
+/// a test can let every job be claimed before the first call returns.
+struct Recorder {
+    calls: std::sync::Mutex<Vec<Vec<renderq::render::BatchKey>>>,
+    gate: tokio::sync::Semaphore,
+}
+#[async_trait]
+impl Renderer for Recorder {
+    async fn render(&self, batch: &[RenderRequest]) -> Vec<Result<RgbImage, RenderError>> {
+        let _permit = self.gate.acquire().await.unwrap();
+        let keys = batch.iter().map(RenderRequest::batch_key).collect();
+        self.calls.lock().unwrap().push(keys);
+        batch
+            .iter()
+            .map(|r| Ok(RgbImage::new(r.width, r.height)))
+            .collect()
+    }
+}
+
 fn with(model: &str, r: Arc<dyn Renderer>) -> Renderers {
     let mut rs = Renderers::builtin(0);
     rs.insert(model, r);
@@ -594,6 +613,73 @@ async fn end_to_end(env: &Env, store: Arc<dyn Store>) -> Vec<String> {
     rows.into_iter().map(|r| r.4.unwrap()).collect()
 }
 
+/// The worker renders together only jobs that share (model, width, height, steps,
+/// guidance), at most `max_batch` (4 here) per call, and each job once.
+async fn claimed_jobs_render_together_only_when_they_share_a_shape(env: Env) {
+    let shapes = [
+        (4, r#""width":64,"height":64,"steps":2"#),
+        (3, r#""width":64,"height":64,"steps":3"#),
+        (2, r#""width":64,"height":64,"steps":2,"guidance":5"#),
+        (5, r#""width":32,"height":64,"steps":2"#),
+        (
+            1,
+            r#""width":64,"height":64,"steps":2,"model":"remote/other""#,
+        ),
+    ];
+    let lines: Vec<String> = shapes
+        .iter()
+        .flat_map(|(n, shape)| {
+            (0..*n).map(move |i| {
+                let model = if shape.contains("model") {
+                    ""
+                } else {
+                    r#","model":"remote/rec""#
+                };
+                format!(r#"{{"prompt":"p{i}",{shape}{model}}}"#)
+            })
+        })
+        .collect();
+    env.submit(&lines.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let recorder = Arc::new(Recorder {
+        calls: Default::default(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let mut renderers = with("remote/rec", recorder.clone());
+    renderers.insert("remote/other", recorder.clone());
+    let (_dir, store) = dir_store();
+    let (stop, h) = env.spawn_worker(fast_config(), store, renderers);
+    // Open the gate once every job is claimed, so all but the first call's jobs wait
+    // in the render stage together.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while env.rows().await.iter().any(|r| r.1 == "queued") {
+        assert!(tokio::time::Instant::now() < deadline, "jobs never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    recorder.gate.add_permits(1);
+    let rows = env.wait_terminal(15, Duration::from_secs(20)).await;
+    stop.cancel();
+    h.await.unwrap();
+    assert!(rows.iter().all(|r| r.1 == "succeeded"), "{rows:?}");
+    let calls = recorder.calls.lock().unwrap().clone();
+    for call in &calls {
+        assert!(call.len() <= 4, "over max_batch: {call:?}");
+        assert!(call.iter().all(|k| *k == call[0]), "mixed shapes: {call:?}");
+    }
+    // Each job rendered once: per shape, the calls' jobs add up to its count.
+    let mut per_key = std::collections::BTreeMap::new();
+    for key in calls.iter().flatten() {
+        *per_key.entry(key.clone()).or_insert(0) += 1;
+    }
+    let mut counts: Vec<usize> = per_key.into_values().collect();
+    counts.sort();
+    assert_eq!(counts, vec![1, 2, 3, 4, 5]);
+    assert!(
+        calls.iter().any(|c| c.len() > 1),
+        "nothing was batched: {calls:?}"
+    );
+}
+
 conformance!(
     submitted_jobs_are_rendered_stored_and_recorded,
     a_dead_workers_jobs_complete_once_after_the_lease,
@@ -602,4 +688,5 @@ conformance!(
     a_failing_renderer_retries_with_backoff_then_fails_with_its_error,
     a_renderer_panic_fails_only_its_job,
     cancel_stops_queued_jobs_and_discards_running_ones,
+    claimed_jobs_render_together_only_when_they_share_a_shape,
 );
