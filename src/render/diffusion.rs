@@ -218,14 +218,13 @@ impl Renderer for DiffusionRenderer {
                 seed: r.seed,
             })
             .collect();
-        let shape = (
+        let (width, height, steps, guidance) = (
             first.width,
             first.height,
             first.steps.unwrap_or(self.arch.default_steps),
             first.guidance.unwrap_or(self.arch.default_guidance),
         );
         let n = batch.len();
-        let (width, height, steps, guidance) = shape;
         // Memory grows with the pixels and doubles under classifier-free guidance.
         let memory_shape = (width, height, guidance > 1.0);
         let too_big_sizes = self.too_big.clone();
