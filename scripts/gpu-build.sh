@@ -34,7 +34,7 @@ if [ "$(cat "$cuda/installed" 2>/dev/null)" != "${wheels[*]}" ]; then
   done
   # The libcuda stub: every driver function cudarc declares, as an empty symbol.
   cargo fetch -q --locked
-  sys=$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-"$(grep -A1 '^name = "cudarc"' Cargo.lock |
+  sys=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-"$(grep -A1 '^name = "cudarc"' Cargo.lock |
     sed -n 's/^version = "\(.*\)"/\1/p')"/src/driver/sys/mod.rs | head -1)
   mkdir -p "$root/lib/stubs"
   grep -oP '^pub unsafe fn \Kcu\w+' "$sys" | sort -u | sed 's/.*/void &(void) {}/' >"$root/lib/stubs/cuda.c"
@@ -55,9 +55,9 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "diffusion":
         print(m["executable"])'
 }
-tests=$(cargo test -j2 --locked --release --features cuda --test diffusion --no-run \
+tests=$(cargo test -j "${CARGO_BUILD_JOBS:-2}" --locked --release --features cuda --test diffusion --no-run \
   --message-format=json-render-diagnostics | built)
-bench=$(cargo bench -j2 --locked --features cuda --bench diffusion --no-run \
+bench=$(cargo bench -j "${CARGO_BUILD_JOBS:-2}" --locked --features cuda --bench diffusion --no-run \
   --message-format=json-render-diagnostics | built)
 # Stripped and compressed (the kernels' PTX is most of their size): about 18 MB for
 # both, within what a copy of the tree to another machine may carry.

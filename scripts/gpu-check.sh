@@ -3,8 +3,9 @@
 # then the diffusion benchmark at SD-Turbo size (512x512, the tiny model's channels
 # x10, 4 steps) in f16 and bf16, from the binaries scripts/gpu-build.sh put in gpu/.
 # Carry gpu/ with the tree.
-# Needs the driver, and CUDA 13's cuBLAS, cuRAND and NVRTC (a Python environment's
-# nvidia wheels or a system install). Logs go to $OUT (default gpu/out).
+# Needs the driver, and CUDA 13's runtime, cuBLAS and cuRAND (a Python environment's
+# nvidia wheels or a system install). Logs go to $OUT (default gpu/out). The timeouts
+# add up to 9 minutes, within one call of the device tool.
 #
 #   scripts/gpu-check.sh             # on the GPU machine
 #   scripts/gpu-check.sh --dry-run   # here: the same binaries on the CPU, 64x64
@@ -36,15 +37,15 @@ done
 export LD_LIBRARY_PATH
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
-  ldd "$bin/diffusion-tests" | grep -E 'libcuda|cublas|curand|nvrtc'
+  ldd "$bin/diffusion-tests" | grep -E 'libcuda|cudart|cublas|curand'
 } | tee "$out/machine.txt"
 status=0
 # the_binary_reports… runs target/…/renderq, which stays on the build machine.
-RENDERQ_TEST_DEVICE=$device timeout 300 "$bin/diffusion-tests" \
+RENDERQ_TEST_DEVICE=$device timeout 180 "$bin/diffusion-tests" \
   --skip the_binary_reports_missing_weights_and_bad_settings --test-threads 1 2>&1 |
   tee "$out/tests.txt" || status=1
 for dtype in $dtypes; do
-  timeout 240 "$bin/diffusion-bench" --device "$device" --size "$size" --width "$width" \
+  timeout 180 "$bin/diffusion-bench" --device "$device" --size "$size" --width "$width" \
     --dtype "$dtype" 2>&1 | tee "$out/bench-$dtype.txt" || status=1
 done
 exit $status
