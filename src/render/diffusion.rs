@@ -72,8 +72,38 @@ pub fn default_dtype(device: &Device) -> DType {
     }
 }
 
-/// By (width, height, guided): the smallest batch size that ran out of memory.
-type TooBig = HashMap<(u32, u32, bool), usize>;
+/// By (width, height, guided): what the worker learned of that shape's memory.
+type Limits = HashMap<(u32, u32, bool), MemoryLimit>;
+
+/// Device calls that fit before a learned limit is doubled, to find out whether the
+/// shortage passed (another process on the GPU, say). A probe that does not fit costs
+/// one failed call: about 1.5% of the calls at most.
+pub const PROBE_AFTER: u32 = 64;
+
+/// The smallest batch size of a shape that ran out of device memory, and how many
+/// calls have fitted since.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryLimit {
+    pub too_big: Option<usize>,
+    pub fitted: u32,
+}
+
+impl MemoryLimit {
+    fn ran_out(&mut self, n: usize) {
+        self.too_big = Some(self.too_big.map_or(n, |t| t.min(n)));
+        self.fitted = 0;
+    }
+
+    fn fit(&mut self) {
+        let Some(limit) = self.too_big else { return };
+        self.fitted += 1;
+        if self.fitted >= PROBE_AFTER {
+            tracing::info!(from = limit, to = limit * 2, "probing a larger batch again");
+            self.too_big = Some(limit * 2);
+            self.fitted = 0;
+        }
+    }
+}
 
 pub struct DiffusionRenderer {
     model: String,
@@ -82,7 +112,7 @@ pub struct DiffusionRenderer {
     device: Device,
     dtype: DType,
     loaded: tokio::sync::Mutex<Option<Arc<Pipeline>>>,
-    too_big: Arc<std::sync::Mutex<TooBig>>,
+    limits: Arc<std::sync::Mutex<Limits>>,
 }
 
 impl DiffusionRenderer {
@@ -100,7 +130,7 @@ impl DiffusionRenderer {
             device,
             dtype,
             loaded: tokio::sync::Mutex::new(None),
-            too_big: Arc::default(),
+            limits: Arc::default(),
         }
     }
 
@@ -150,37 +180,40 @@ impl DiffusionRenderer {
 pub type BatchOutcome = Result<Vec<RgbImage>, PipelineError>;
 
 /// Renders `samples` with `render`, splitting the batch in halves while the device runs
-/// out of memory, down to single jobs (then `Retry`). `too_big` is the smallest batch
-/// size that ran out of memory so far: later batches start below it instead of failing
-/// at full size again. Generic over the device call so the splitting is testable
-/// without a GPU.
+/// out of memory, down to single jobs (then `Retry`). `limit` holds the smallest batch
+/// size that ran out so far: later batches start below it instead of failing at full
+/// size again, and after `PROBE_AFTER` calls that fit it is doubled. Generic over the
+/// device call so the splitting is testable without a GPU.
 pub fn render_splitting<F>(
     samples: &[Sample],
-    too_big: &mut Option<usize>,
+    limit: &mut MemoryLimit,
     render: &F,
 ) -> Vec<Result<RgbImage, RenderError>>
 where
     F: Fn(&[Sample]) -> BatchOutcome,
 {
-    let halves = |too_big: &mut Option<usize>| {
+    let halves = |limit: &mut MemoryLimit| {
         let (a, b) = samples.split_at(samples.len() / 2);
-        let mut out = render_splitting(a, too_big, render);
-        out.extend(render_splitting(b, too_big, render));
+        let mut out = render_splitting(a, limit, render);
+        out.extend(render_splitting(b, limit, render));
         out
     };
-    if samples.len() > 1 && too_big.is_some_and(|limit| samples.len() >= limit) {
-        return halves(too_big);
+    if samples.len() > 1 && limit.too_big.is_some_and(|t| samples.len() >= t) {
+        return halves(limit);
     }
     match render(samples) {
-        Ok(images) => images.into_iter().map(Ok).collect(),
+        Ok(images) => {
+            limit.fit();
+            images.into_iter().map(Ok).collect()
+        }
         Err(PipelineError::OutOfMemory(e)) if samples.len() > 1 => {
             tracing::warn!(
                 n = samples.len(),
                 "out of device memory; splitting the batch, and later batches of this \
                  shape start smaller: {e}"
             );
-            *too_big = Some(too_big.map_or(samples.len(), |t| t.min(samples.len())));
-            halves(too_big)
+            limit.ran_out(samples.len());
+            halves(limit)
         }
         Err(PipelineError::OutOfMemory(e)) => samples
             .iter()
@@ -227,16 +260,21 @@ impl Renderer for DiffusionRenderer {
         let n = batch.len();
         // Memory grows with the pixels and doubles under classifier-free guidance.
         let memory_shape = (width, height, guidance > 1.0);
-        let too_big_sizes = self.too_big.clone();
+        let limits = self.limits.clone();
         tokio::task::spawn_blocking(move || {
-            let mut too_big = too_big_sizes.lock().unwrap().get(&memory_shape).copied();
-            let images = render_splitting(&samples, &mut too_big, &|s: &[Sample]| {
+            let mut limit = limits
+                .lock()
+                .unwrap()
+                .get(&memory_shape)
+                .copied()
+                .unwrap_or_default();
+            let images = render_splitting(&samples, &mut limit, &|s: &[Sample]| {
                 pipeline
                     .render(s, width, height, steps, guidance)
                     .map(|(images, _)| images)
             });
-            if let Some(limit) = too_big {
-                too_big_sizes.lock().unwrap().insert(memory_shape, limit);
+            if limit.too_big.is_some() {
+                limits.lock().unwrap().insert(memory_shape, limit);
             }
             images
         })
@@ -287,6 +325,14 @@ mod tests {
         }
     }
 
+    /// A limit learned earlier: batches of `too_big` ran out of memory.
+    fn learned(too_big: usize) -> MemoryLimit {
+        MemoryLimit {
+            too_big: Some(too_big),
+            fitted: 0,
+        }
+    }
+
     fn seeds(out: &[Result<RgbImage, RenderError>]) -> Vec<u8> {
         out.iter()
             .map(|r| r.as_ref().expect("rendered").get_pixel(0, 0).0[0])
@@ -296,25 +342,25 @@ mod tests {
     #[test]
     fn a_batch_that_does_not_fit_is_split_until_it_does_and_keeps_its_order() {
         let calls = Mutex::new(Vec::new());
-        let mut too_big = None;
-        let out = render_splitting(&samples(8), &mut too_big, &device_fitting(2, &calls));
+        let mut limit = MemoryLimit::default();
+        let out = render_splitting(&samples(8), &mut limit, &device_fitting(2, &calls));
         assert_eq!(seeds(&out), (0..8).collect::<Vec<u8>>());
         // The second half starts at 2: the first half taught it that 4 does not fit.
         assert_eq!(*calls.lock().unwrap(), vec![8, 4, 2, 2, 2, 2]);
-        assert_eq!(too_big, Some(4), "the smallest size that failed");
+        assert_eq!(limit.too_big, Some(4), "the smallest size that failed");
     }
 
     #[test]
     fn later_batches_start_below_the_size_that_ran_out_of_memory() {
         let calls = Mutex::new(Vec::new());
-        let mut too_big = Some(4);
-        let out = render_splitting(&samples(8), &mut too_big, &device_fitting(3, &calls));
+        let mut limit = learned(4);
+        let out = render_splitting(&samples(8), &mut limit, &device_fitting(3, &calls));
         assert_eq!(seeds(&out), (0..8).collect::<Vec<u8>>());
         assert_eq!(*calls.lock().unwrap(), vec![2, 2, 2, 2], "no call runs out");
-        assert_eq!(too_big, Some(4));
+        assert_eq!(limit.too_big, Some(4));
         // A batch below the limit goes in one call.
         calls.lock().unwrap().clear();
-        let out = render_splitting(&samples(3), &mut too_big, &device_fitting(3, &calls));
+        let out = render_splitting(&samples(3), &mut limit, &device_fitting(3, &calls));
         assert_eq!(seeds(&out), vec![0, 1, 2]);
         assert_eq!(*calls.lock().unwrap(), vec![3]);
     }
@@ -322,8 +368,8 @@ mod tests {
     #[test]
     fn one_image_that_does_not_fit_is_retried_later_not_failed() {
         let calls = Mutex::new(Vec::new());
-        let mut too_big = None;
-        let out = render_splitting(&samples(2), &mut too_big, &device_fitting(0, &calls));
+        let mut limit = MemoryLimit::default();
+        let out = render_splitting(&samples(2), &mut limit, &device_fitting(0, &calls));
         assert_eq!(out.len(), 2);
         for r in &out {
             match r {
@@ -341,13 +387,38 @@ mod tests {
             calls.lock().unwrap().push(batch.len());
             Err(PipelineError::Device("unsupported dtype".into()))
         };
-        let mut too_big = None;
-        let out = render_splitting(&samples(3), &mut too_big, &render);
+        let mut limit = MemoryLimit::default();
+        let out = render_splitting(&samples(3), &mut limit, &render);
         assert_eq!(*calls.lock().unwrap(), vec![3]);
         assert!(
             out.iter()
                 .all(|r| matches!(r, Err(RenderError::Abort(e)) if e == "unsupported dtype"))
         );
-        assert_eq!(too_big, None);
+        assert_eq!(limit, MemoryLimit::default());
+    }
+
+    #[test]
+    fn a_learned_limit_is_probed_again_after_calls_that_fit() {
+        let calls = Mutex::new(Vec::new());
+        let mut limit = learned(4);
+        // The shortage lasts: 16 batches of 8 make 64 calls of 2 that fit, then the
+        // limit is doubled and the next batch tries 4 once, which fails.
+        for _ in 0..16 {
+            render_splitting(&samples(8), &mut limit, &device_fitting(3, &calls));
+        }
+        assert_eq!(calls.lock().unwrap().len(), PROBE_AFTER as usize);
+        assert_eq!(limit.too_big, Some(8));
+        calls.lock().unwrap().clear();
+        let out = render_splitting(&samples(8), &mut limit, &device_fitting(3, &calls));
+        assert_eq!(seeds(&out), (0..8).collect::<Vec<u8>>());
+        assert_eq!(*calls.lock().unwrap(), vec![4, 2, 2, 2, 2]);
+        assert_eq!(limit.too_big, Some(4));
+        // The shortage passed: two rounds of probing bring batches back to full size.
+        for _ in 0..64 {
+            render_splitting(&samples(8), &mut limit, &device_fitting(8, &calls));
+        }
+        calls.lock().unwrap().clear();
+        render_splitting(&samples(8), &mut limit, &device_fitting(8, &calls));
+        assert_eq!(*calls.lock().unwrap(), vec![8]);
     }
 }
