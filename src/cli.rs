@@ -237,9 +237,10 @@ pub struct PipelineArgs {
     /// Milliseconds the noop model waits per device call
     #[arg(long, env = "RENDERQ_NOOP_DELAY_MS", default_value_t = 0)]
     pub noop_delay_ms: u64,
-    /// For drills: the noop model panics on prompts containing this text
-    #[arg(long, env = "RENDERQ_NOOP_PANIC_ON")]
-    pub noop_panic_on: Option<String>,
+    /// For failure drills: every built-in model (placeholder, noop, diffusion) panics
+    /// inside its device call on a batch holding a prompt that contains this text
+    #[arg(long, env = "RENDERQ_PANIC_ON")]
+    pub panic_on: Option<String>,
     /// This worker's name (default: host-pid-random)
     #[arg(long, env = "RENDERQ_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -274,7 +275,7 @@ pub struct DiffusionArgs {
 }
 
 impl DiffusionArgs {
-    fn add_to(&self, renderers: &mut Renderers) -> Result<()> {
+    fn add_to(&self, renderers: &mut Renderers, poison: &crate::render::PanicOn) -> Result<()> {
         use crate::render::diffusion::{self, Architecture, DiffusionRenderer, WeightSource};
         if self.diffusion.is_empty() {
             return Ok(());
@@ -303,7 +304,8 @@ impl DiffusionArgs {
             } else {
                 WeightSource::Local(self.models_dir.join(model))
             };
-            let renderer = DiffusionRenderer::new(model, arch, source, device.clone(), dtype);
+            let renderer = DiffusionRenderer::new(model, arch, source, device.clone(), dtype)
+                .panicking_on(poison.clone());
             renderers.insert(model, Arc::new(renderer));
         }
         Ok(())
@@ -339,6 +341,11 @@ pub struct RemoteArgs {
     #[arg(long, env = "RENDERQ_REMOTE_ATTEMPTS", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub remote_attempts: u32,
+    /// Largest response body read from the endpoint, in bytes (a larger one fails the job)
+    #[arg(long, env = "RENDERQ_REMOTE_MAX_RESPONSE_BYTES",
+          default_value_t = crate::render::remote::DEFAULT_MAX_RESPONSE_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1024..=(1 << 32)))]
+    pub remote_max_response_bytes: u64,
 }
 
 impl RemoteArgs {
@@ -360,17 +367,16 @@ impl RemoteArgs {
         cfg.concurrency = self.remote_concurrency as usize;
         cfg.timeout = Duration::from_secs_f64(self.remote_timeout_secs);
         cfg.attempts = self.remote_attempts;
+        cfg.max_response_bytes = self.remote_max_response_bytes as usize;
         Ok(Some(cfg))
     }
 }
 
 impl PipelineArgs {
     pub fn renderers(&self) -> Result<Renderers> {
-        let mut renderers = Renderers::with_noop(
-            crate::render::NoopRenderer::new(self.noop_delay_ms)
-                .panicking_on(self.noop_panic_on.clone()),
-        );
-        self.diffusion.add_to(&mut renderers)?;
+        let poison = crate::render::PanicOn::new(self.panic_on.clone());
+        let mut renderers = Renderers::builtin_panicking(self.noop_delay_ms, poison.clone());
+        self.diffusion.add_to(&mut renderers, &poison)?;
         if let Some(cfg) = self.remote.config()? {
             let remote = crate::render::RemoteRenderer::new(cfg).map_err(anyhow::Error::msg)?;
             renderers.insert_remote(remote);
@@ -426,6 +432,7 @@ impl PipelineArgs {
             reconcile_every: secs("reconcile-secs", self.reconcile_secs)?,
             max_attempts,
             id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+            webhooks: crate::webhook::WebhookSettings::from_env().map_err(anyhow::Error::msg)?,
             ..WorkerConfig::default()
         })
     }
@@ -609,9 +616,17 @@ fn batch_name(args: &SubmitArgs) -> String {
     })
 }
 
+/// Checks `--webhook` before anything is read or queued: refused input, exit 1.
+fn check_webhook(args: &SubmitArgs) -> Option<ExitCode> {
+    let url = args.webhook.as_ref()?;
+    let e = crate::webhook::validate(url).err()?;
+    eprintln!("error: {e}");
+    Some(ExitCode::from(1))
+}
+
 async fn submit_cmd(g: &Global, args: SubmitArgs) -> Result<ExitCode> {
-    if let Some(url) = &args.webhook {
-        crate::webhook::validate(url).map_err(anyhow::Error::msg)?;
+    if let Some(code) = check_webhook(&args) {
+        return Ok(code);
     }
     let jobs = match read_file(&args).await? {
         Ok(jobs) => jobs,

@@ -31,6 +31,11 @@ pub enum DbError {
     Invalid(String),
 }
 
+/// The error of a claimed row whose stored spec does not decode.
+pub(crate) fn unreadable_spec(e: impl std::fmt::Display) -> String {
+    format!("the stored job spec is not a valid job: {e}")
+}
+
 /// A job about to be written by a producer.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -65,6 +70,20 @@ pub struct ClaimedJob {
     pub seed: u64,
     pub spec: JobSpec,
 }
+
+/// What one claim did.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    /// Jobs this worker now holds.
+    pub jobs: Vec<ClaimedJob>,
+    /// Jobs the claim ended as `failed` instead, with their batch (to be checked for
+    /// its end): a takeover on the last attempt (its workers died each time), or a
+    /// stored spec that does not decode (written by hand or by another version).
+    pub failed: Vec<(JobId, Option<BatchId>)>,
+}
+
+/// The error a job gets when its attempts ran out in workers that died.
+pub(crate) const WORKER_DIED: &str = "worker stopped responding (died or stalled past its lease)";
 
 /// Asks to claim a job delivered by the stream. `takeover` is set for deliveries
 /// taken from a worker whose lease ran out: those may be `running` already.
@@ -142,15 +161,13 @@ pub struct JobRow {
     pub metadata: Option<serde_json::Value>,
 }
 
-/// Unfinished jobs of a queue, as the reconciler sees them.
-#[derive(Debug, Clone, Default)]
-pub struct Unfinished {
-    pub queued: Vec<JobId>,
-    /// With the time (Unix ms) each retry is due.
-    pub retrying: Vec<(JobId, i64)>,
-    /// Running jobs whose worker stopped heartbeating (or said it stopped), with
-    /// their attempt.
-    pub orphaned: Vec<(JobId, i32)>,
+/// What a rescue did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rescued {
+    /// Back to `queued`: to be dispatched again.
+    pub requeued: Vec<JobId>,
+    /// Out of attempts: `failed`, with their batch (to be checked for its end).
+    pub failed: Vec<(JobId, Option<BatchId>)>,
 }
 
 /// Held while this process leads (the reconciler): dropping it gives the lead up.
@@ -241,12 +258,9 @@ pub trait Record: Send + Sync {
         error: &str,
     ) -> Result<(), DbError>;
     /// `queued` (or, on takeover, `running`/`retrying`) → `running`, attempt + 1.
-    /// A takeover of a job whose attempts are used up fails it instead.
-    async fn claim(
-        &self,
-        requests: &[ClaimRequest],
-        worker: &str,
-    ) -> Result<Vec<ClaimedJob>, DbError>;
+    /// A takeover of a job whose attempts are used up fails it instead, and so does a
+    /// row whose stored spec does not decode: only that row, with the decode error.
+    async fn claim(&self, requests: &[ClaimRequest], worker: &str) -> Result<Claimed, DbError>;
     /// Records attempts' outcomes, fenced by attempt; one `Recorded` per input.
     async fn record_outcomes(
         &self,
@@ -258,6 +272,11 @@ pub trait Record: Send + Sync {
     async fn requeue_due(&self, ids: &[JobId]) -> Result<Vec<JobId>, DbError>;
     /// `running` → `queued` (fenced) for attempts a draining worker gives back.
     async fn release(&self, jobs: &[(JobId, i32)]) -> Result<Vec<JobId>, DbError>;
+    /// The reconciler's rescue of running attempts whose worker died (fenced by
+    /// attempt): `queued` again while attempts are left, else `failed` with
+    /// [`WORKER_DIED`], as a takeover would. A job that kills every worker it runs on
+    /// must not circle for ever.
+    async fn rescue(&self, jobs: &[(JobId, i32)]) -> Result<Rescued, DbError>;
     /// Cancels a job or every unfinished job of a batch.
     async fn cancel(&self, id: uuid::Uuid) -> Result<Cancelled, DbError>;
     /// Whether `id` names a batch or a job.
@@ -273,9 +292,23 @@ pub trait Record: Send + Sync {
     async fn jobs_of_batch(&self, batch: BatchId) -> Result<Vec<JobRow>, DbError>;
     async fn worker_heartbeat(&self, worker: &WorkerInfo, jobs_done: i64) -> Result<(), DbError>;
     async fn worker_stopped(&self, id: &str) -> Result<(), DbError>;
-    /// What the reconciler checks against dispatch. `silent_ms`: how long without a
-    /// heartbeat makes a worker dead.
-    async fn unfinished(&self, queue: &str, silent_ms: i64) -> Result<Unfinished, DbError>;
+    /// A page of a queue's jobs in `state` (`queued` or `retrying`), by id after
+    /// `after`, for the reconciler; with each one's due time (Unix ms; 0 if none).
+    async fn unfinished_page(
+        &self,
+        queue: &str,
+        state: JobState,
+        after: Option<JobId>,
+        limit: i64,
+    ) -> Result<Vec<(JobId, i64)>, DbError>;
+    /// Up to `limit` running jobs of a queue whose worker stopped heartbeating more
+    /// than `silent_ms` ago (or said it stopped), with their attempt.
+    async fn orphans(
+        &self,
+        queue: &str,
+        silent_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(JobId, i32)>, DbError>;
     /// Tries to become the one leader for `name` among all processes on this record.
     async fn lead(&self, name: &str) -> Result<Option<Leadership>, DbError>;
     /// Marks finished the batches among `batches` whose every job is terminal, once

@@ -5,8 +5,6 @@ pub mod postgres;
 pub mod redis;
 pub mod sqlite;
 
-use std::collections::HashSet;
-
 use async_trait::async_trait;
 
 use crate::job::{BatchId, JobId};
@@ -91,11 +89,11 @@ pub trait Dispatch: Send + Sync {
     async fn drop_due(&self, ids: &[JobId]) -> Result<(), DispatchError>;
     /// Gives a delivery back: acknowledged, and its job dispatched anew.
     async fn release(&self, entry: &str, job: JobId) -> Result<(), DispatchError>;
-    /// Every job this dispatch holds (waiting, in flight or delayed), for the
-    /// reconciler; `None` when dispatch lives in the record and cannot lose a job.
-    async fn held(&self) -> Result<Option<HashSet<JobId>>, DispatchError>;
-    /// Puts a job in the delayed set until `due_ms` (the reconciler's repair).
-    async fn schedule(&self, job: JobId, due_ms: i64) -> Result<(), DispatchError>;
+    /// What the reconciler compares with the record; `None` when dispatch lives in
+    /// the record and cannot lose a job.
+    fn reconcile(&self) -> Option<&dyn Reconcile> {
+        None
+    }
     /// Messages waiting or in flight (for status and tests).
     async fn backlog(&self) -> Result<usize, DispatchError>;
     /// Deletes what dispatch keeps for this queue outside the record. Only for a
@@ -103,6 +101,42 @@ pub trait Dispatch: Send + Sync {
     async fn discard(&self) -> Result<(), DispatchError> {
         Ok(())
     }
+}
+
+/// How far a snapshot of what dispatch holds has got: the streams to read, and where
+/// in them. Made by [`Reconcile::begin_snapshot`].
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub(crate) streams: Vec<String>,
+    pub(crate) next: usize,
+    pub(crate) after: String,
+    /// Entries and pages read so far.
+    pub entries: u64,
+    pub pages: u64,
+}
+
+/// What a dispatch that can lose jobs (Redis) offers the reconciler. The snapshot of
+/// the jobs it holds is kept on the dispatch's server, filled a bounded number of
+/// pages per call, and asked about a page of ids at a time: a leader's memory and
+/// each call's work stay bounded however long the queue is.
+#[async_trait]
+pub trait Reconcile: Send + Sync {
+    /// Starts a new, empty snapshot (an earlier one is dropped).
+    async fn begin_snapshot(&self) -> Result<Snapshot, DispatchError>;
+    /// Reads up to `pages` pages of `page` entries into the snapshot; true once every
+    /// stream has been read.
+    async fn continue_snapshot(
+        &self,
+        snapshot: &mut Snapshot,
+        pages: usize,
+        page: usize,
+    ) -> Result<bool, DispatchError>;
+    /// Those of `ids` that neither the snapshot nor the delayed set holds.
+    async fn missing(&self, ids: &[JobId]) -> Result<Vec<JobId>, DispatchError>;
+    /// Drops the snapshot.
+    async fn end_snapshot(&self) -> Result<(), DispatchError>;
+    /// Puts a job in the delayed set until `due_ms` (a lost retry's repair).
+    async fn schedule(&self, job: JobId, due_ms: i64) -> Result<(), DispatchError>;
 }
 
 /// For dispatch that polls (the database backends): tries `take` until it returns

@@ -46,6 +46,42 @@ impl RenderError {
     }
 }
 
+/// Fault injection for failure drills and tests (`--panic-on`): the built-in
+/// renderers panic inside their device call on any batch holding a prompt that
+/// contains the text, as a buggy model or native library would on a poison input.
+#[derive(Debug, Clone, Default)]
+pub struct PanicOn(Option<String>);
+
+impl PanicOn {
+    pub fn new(text: Option<String>) -> Self {
+        PanicOn(text.filter(|t| !t.is_empty()))
+    }
+
+    /// Panics when one of `prompts` holds the poison text.
+    pub fn check<'a>(&self, mut prompts: impl Iterator<Item = &'a str>) {
+        if let Some(poison) = &self.0
+            && prompts.any(|p| p.contains(poison.as_str()))
+        {
+            panic!("poison prompt (contains {poison:?})");
+        }
+    }
+}
+
+/// Runs device work on the blocking pool. A panic there is raised again in the
+/// caller, so the worker sees it and renders the batch one job at a time: only the
+/// poison job fails, never its whole batch.
+pub(crate) async fn on_blocking_pool<T, F>(f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("device work cancelled: {e}"),
+    }
+}
+
 /// What a renderer needs of a job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderRequest {
@@ -112,14 +148,20 @@ pub struct Renderers {
 impl Renderers {
     /// `placeholder` and `noop`.
     pub fn builtin(noop_delay_ms: u64) -> Self {
-        Renderers::with_noop(NoopRenderer::new(noop_delay_ms))
+        Renderers::builtin_panicking(noop_delay_ms, PanicOn::default())
     }
 
-    /// `placeholder`, and `noop` as given.
-    pub fn with_noop(noop: NoopRenderer) -> Self {
+    /// `placeholder` and `noop`, both panicking on `poison` (failure drills).
+    pub fn builtin_panicking(noop_delay_ms: u64, poison: PanicOn) -> Self {
         let mut r = Renderers::default();
-        r.insert("placeholder", Arc::new(PlaceholderRenderer));
-        r.insert("noop", Arc::new(noop));
+        r.insert(
+            "placeholder",
+            Arc::new(PlaceholderRenderer::new().panicking_on(poison.clone())),
+        );
+        r.insert(
+            "noop",
+            Arc::new(NoopRenderer::new(noop_delay_ms).panicking_on(poison)),
+        );
         r
     }
 

@@ -258,20 +258,32 @@ async fn fetch(file: &str) -> Result<Local, String> {
         .split_once('/')
         .ok_or_else(|| format!("`{file}` names no object: use s3://bucket/key"))?;
     let store = crate::store::S3Store::from_env(bucket, "").await;
+    // A schedule never reads more than a submit of a local file may hold.
+    let cap = Limits::default().max_file_bytes;
+    download_manifest(&store, key, cap).await.map(Local::Temp)
+}
+
+/// Downloads a schedule's manifest from the store's bucket into a temporary file
+/// (its suffix, `.csv` or `.jsonl`, follows the key), refusing an object over `cap`
+/// bytes by its declared size first, then as it arrives.
+pub async fn download_manifest(
+    store: &crate::store::S3Store,
+    key: &str,
+    cap: u64,
+) -> Result<tempfile::NamedTempFile, String> {
+    let file = format!("s3://{}/{key}", store.bucket());
     let object = store
         .client()
         .get_object()
-        .bucket(bucket)
+        .bucket(store.bucket())
         .key(key)
         .send()
         .await
         .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(&e).to_string())?;
-    let bytes = object
-        .body
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_bytes();
+    let too_big = || format!("`{file}` is over the limit of {cap} bytes per submit; split it");
+    if object.content_length().is_some_and(|n| n as u64 > cap) {
+        return Err(too_big());
+    }
     let suffix = if key.to_ascii_lowercase().ends_with(".csv") {
         ".csv"
     } else {
@@ -281,8 +293,17 @@ async fn fetch(file: &str) -> Result<Local, String> {
         .suffix(suffix)
         .tempfile()
         .map_err(|e| e.to_string())?;
-    std::io::Write::write_all(&mut temp, &bytes).map_err(|e| e.to_string())?;
-    Ok(Local::Temp(temp))
+    let mut body = object.body;
+    let mut read = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        read += chunk.len() as u64;
+        if read > cap {
+            return Err(too_big());
+        }
+        std::io::Write::write_all(&mut temp, &chunk).map_err(|e| e.to_string())?;
+    }
+    Ok(temp)
 }
 
 /// Fires due schedules until `stop`: every second it looks at every schedule. Run it

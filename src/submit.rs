@@ -104,6 +104,60 @@ pub fn read_jsonl_with(
     })
 }
 
+/// How long a line read by [`read_line_capped`] was.
+enum LineLength {
+    /// Within the cap: the line is in the buffer.
+    Within,
+    /// Over the cap: only its first bytes were kept; this many were read in all.
+    Over(u64),
+}
+
+/// Reads one line into `buf`, keeping at most `cap` bytes of it: a line of a
+/// gigabyte costs a buffer of `cap`, not a gigabyte. `None` at the end of input.
+fn read_line_capped(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<Option<LineLength>> {
+    // One byte over the cap tells an over-long line from one exactly at it.
+    let n = reader
+        .by_ref()
+        .take(cap as u64 + 1)
+        .read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let content = buf.strip_suffix(b"\n").unwrap_or(buf);
+    let content = content.strip_suffix(b"\r").unwrap_or(content);
+    if content.len() <= cap {
+        return Ok(Some(LineLength::Within));
+    }
+    // Skip the rest of the line without keeping it.
+    let mut total = n as u64;
+    if buf.last() != Some(&b'\n') {
+        loop {
+            let chunk = reader.fill_buf()?;
+            if chunk.is_empty() {
+                break;
+            }
+            match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    reader.consume(i + 1);
+                    total += i as u64;
+                    break;
+                }
+                None => {
+                    let len = chunk.len();
+                    reader.consume(len);
+                    total += len as u64;
+                }
+            }
+        }
+    }
+    buf.truncate(cap);
+    Ok(Some(LineLength::Over(total)))
+}
+
 /// Parses and validates every line; blank lines are skipped. Reports up to 20
 /// errors, each with its line number and field, and counts the rest.
 pub fn parse_jsonl(reader: impl Read, limits: &Limits) -> Result<Vec<NewJob>, SubmitError> {
@@ -125,15 +179,16 @@ pub fn parse_jsonl_with(
     let mut line = 0;
     loop {
         buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|source| SubmitError::Io {
-                path: String::new(),
-                source,
+        let read =
+            read_line_capped(&mut reader, &mut buf, limits.max_line_bytes).map_err(|source| {
+                SubmitError::Io {
+                    path: String::new(),
+                    source,
+                }
             })?;
-        if n == 0 {
+        let Some(length) = read else {
             break;
-        }
+        };
         line += 1;
         let mut refuse = |error: FieldError| {
             total_errors += 1;
@@ -145,6 +200,16 @@ pub fn parse_jsonl_with(
                 });
             }
         };
+        if let LineLength::Over(bytes) = length {
+            refuse(FieldError {
+                field: "line",
+                reason: format!(
+                    "{bytes} bytes is over the limit of {} bytes per job",
+                    limits.max_line_bytes
+                ),
+            });
+            continue;
+        }
         let text = match std::str::from_utf8(&buf) {
             Ok(t) => t.trim(),
             Err(e) => {
@@ -264,6 +329,51 @@ mod tests {
         assert_eq!((errors[0].line, errors[0].error.field), (3, "width"));
         assert_eq!(errors[1].line, 4);
         assert_eq!((errors[2].line, errors[2].error.field), (5, "prompt"));
+    }
+
+    /// A line of 50 MB is refused with its line number while the buffer holding it
+    /// never grows past the limit, and the lines after it are still read.
+    #[test]
+    fn an_over_long_line_is_refused_without_being_kept() {
+        let limits = Limits::default();
+        let huge = std::io::repeat(b'a').take(50 << 20);
+        let text = std::io::Cursor::new(b"{\"prompt\":\"one\"}\n".to_vec())
+            .chain(huge)
+            .chain(&b"\n{\"prompt\":\"three\",\"width\":0}\n"[..]);
+        let mut reader = BufReader::new(text);
+        let mut buf = Vec::new();
+        let mut lengths = Vec::new();
+        while let Some(length) =
+            read_line_capped(&mut reader, &mut buf, limits.max_line_bytes).unwrap()
+        {
+            assert!(
+                buf.len() <= limits.max_line_bytes + 2,
+                "kept {} bytes",
+                buf.len()
+            );
+            lengths.push(match length {
+                LineLength::Within => None,
+                LineLength::Over(n) => Some(n),
+            });
+            buf.clear();
+        }
+        assert_eq!(lengths, vec![None, Some(50 << 20), None]);
+
+        let huge = std::io::repeat(b'a').take(1 << 20);
+        let text = std::io::Cursor::new(b"{\"prompt\":\"one\"}\n".to_vec())
+            .chain(huge)
+            .chain(&b"\n{\"prompt\":\"three\",\"width\":0}\n"[..]);
+        let Err(SubmitError::Invalid { errors, total }) = parse_jsonl(text, &limits) else {
+            panic!("accepted an over-long line");
+        };
+        assert_eq!(total, 2);
+        assert_eq!((errors[0].line, errors[0].error.field), (2, "line"));
+        assert!(
+            errors[0].error.reason.contains("1048576 bytes"),
+            "{}",
+            errors[0].error.reason
+        );
+        assert_eq!((errors[1].line, errors[1].error.field), (3, "width"));
     }
 
     #[test]

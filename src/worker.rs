@@ -36,7 +36,7 @@ use tracing::{info, warn};
 use crate::{
     db::{ClaimedJob, Record, WorkerInfo},
     dispatch::Dispatch,
-    job::{JobId, Limits},
+    job::{BatchId, JobId, Limits},
     render::Renderers,
     store::Store,
 };
@@ -70,6 +70,8 @@ pub struct WorkerConfig {
     pub id: String,
     pub device: String,
     pub limits: Limits,
+    /// Signing keys and allowed internal hosts for batch webhooks.
+    pub webhooks: crate::webhook::WebhookSettings,
 }
 
 impl Default for WorkerConfig {
@@ -89,6 +91,7 @@ impl Default for WorkerConfig {
             id: default_worker_id(),
             device: "cpu".into(),
             limits: Limits::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -295,6 +298,27 @@ async fn release_in_flight(s: &Shared) -> usize {
         "shutdown deadline passed: unfinished jobs were given back to the queue"
     );
     released.len()
+}
+
+/// Marks finished those of `batches` with no job left unfinished, and wakes the
+/// webhook sender for them. Called wherever jobs reach a terminal state.
+pub(crate) async fn finish_batches(s: &Shared, mut batches: Vec<BatchId>) {
+    if batches.is_empty() {
+        return;
+    }
+    batches.sort_unstable_by_key(|b| b.0);
+    batches.dedup();
+    match s.record.finish_batches(&batches).await {
+        Ok(finished) => {
+            for b in &finished {
+                info!(batch = %b, "batch finished");
+            }
+            if !finished.is_empty() {
+                s.webhooks_due.notify_one();
+            }
+        }
+        Err(e) => warn!("checking whether batches finished failed: {e}"),
+    }
 }
 
 /// Exponential backoff with jitter, for retry number `attempt` (1-based).

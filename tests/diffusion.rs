@@ -307,6 +307,50 @@ async fn diffusion_jobs_go_through_the_worker() {
     }
 }
 
+/// A panic inside the device call (candle, a native library) is not turned into a
+/// failure of the whole batch: it reaches the worker, which renders the batch one job
+/// at a time, so only the job that causes it fails.
+#[tokio::test]
+async fn a_panic_in_the_device_call_fails_only_its_job() {
+    let dir = model_dir();
+    let poisoned =
+        || renderer(dir.path()).panicking_on(renderq::render::PanicOn::new(Some("POISON".into())));
+    let direct = Arc::new(poisoned());
+    let batch = vec![request("a teal armchair", "", 1), request("POISON", "", 2)];
+    let call = tokio::spawn(async move { direct.render(&batch).await }).await;
+    assert!(
+        call.as_ref().is_err_and(|e| e.is_panic()),
+        "the panic reaches the caller: {:?}",
+        call.map(|r| r.len())
+    );
+
+    let env = Env::with(Kind::Sqlite).await;
+    env.submit(&[
+        r#"{"prompt":"a teal armchair","model":"sd-turbo","width":32,"height":24,"steps":2}"#,
+        r#"{"prompt":"POISON lamp","model":"sd-turbo","width":32,"height":24,"steps":2}"#,
+        r#"{"prompt":"a linen sofa","model":"sd-turbo","width":32,"height":24,"steps":2}"#,
+    ])
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let mut renderers = Renderers::builtin(0);
+    renderers.insert("sd-turbo", Arc::new(poisoned()));
+    env.work_until_done(3, renderers, out.path(), Duration::from_secs(120))
+        .await;
+    let rows = env.record.jobs_of_queue(&env.queue).await.unwrap();
+    for r in &rows {
+        if r.prompt.contains("POISON") {
+            assert_eq!(r.state, renderq::job::JobState::Failed, "{rows:?}");
+            assert!(r.error.as_deref().unwrap().contains("renderer panicked"));
+        } else {
+            assert_eq!(
+                (r.state, r.attempt),
+                (renderq::job::JobState::Succeeded, 1),
+                "{rows:?}"
+            );
+        }
+    }
+}
+
 /// The binary: `--diffusion` names what it serves; without weights the job fails with
 /// the file it looked for; an unknown model or device is refused at start.
 #[tokio::test]

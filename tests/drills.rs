@@ -168,6 +168,8 @@ struct Drill {
     s3: PrivateS3,
     store: S3Store,
     workers: Vec<(String, Child)>,
+    /// Workers dispatch through Redis; false: through the Postgres record.
+    use_redis: bool,
     /// `succeeded` events seen per job (NOTIFY renderq_events).
     succeeded_events: Arc<Mutex<HashMap<String, usize>>>,
 }
@@ -222,16 +224,20 @@ impl Drill {
             s3,
             store,
             workers: Vec::new(),
+            use_redis: true,
             succeeded_events,
         }
     }
 
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_renderq"));
-        c.args(args)
-            .env("DATABASE_URL", &self.db_url)
-            .env("REDIS_URL", self.redis.url())
-            .env("RENDERQ_QUEUE", &self.queue)
+        c.args(args).env("DATABASE_URL", &self.db_url);
+        if self.use_redis {
+            c.env("REDIS_URL", self.redis.url());
+        } else {
+            c.env_remove("REDIS_URL");
+        }
+        c.env("RENDERQ_QUEUE", &self.queue)
             .env("RENDERQ_STORE", "s3://drill/out")
             .env("AWS_ENDPOINT_URL", self.s3.endpoint())
             .env("AWS_REGION", "us-east-1")
@@ -286,7 +292,7 @@ impl Drill {
         let child = self
             .command(&args)
             .env("RENDERQ_NOOP_DELAY_MS", delay_ms.to_string())
-            .env("RENDERQ_NOOP_PANIC_ON", "POISON")
+            .env("RENDERQ_PANIC_ON", "POISON")
             .spawn()
             .unwrap();
         self.workers.push((id.clone(), child));
@@ -506,9 +512,30 @@ async fn drill_sigstop_past_the_lease_then_sigcont() {
         })
     })
     .await;
+    let held: HashMap<_, _> = d
+        .rows()
+        .await
+        .into_iter()
+        .filter(|r| {
+            r.worker.as_deref() == Some(sleeper.as_str())
+                && r.state == renderq::job::JobState::Running
+        })
+        .map(|r| (r.id, r.attempt))
+        .collect();
     d.signal(&sleeper, "STOP");
     d.spawn_worker(&lease, 50);
-    tokio::time::sleep(Duration::from_secs(5)).await; // past the lease: taken over
+    // Past the lease, another worker takes the sleeper's jobs over: each runs again
+    // under a later attempt (or has finished under one).
+    d.until(
+        Duration::from_secs(30),
+        "the sleeper's jobs are taken over",
+        |rows| {
+            rows.iter()
+                .filter(|r| held.contains_key(&r.id))
+                .all(|r| r.attempt > held[&r.id])
+        },
+    )
+    .await;
     d.signal(&sleeper, "CONT"); // wakes up and tries to complete its stale attempts
     let (lost, dup) = d.verify(40, true).await;
     d.stop_workers().await;
@@ -761,4 +788,76 @@ async fn drill_postgres_restart_mid_batch() {
     let (lost, dup) = d.verify(80, false).await;
     d.stop_workers().await;
     eprintln!("DRILL Postgres restart mid-batch: lost {lost}, duplicate successes {dup}");
+}
+
+/// How a dead worker's job is rescued in `drill_a_job_that_kills_every_worker_fails`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RescuePath {
+    /// Another worker takes the Redis entry over (XAUTOCLAIM after the lease).
+    RedisTakeover,
+    /// Redis lost the entry too: the reconciler finds the dead worker's running job.
+    Reconciler,
+    /// Database dispatch: another worker takes the row's expired lease over.
+    DatabaseLease,
+}
+
+/// A job that kills each worker it runs on (kill -9 while it renders) ends `failed`
+/// after `max_attempts` deaths, saying its worker died, and its batch finishes.
+async fn a_job_that_kills_every_worker_fails(path: RescuePath) {
+    let mut d = Drill::new(None).await;
+    d.use_redis = path != RescuePath::DatabaseLease;
+    d.submit_with(1, None, 2);
+    let lease = ["--lease-secs", "2"];
+    for attempt in 1..=2 {
+        // Renders for ten minutes: it holds the job until it is killed.
+        let victim = d.spawn_worker(&lease, 600_000);
+        d.until(Duration::from_secs(30), "the victim runs the job", |rows| {
+            rows[0].worker.as_deref() == Some(victim.as_str())
+                && rows[0].state == renderq::job::JobState::Running
+                && rows[0].attempt == attempt
+        })
+        .await;
+        d.signal(&victim, "KILL");
+        if path == RescuePath::Reconciler {
+            sh("redis-cli", &["-p", &d.redis.port.to_string(), "FLUSHALL"]);
+        }
+    }
+    d.spawn_worker(&lease, 0);
+    d.until(Duration::from_secs(60), "the job failed", |rows| {
+        rows[0].state.is_terminal()
+    })
+    .await;
+    let row = d.rows().await.remove(0);
+    d.stop_workers().await;
+    assert_eq!(
+        row.state,
+        renderq::job::JobState::Failed,
+        "{path:?}: {row:?}"
+    );
+    assert_eq!(row.attempt, 2, "{path:?}: no third attempt");
+    let error = row.error.unwrap_or_default();
+    assert!(
+        error.contains("worker stopped responding") && error.contains("attempt 2 of 2"),
+        "{path:?}: {error}"
+    );
+    let batch = row.batch_id.unwrap();
+    assert!(
+        d.record.batch_finished_at(batch).await.unwrap().is_some(),
+        "{path:?}: the batch is finished"
+    );
+}
+
+#[tokio::test]
+async fn drill_a_job_that_kills_every_worker_fails_after_redis_takeovers() {
+    a_job_that_kills_every_worker_fails(RescuePath::RedisTakeover).await;
+}
+
+#[tokio::test]
+async fn drill_a_job_that_kills_every_worker_fails_after_reconciler_rescues() {
+    a_job_that_kills_every_worker_fails(RescuePath::Reconciler).await;
+}
+
+#[tokio::test]
+async fn drill_a_job_that_kills_every_worker_fails_after_database_lease_takeovers() {
+    a_job_that_kills_every_worker_fails(RescuePath::DatabaseLease).await;
 }

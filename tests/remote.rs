@@ -99,6 +99,16 @@ async fn answer(scenario: &str, n: usize, auth: &str, body: &Value) -> Response 
     let prompt = body["prompt"].as_str().unwrap_or("").to_string();
     let b64 = || base64::engine::general_purpose::STANDARD.encode(png(&size, seed, &prompt));
     match scenario {
+        // Hostile answers, chosen by the prompt: a body over any sane cap, and an
+        // image wider than any job may ask for.
+        "ok" if prompt == "HUGE" => {
+            let big = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 300_000]);
+            Json(json!({"data": [{"b64_json": big}]})).into_response()
+        }
+        "ok" if prompt == "WIDE" => {
+            let wide = base64::engine::general_purpose::STANDARD.encode(png("9000x1", 1, ""));
+            Json(json!({"data": [{"b64_json": wide}]})).into_response()
+        }
         "ok" => Json(json!({"created": 1, "data": [{"b64_json": b64()}]})).into_response(),
         "slowly" => {
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -337,6 +347,65 @@ async fn a_bad_key_fails_with_the_servers_message_and_the_key_is_never_shown() {
             assert!(m.contains("Incorrect API key provided"), "{m}");
             assert!(!m.contains("sk-wrong-93be11"), "{m}");
         }
+        other => panic!("expected an Abort error, got {other:?}"),
+    }
+}
+
+/// A key in the endpoint's query string (`?key=…`, as some servers take it) appears
+/// in no error, whether the server answered or could not be reached.
+#[tokio::test]
+async fn a_secret_in_the_endpoint_url_never_reaches_an_error() {
+    let (addr, _) = server().await;
+    let remote = RemoteRenderer::new(config(&format!(
+        "{addr}/refuses/v1?key=hush-4411&region=eu"
+    )))
+    .unwrap();
+    let out = remote.render(&[request("x", 1, 8, 8)]).await;
+    match &out[0] {
+        Err(RenderError::Abort(m)) => {
+            assert!(m.contains("size 8x8 is not supported"), "{m}");
+            assert!(!m.contains("hush-4411"), "{m}");
+            assert!(m.contains("key=***"), "{m}");
+        }
+        other => panic!("expected an Abort error, got {other:?}"),
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut cfg = config(&format!("http://127.0.0.1:{port}/v1?token=hush-5522"));
+    cfg.attempts = 1;
+    let out = RemoteRenderer::new(cfg)
+        .unwrap()
+        .render(&[request("x", 1, 8, 8)])
+        .await;
+    match &out[0] {
+        Err(RenderError::Retry(m)) => assert!(!m.contains("hush-5522"), "{m}"),
+        other => panic!("expected a Retry error, got {other:?}"),
+    }
+}
+
+/// An answer over the size cap, or an image larger than any job may be, fails its
+/// own job with that said; the other jobs of the batch are rendered.
+#[tokio::test]
+async fn oversized_answers_fail_their_job_alone() {
+    let (addr, _) = server().await;
+    let mut cfg = config(&format!("{addr}/ok/v1"));
+    cfg.max_response_bytes = 64 * 1024;
+    let remote = RemoteRenderer::new(cfg).unwrap();
+    let out = remote
+        .render(&[
+            request("fine", 1, 8, 8),
+            request("HUGE", 2, 8, 8),
+            request("WIDE", 3, 8, 8),
+        ])
+        .await;
+    assert!(out[0].is_ok(), "{:?}", out[0]);
+    match &out[1] {
+        Err(RenderError::Abort(m)) => assert!(m.contains("more than 65536 bytes"), "{m}"),
+        other => panic!("expected an Abort error, got {other:?}"),
+    }
+    match &out[2] {
+        Err(RenderError::Abort(m)) => assert!(m.contains("cannot be read"), "{m}"),
         other => panic!("expected an Abort error, got {other:?}"),
     }
 }

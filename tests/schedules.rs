@@ -116,6 +116,34 @@ conformance!(
     a_scheduler_that_was_down_fires_only_the_latest_missed_time
 );
 
+/// A manifest in S3 is read within the submit limit: a larger object is refused with
+/// its size named, and never read whole.
+#[tokio::test]
+async fn an_s3_manifest_over_the_limit_is_refused() {
+    let store = s3_store().await;
+    let line = "{\"prompt\":\"from s3\",\"width\":8,\"height\":8}\n";
+    store
+        .client()
+        .put_object()
+        .bucket(store.bucket())
+        .key("manifests/big.jsonl")
+        .body(line.repeat(100).into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let err = schedule::download_manifest(&store, "manifests/big.jsonl", 1024)
+        .await
+        .unwrap_err();
+    assert!(err.contains("over the limit of 1024 bytes"), "{err}");
+    let fits = schedule::download_manifest(&store, "manifests/big.jsonl", 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(fits.path()).unwrap(),
+        line.repeat(100)
+    );
+}
+
 #[tokio::test]
 async fn schedules_from_the_command_line_fire_from_s3_in_the_scheduler() {
     let env = Env::new().await;

@@ -143,22 +143,37 @@ async fn no_secret_is_printed_on_success_or_error_paths() {
         .await;
     let mut bad = ok_vars.clone();
     bad.push(("RENDERQ_LOG", "debug".into()));
-    let child = renderq(&bad, &["worker", "--shutdown-secs", "1"])
+    let mut child = renderq(&bad, &["worker", "--shutdown-secs", "1"])
         .env("AWS_SECRET_ACCESS_KEY", WRONG_AWS_SECRET)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Read the log as it comes; stop the worker once it has logged the refusal.
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut log = String::new();
+        for line in std::io::BufReader::new(&mut stderr_pipe).lines() {
+            let line = line.unwrap_or_default();
+            // A 403 fails the job at once ("S3 upload: …"); a 5xx is retried first.
+            if line.contains("S3 upload") || line.contains("upload failed") {
+                let _ = tx.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let refused = rx.recv_timeout(Duration::from_secs(60)).is_ok();
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("upload failed") || stderr.contains("S3"),
-        "the refusal was logged: {stderr}"
-    );
+    let mut out = child.wait_with_output().unwrap();
+    let stderr = reader.join().unwrap();
+    assert!(refused, "the refusal was logged: {stderr}");
+    out.stderr = stderr.into_bytes();
     assert_clean("worker with a wrong S3 secret", &out);
 }

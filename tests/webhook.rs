@@ -3,6 +3,7 @@
 mod common;
 
 use std::{
+    collections::HashMap,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
@@ -15,12 +16,34 @@ use renderq::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A receiver that answers 500 to the first request and 200 after; keeps
-/// (signature header, body) of each request.
-async fn receiver() -> (u16, Arc<Mutex<Vec<(String, String)>>>) {
+/// Two signing keys, as while keys rotate: every delivery carries a signature
+/// under each.
+const SECRETS: &str =
+    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_c2Vjb25kIHNlY3JldCBrZXkgYnl0ZXM=";
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+/// How a receiver answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// 500 to the first request, 200 after.
+    FailFirst,
+    /// 302 to another address.
+    Redirect(u16),
+}
+
+/// A receiver on 127.0.0.1; keeps the headers and body of each request.
+async fn receiver_with(answer: Answer) -> (u16, Log) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen: Log = Arc::default();
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
@@ -55,33 +78,82 @@ async fn receiver() -> (u16, Arc<Mutex<Vec<(String, String)>>>) {
                     );
                 }
             };
-            let signature = head
+            let headers = head
                 .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .starts_with("x-renderq-signature:")
-                        .then(|| l[20..].trim().to_string())
-                })
-                .unwrap_or_default();
+                .skip(1)
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
             let first = {
                 let mut seen = log.lock().unwrap();
-                seen.push((signature, body));
+                seen.push(Seen { headers, body });
                 seen.len() == 1
             };
-            let status = if first {
-                "500 Internal Server Error"
-            } else {
-                "200 OK"
+            let reply = match answer {
+                Answer::FailFirst if first => "500 Internal Server Error\r\n".to_string(),
+                Answer::FailFirst => "200 OK\r\n".to_string(),
+                Answer::Redirect(to) => {
+                    format!("302 Found\r\nLocation: http://127.0.0.1:{to}/hook\r\n")
+                }
             };
             let _ = sock
                 .write_all(
-                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    format!("HTTP/1.1 {reply}Content-Length: 0\r\nConnection: close\r\n\r\n")
                         .as_bytes(),
                 )
                 .await;
         }
     });
     (port, seen)
+}
+
+async fn receiver() -> (u16, Log) {
+    receiver_with(Answer::FailFirst).await
+}
+
+/// Verifies a delivery the way the Standard Webhooks specification says, written
+/// here from the specification rather than with renderq's own signing: the HMAC-SHA256
+/// of `id.timestamp.body` under each key, base64, one of the space-separated `v1,`
+/// signatures; a timestamp within five minutes.
+fn verify(secrets: &str, seen: &Seen) -> Result<(), String> {
+    use base64::Engine;
+    use hmac::Mac;
+    let header = |name: &str| {
+        seen.headers
+            .get(name)
+            .cloned()
+            .ok_or(format!("no {name} header"))
+    };
+    let (id, timestamp, signatures) = (
+        header("webhook-id")?,
+        header("webhook-timestamp")?,
+        header("webhook-signature")?,
+    );
+    let sent: i64 = timestamp.parse().map_err(|e| format!("timestamp: {e}"))?;
+    if (chrono::Utc::now().timestamp() - sent).abs() > 300 {
+        return Err(format!("timestamp {sent} is not within five minutes"));
+    }
+    let offered: Vec<&str> = signatures.split(' ').collect();
+    for secret in secrets.split(' ') {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.strip_prefix("whsec_").unwrap())
+            .unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{id}.{timestamp}.{}", seen.body).as_bytes());
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        if !offered.contains(&format!("v1,{expected}").as_str()) {
+            return Err(format!("no signature under {secret}: {signatures}"));
+        }
+    }
+    Ok(())
+}
+
+fn settings(allow: &[&str]) -> renderq::webhook::WebhookSettings {
+    renderq::webhook::WebhookSettings {
+        secrets: renderq::webhook::parse_secrets(SECRETS).unwrap(),
+        allow_hosts: allow.iter().map(|h| h.to_string()).collect(),
+    }
 }
 
 #[tokio::test]
@@ -96,7 +168,8 @@ async fn a_finished_batch_posts_a_signed_summary_retried_after_a_500() {
         c.env_remove("REDIS_URL")
             .envs(env.vars())
             .env("RENDERQ_STORE", dir.path().join("out"))
-            .env("RENDERQ_WEBHOOK_SECRET", "hook-secret");
+            .env("RENDERQ_WEBHOOK_SECRET", SECRETS)
+            .env("RENDERQ_WEBHOOK_ALLOW_HOSTS", "127.0.0.1");
         c
     };
     let bad = renderq()
@@ -106,6 +179,16 @@ async fn a_finished_batch_posts_a_signed_summary_retried_after_a_500() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("http:// or https://"));
+    // Without a secret there is nothing a receiver could check: refused, nothing queued.
+    let unsigned = renderq()
+        .env_remove("RENDERQ_WEBHOOK_SECRET")
+        .args(["submit", "--webhook", "https://shop.example/hook"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(unsigned.status.code(), Some(1), "{unsigned:?}");
+    assert!(String::from_utf8_lossy(&unsigned.stderr).contains("RENDERQ_WEBHOOK_SECRET"));
+    assert!(env.record.recent_batches(10).await.unwrap().is_empty());
     let hook = format!("http://127.0.0.1:{port}/hooks/renderq");
     let out = renderq()
         .args(["submit", "--webhook", &hook])
@@ -140,12 +223,14 @@ async fn a_finished_batch_posts_a_signed_summary_retried_after_a_500() {
     assert!(worker.wait().unwrap().success());
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "a 500, then delivered: {seen:?}");
-    for (signature, body) in &seen {
-        assert_eq!(
-            signature,
-            &renderq::webhook::signature(b"hook-secret", body.as_bytes())
-        );
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        seen[0].headers["webhook-id"], seen[1].headers["webhook-id"],
+        "one id for every try of a delivery"
+    );
+    for request in &seen {
+        verify(SECRETS, request).unwrap();
+        assert!(verify("whsec_b3RoZXIga2V5IGVudGlyZWx5IGRpZmZlcmVudA==", request).is_err());
+        let v: serde_json::Value = serde_json::from_str(&request.body).unwrap();
         assert_eq!(v["event"], "batch.done");
         assert_eq!(v["batch_id"], batch);
         assert_eq!(
@@ -177,7 +262,7 @@ async fn submit_with_hook(env: &Env, port: u16, n: usize) -> (renderq::job::Batc
 }
 
 /// Waits until the receiver has seen `n` requests.
-async fn wait_seen(seen: &Mutex<Vec<(String, String)>>, n: usize, within: Duration) {
+async fn wait_seen(seen: &Mutex<Vec<Seen>>, n: usize, within: Duration) {
     let end = tokio::time::Instant::now() + within;
     while seen.lock().unwrap().len() < n && tokio::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -187,6 +272,7 @@ async fn wait_seen(seen: &Mutex<Vec<(String, String)>>, n: usize, within: Durati
 fn hook_config() -> renderq::worker::WorkerConfig {
     renderq::worker::WorkerConfig {
         webhook_backoff: Duration::from_millis(20),
+        webhooks: settings(&["127.0.0.1"]),
         ..fast_config()
     }
 }
@@ -207,7 +293,8 @@ async fn cancelling_a_batchs_last_job_by_its_id_finishes_the_batch_and_sends_its
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let cancel = |id: &str| renderq(&["cancel", id]);
-    let hook_line = format!("webhook http://127.0.0.1:{port}/hook: ");
+    // Shown with scheme and host only: a receiver's path may hold its secret.
+    let hook_line = format!("webhook http://127.0.0.1:{port}/…: ");
     let status = renderq(&["status", &batch.to_string()]);
     assert!(
         status.contains(&format!("{hook_line}sent when the batch finishes")),
@@ -236,7 +323,7 @@ async fn cancelling_a_batchs_last_job_by_its_id_finishes_the_batch_and_sends_its
     h.await.unwrap();
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "a 500, then delivered: {seen:?}");
-    let v: serde_json::Value = serde_json::from_str(&seen[1].1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&seen[1].body).unwrap();
     assert_eq!(v["batch_id"], batch.to_string());
     assert_eq!(
         (v["total"].as_i64(), v["cancelled"].as_i64()),
@@ -268,7 +355,7 @@ async fn a_delivery_whose_worker_died_is_sent_by_another(kind: Kind) {
         id: failing,
         takeover: false,
     };
-    let claimed = env.record.claim(&[request], "test").await.unwrap();
+    let claimed = env.record.claim(&[request], "test").await.unwrap().jobs;
     let failure = Outcome::Failed {
         error: "weights missing".into(),
         retry: false,
@@ -303,7 +390,12 @@ async fn a_delivery_whose_worker_died_is_sent_by_another(kind: Kind) {
     wait_seen(&seen, 2, Duration::from_secs(15)).await;
     stop.cancel();
     h.await.unwrap();
-    let bodies: Vec<String> = seen.lock().unwrap().iter().map(|s| s.1.clone()).collect();
+    let bodies: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.body.clone())
+        .collect();
     assert_eq!(bodies.len(), 2, "a 500, then delivered: {bodies:?}");
     assert!(bodies.iter().all(|b| b.contains(&batch.to_string())));
     let after = env
@@ -356,7 +448,9 @@ async fn renderq_run_exits_after_its_webhook_is_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let hook = format!("http://127.0.0.1:{port}/hook");
     let mut cmd = run_one_job(dir.path(), r#"{"prompt":"a","width":8,"height":8}"#);
-    cmd.args(["--webhook", &hook]);
+    cmd.args(["--webhook", &hook])
+        .env("RENDERQ_WEBHOOK_SECRET", SECRETS)
+        .env("RENDERQ_WEBHOOK_ALLOW_HOSTS", "127.0.0.1");
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
@@ -368,6 +462,123 @@ async fn renderq_run_exits_after_its_webhook_is_delivered() {
         2,
         "a 500, then delivered, before the exit: {seen:?}"
     );
-    let v: serde_json::Value = serde_json::from_str(&seen[1].1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&seen[1].body).unwrap();
     assert_eq!(v["succeeded"], 1);
+    verify(SECRETS, &seen[1]).unwrap();
+}
+
+/// Submits one job with a webhook to `url` and works it with `webhooks`; returns
+/// the delivery's recorded outcome.
+async fn outcome_of_a_webhook_to(url: &str, webhooks: renderq::webhook::WebhookSettings) -> String {
+    let env = Env::with(Kind::Sqlite).await;
+    let jobs = env.jobs(&[r#"{"prompt":"p","width":8,"height":8}"#]);
+    let done = renderq::submit::submit_with_webhook(
+        env.record.as_ref(),
+        env.dispatch.as_ref(),
+        "hooked",
+        &jobs,
+        1,
+        Some(url),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = renderq::worker::WorkerConfig {
+        webhooks,
+        ..hook_config()
+    };
+    let (stop, h) = env.spawn_worker(
+        cfg,
+        Arc::new(renderq::store::DirStore::new(dir.path())),
+        renderq::render::Renderers::builtin(0),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let hook = env.record.webhook(done.batch).await.unwrap().unwrap();
+        if let Some(status) = hook.status {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no outcome recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    stop.cancel();
+    h.await.unwrap();
+    status
+}
+
+/// Whoever can submit names the webhook's URL: a worker must not be made to POST to
+/// its own host, the network behind it, or the cloud's metadata service.
+#[tokio::test]
+async fn webhooks_to_loopback_or_link_local_addresses_are_refused() {
+    let (port, seen) = receiver().await;
+    let status =
+        outcome_of_a_webhook_to(&format!("http://127.0.0.1:{port}/hook"), settings(&[])).await;
+    assert!(
+        status
+            .starts_with("refused: 127.0.0.1 resolves to 127.0.0.1, which is not a public address"),
+        "{status}"
+    );
+    let status = outcome_of_a_webhook_to(
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        settings(&[]),
+    )
+    .await;
+    assert!(
+        status.contains("169.254.169.254, which is not a public address"),
+        "{status}"
+    );
+    let status =
+        outcome_of_a_webhook_to(&format!("http://localhost:{port}/hook"), settings(&[])).await;
+    assert!(status.contains("not a public address"), "{status}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the receiver"
+    );
+    // Listed as an internal receiver, the same host is reached.
+    let status = outcome_of_a_webhook_to(
+        &format!("http://127.0.0.1:{port}/hook"),
+        settings(&["127.0.0.1"]),
+    )
+    .await;
+    assert_eq!(status, "delivered (200)");
+}
+
+/// A redirect would lead past the address check: it is not followed.
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let (inner, reached) = receiver().await;
+    let (outer, asked) = receiver_with(Answer::Redirect(inner)).await;
+    let status = outcome_of_a_webhook_to(
+        &format!("http://127.0.0.1:{outer}/hook"),
+        settings(&["127.0.0.1"]),
+    )
+    .await;
+    assert_eq!(status, "refused with 302 (redirects are not followed)");
+    assert_eq!(asked.lock().unwrap().len(), 1, "asked once, not retried");
+    assert!(
+        reached.lock().unwrap().is_empty(),
+        "the redirect was not followed"
+    );
+}
+
+/// A worker without a secret sends nothing unsigned.
+#[tokio::test]
+async fn a_worker_without_a_secret_sends_nothing() {
+    let (port, seen) = receiver().await;
+    let status = outcome_of_a_webhook_to(
+        &format!("http://127.0.0.1:{port}/hook"),
+        renderq::webhook::WebhookSettings {
+            secrets: Vec::new(),
+            allow_hosts: vec!["127.0.0.1".into()],
+        },
+    )
+    .await;
+    assert!(
+        status.contains("RENDERQ_WEBHOOK_SECRET is not set"),
+        "{status}"
+    );
+    assert!(seen.lock().unwrap().is_empty());
 }

@@ -10,6 +10,9 @@ use super::{Global, RunArgs, batch_name, connect, read_file, signal_shutdown, wa
 use crate::{sheet, store, submit, worker::Worker};
 
 pub async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
+    if let Some(code) = super::check_webhook(&args.submit) {
+        return Ok(code);
+    }
     let jobs = match read_file(&args.submit).await? {
         Ok(jobs) => jobs,
         Err(code) => return Ok(code),

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{
     db::{Progress, Record},
     job::BatchId,
-    redact::redact_url,
+    redact::webhook_origin,
 };
 
 fn parse_batch(text: &str) -> Result<BatchId> {
@@ -89,7 +89,7 @@ pub async fn status(record: &dyn Record, queue: &str, batch: Option<String>) -> 
             (None, true) => "due: a worker on the batch's queue sends it".into(),
             (None, false) => "sent when the batch finishes".into(),
         };
-        println!("  webhook {}: {state}", redact_url(&hook.url));
+        println!("  webhook {}: {state}", webhook_origin(&hook.url));
     }
     if p.failed > 0 {
         println!("failed jobs (first 20):");

@@ -20,8 +20,8 @@ use uuid::Uuid;
 use async_trait::async_trait;
 
 use super::{
-    Cancelled, ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob, Outcome,
-    Progress, Record, Recorded, Unfinished, Webhook, WorkerInfo,
+    Cancelled, ClaimRequest, Claimed, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob,
+    Outcome, Progress, Record, Recorded, Rescued, WORKER_DIED, Webhook, WorkerInfo,
 };
 use crate::{
     job::{BatchId, JobId, JobSpec, JobState},
@@ -299,15 +299,10 @@ impl Record for PgRecord {
 
     /// Claims delivered jobs for `worker`, bumping each one's attempt. Jobs that are
     /// not claimable (cancelled, finished, held by a live worker) are left out.
-    /// A takeover of a job whose attempts are used up fails it instead: a job that
-    /// kills its worker every time must not circle for ever.
-    async fn claim(
-        &self,
-        requests: &[ClaimRequest],
-        worker: &str,
-    ) -> Result<Vec<ClaimedJob>, DbError> {
+    async fn claim(&self, requests: &[ClaimRequest], worker: &str) -> Result<Claimed, DbError> {
+        let mut out = Claimed::default();
         if requests.is_empty() {
-            return Ok(Vec::new());
+            return Ok(out);
         }
         let taken: Vec<Uuid> = requests
             .iter()
@@ -315,15 +310,18 @@ impl Record for PgRecord {
             .map(|r| r.id.0)
             .collect();
         if !taken.is_empty() {
-            sqlx::query(
+            let rows = sqlx::query(
                 "UPDATE renderq.jobs j SET state = 'failed', finished_at = now(),
-                        error = format('worker stopped responding during attempt %s of %s', j.attempt, j.max_attempts)
+                        error = format('%s during attempt %s of %s', $2::text, j.attempt, j.max_attempts)
                  FROM (SELECT u.id, 'running' AS from_state FROM unnest($1::uuid[]) AS u(id) OFFSET 0) AS c
-                 WHERE j.id = c.id AND j.state = c.from_state AND j.attempt >= j.max_attempts",
+                 WHERE j.id = c.id AND j.state = c.from_state AND j.attempt >= j.max_attempts
+                 RETURNING j.id, j.batch_id",
             )
             .bind(&taken)
-            .execute(&self.pool)
+            .bind(WORKER_DIED)
+            .fetch_all(&self.pool)
             .await?;
+            out.failed.extend(rows.iter().map(job_and_batch));
         }
         let ids: Vec<Uuid> = requests.iter().map(|r| r.id.0).collect();
         let takeover: Vec<bool> = requests.iter().map(|r| r.takeover).collect();
@@ -341,19 +339,45 @@ impl Record for PgRecord {
         .bind(worker)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(ClaimedJob {
-                    id: JobId(r.get(0)),
-                    batch_id: r.get::<Option<Uuid>, _>(1).map(BatchId),
-                    attempt: r.get(2),
+        let mut unreadable = Vec::new();
+        for r in rows {
+            let (id, batch_id) = job_and_batch(&r);
+            let attempt: i32 = r.get(2);
+            // Straight from the bytes: a `serde_json::Value` in between cost an
+            // allocation per field of every claimed job.
+            match r.try_get::<sqlx::types::Json<JobSpec>, _>(4) {
+                Ok(spec) => out.jobs.push(ClaimedJob {
+                    id,
+                    batch_id,
+                    attempt,
                     seed: r.get::<i64, _>(3) as u64,
-                    // Straight from the bytes: a `serde_json::Value` in between cost an
-                    // allocation per field of every claimed job.
-                    spec: r.try_get::<sqlx::types::Json<_>, _>(4)?.0,
-                })
-            })
-            .collect()
+                    spec: spec.0,
+                }),
+                Err(sqlx::Error::ColumnDecode { source, .. }) => {
+                    unreadable.push((id, batch_id, attempt, super::unreadable_spec(source)))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !unreadable.is_empty() {
+            let ids: Vec<Uuid> = unreadable.iter().map(|u| u.0.0).collect();
+            let attempts: Vec<i32> = unreadable.iter().map(|u| u.2).collect();
+            let errors: Vec<&str> = unreadable.iter().map(|u| u.3.as_str()).collect();
+            let rows = sqlx::query(
+                "UPDATE renderq.jobs j SET state = 'failed', finished_at = now(), error = c.error
+                 FROM (SELECT u.*, 'running' AS from_state
+                       FROM unnest($1::uuid[], $2::int[], $3::text[]) AS u(id, attempt, error) OFFSET 0) AS c
+                 WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = c.from_state
+                 RETURNING j.id, j.batch_id",
+            )
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&errors)
+            .fetch_all(&self.pool)
+            .await?;
+            out.failed.extend(rows.iter().map(job_and_batch));
+        }
+        Ok(out)
     }
 
     /// Records the outcomes of attempts, fenced by attempt. Returns, per input, what
@@ -512,6 +536,38 @@ impl Record for PgRecord {
         Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
     }
 
+    async fn rescue(&self, jobs: &[(JobId, i32)]) -> Result<Rescued, DbError> {
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.0.0).collect();
+        let attempts: Vec<i32> = jobs.iter().map(|j| j.1).collect();
+        let rows = sqlx::query(
+            "UPDATE renderq.jobs j
+             SET state = CASE WHEN j.attempt < j.max_attempts THEN 'queued' ELSE 'failed' END,
+                 worker = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE j.worker END,
+                 finished_at = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE now() END,
+                 error = CASE WHEN j.attempt < j.max_attempts THEN j.error
+                              ELSE format('%s during attempt %s of %s', $3::text, j.attempt, j.max_attempts) END
+             FROM (SELECT u.*, 'running' AS from_state
+                   FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt) OFFSET 0) AS c
+             WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = c.from_state
+             RETURNING j.id, j.batch_id, j.state",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(WORKER_DIED)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Rescued::default();
+        for r in &rows {
+            let (id, batch) = job_and_batch(r);
+            if r.get::<&str, _>(2) == "queued" {
+                out.requeued.push(id);
+            } else {
+                out.failed.push((id, batch));
+            }
+        }
+        Ok(out)
+    }
+
     /// Cancels a job, or every unfinished job of a batch.
     async fn cancel(&self, id: Uuid) -> Result<Cancelled, DbError> {
         let row = sqlx::query(
@@ -615,51 +671,68 @@ impl Record for PgRecord {
         Ok(())
     }
 
-    async fn unfinished(&self, queue: &str, silent_ms: i64) -> Result<Unfinished, DbError> {
+    async fn unfinished_page(
+        &self,
+        queue: &str,
+        state: JobState,
+        after: Option<JobId>,
+        limit: i64,
+    ) -> Result<Vec<(JobId, i64)>, DbError> {
+        // Keyset paging: `queued` through its (queue, id) index; `retrying` jobs are
+        // few (they wait out a backoff) and served by theirs.
+        // The state is written into the statement: a partial index's predicate cannot
+        // be matched to a parameter in a generic plan.
+        let sql = match state {
+            JobState::Queued => {
+                "SELECT id, 0::bigint FROM renderq.jobs
+                 WHERE queue = $1 AND state = 'queued' AND id > $2 ORDER BY id LIMIT $3"
+            }
+            JobState::Retrying => {
+                "SELECT id, coalesce((extract(epoch FROM run_at) * 1000)::bigint, 0) FROM renderq.jobs
+                 WHERE queue = $1 AND state = 'retrying' AND id > $2 ORDER BY id LIMIT $3"
+            }
+            other => return Err(DbError::Invalid(format!("no page of `{other}` jobs"))),
+        };
+        let rows = sqlx::query(sql)
+            .bind(queue)
+            .bind(after.map_or(Uuid::nil(), |a| a.0))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (JobId(r.get(0)), r.get(1))).collect())
+    }
+
+    async fn orphans(
+        &self,
+        queue: &str,
+        silent_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(JobId, i32)>, DbError> {
         let rows = sqlx::query(
-            // Each branch has an index: queued and retrying jobs by queue; running jobs
-            // by batch and state (the running-jobs index holds only database-leased
-            // jobs, migration 10), for raw jobs and for every batch of the queue,
-            // finished ones too: the reconciler repairs what went wrong elsewhere, so it
-            // does not rely on the finished mark being right.
-            "WITH open AS (
-                 SELECT id, state, attempt, run_at, started_at, worker FROM renderq.jobs
-                 WHERE queue = $1 AND state = 'queued'
-                 UNION ALL
-                 SELECT id, state, attempt, run_at, started_at, worker FROM renderq.jobs
-                 WHERE queue = $1 AND state = 'retrying'
-                 UNION ALL
-                 SELECT j.id, j.state, j.attempt, j.run_at, j.started_at, j.worker
+            // Running jobs by batch and state (the running-jobs index holds only
+            // database-leased jobs, migration 10), for every batch of the queue,
+            // finished ones too (the reconciler repairs what went wrong elsewhere, so
+            // it does not rely on the finished mark), and for raw jobs.
+            "WITH running AS (
+                 SELECT j.id, j.attempt, j.started_at, j.worker
                  FROM renderq.batches b
                  JOIN renderq.jobs j ON j.batch_id = b.id AND j.state = 'running'
                  WHERE b.queue = $1 AND j.queue = $1
                  UNION ALL
-                 SELECT id, state, attempt, run_at, started_at, worker FROM renderq.jobs
+                 SELECT id, attempt, started_at, worker FROM renderq.jobs
                  WHERE batch_id IS NULL AND state = 'running' AND queue = $1)
-             SELECT o.id, o.state, o.attempt, (extract(epoch FROM o.run_at) * 1000)::bigint,
-                    (o.state = 'running'
-                     AND o.started_at < now() - $2 * interval '1 millisecond'
-                     AND (w.id IS NULL OR w.stopped_at IS NOT NULL
-                          OR w.last_heartbeat < now() - $2 * interval '1 millisecond'))
-             FROM open o LEFT JOIN renderq.workers w ON w.id = o.worker",
+             SELECT r.id, r.attempt FROM running r LEFT JOIN renderq.workers w ON w.id = r.worker
+             WHERE r.started_at < now() - $2 * interval '1 millisecond'
+               AND (w.id IS NULL OR w.stopped_at IS NOT NULL
+                    OR w.last_heartbeat < now() - $2 * interval '1 millisecond')
+             LIMIT $3",
         )
         .bind(queue)
         .bind(silent_ms as f64)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Unfinished::default();
-        for r in rows {
-            let id = JobId(r.get(0));
-            match r.get::<&str, _>(1) {
-                "queued" => out.queued.push(id),
-                "retrying" => out
-                    .retrying
-                    .push((id, r.get::<Option<i64>, _>(3).unwrap_or(0))),
-                _ if r.get::<Option<bool>, _>(4) == Some(true) => out.orphaned.push((id, r.get(2))),
-                _ => {}
-            }
-        }
-        Ok(out)
+        Ok(rows.iter().map(|r| (JobId(r.get(0)), r.get(1))).collect())
     }
 
     /// A session advisory lock on a connection taken out of the pool: closing that
@@ -802,4 +875,9 @@ impl PgRecord {
             })
             .collect()
     }
+}
+
+/// The `(id, batch_id)` at the start of a returned row.
+fn job_and_batch(r: &sqlx::postgres::PgRow) -> (JobId, Option<BatchId>) {
+    (JobId(r.get(0)), r.get::<Option<Uuid>, _>(1).map(BatchId))
 }

@@ -15,8 +15,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    Cancelled, ClaimRequest, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob, Outcome,
-    Progress, Record, Recorded, Unfinished, Webhook, WorkerInfo,
+    Cancelled, ClaimRequest, Claimed, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob,
+    Outcome, Progress, Record, Recorded, Rescued, WORKER_DIED, Webhook, WorkerInfo,
 };
 use crate::{
     job::{BatchId, JobId, JobSpec, JobState},
@@ -363,29 +363,31 @@ impl Record for SqliteRecord {
         Ok(())
     }
 
-    async fn claim(
-        &self,
-        requests: &[ClaimRequest],
-        worker: &str,
-    ) -> Result<Vec<ClaimedJob>, DbError> {
+    async fn claim(&self, requests: &[ClaimRequest], worker: &str) -> Result<Claimed, DbError> {
+        let mut out = Claimed::default();
         if requests.is_empty() {
-            return Ok(Vec::new());
+            return Ok(out);
         }
         let now = now_ms();
         let mut con = self.pool.acquire().await?;
         let mut tx = con.begin_with("BEGIN IMMEDIATE").await?;
-        let mut claimed = Vec::with_capacity(requests.len());
         for r in requests {
             if r.takeover {
-                sqlx::query(
+                let failed = sqlx::query(
                     "UPDATE jobs SET state = 'failed', finished_at = ?,
-                            error = 'worker stopped responding during attempt ' || attempt || ' of ' || max_attempts
-                     WHERE id = ? AND state = 'running' AND attempt >= max_attempts",
+                            error = ? || ' during attempt ' || attempt || ' of ' || max_attempts
+                     WHERE id = ? AND state = 'running' AND attempt >= max_attempts
+                     RETURNING batch_id",
                 )
                 .bind(now)
+                .bind(WORKER_DIED)
                 .bind(r.id.to_string())
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
+                if let Some(row) = failed {
+                    out.failed.push((r.id, batch_of(&row, 0)?));
+                    continue;
+                }
             }
             let row = sqlx::query(
                 "UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = ?, worker = ?, run_at = NULL
@@ -398,19 +400,35 @@ impl Record for SqliteRecord {
             .bind(r.takeover)
             .fetch_optional(&mut *tx)
             .await?;
-            if let Some(row) = row {
-                let batch: Option<String> = row.get(0);
-                claimed.push(ClaimedJob {
+            let Some(row) = row else { continue };
+            let batch_id = batch_of(&row, 0)?;
+            let attempt: i32 = row.get(1);
+            match serde_json::from_str(&row.get::<String, _>(3)) {
+                Ok(spec) => out.jobs.push(ClaimedJob {
                     id: r.id,
-                    batch_id: batch.as_deref().map(uuid_of).transpose()?.map(BatchId),
-                    attempt: row.get(1),
+                    batch_id,
+                    attempt,
                     seed: row.get::<i64, _>(2) as u64,
-                    spec: serde_json::from_str(&row.get::<String, _>(3))?,
-                });
+                    spec,
+                }),
+                Err(e) => {
+                    // Only this row fails; the rest of the chunk is claimed.
+                    sqlx::query(
+                        "UPDATE jobs SET state = 'failed', finished_at = ?, error = ?
+                         WHERE id = ? AND attempt = ? AND state = 'running'",
+                    )
+                    .bind(now)
+                    .bind(super::unreadable_spec(e))
+                    .bind(r.id.to_string())
+                    .bind(attempt)
+                    .execute(&mut *tx)
+                    .await?;
+                    out.failed.push((r.id, batch_id));
+                }
             }
         }
         tx.commit().await?;
-        Ok(claimed)
+        Ok(out)
     }
 
     async fn record_outcomes(
@@ -534,6 +552,39 @@ impl Record for SqliteRecord {
         Ok(released)
     }
 
+    async fn rescue(&self, jobs: &[(JobId, i32)]) -> Result<Rescued, DbError> {
+        let now = now_ms();
+        let mut con = self.pool.acquire().await?;
+        let mut tx = con.begin_with("BEGIN IMMEDIATE").await?;
+        let mut out = Rescued::default();
+        for (id, attempt) in jobs {
+            let row = sqlx::query(
+                "UPDATE jobs
+                 SET state = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END,
+                     worker = CASE WHEN attempt < max_attempts THEN NULL ELSE worker END,
+                     finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE ? END,
+                     error = CASE WHEN attempt < max_attempts THEN error
+                                  ELSE ? || ' during attempt ' || attempt || ' of ' || max_attempts END,
+                     lease_owner = NULL, lease_until = NULL
+                 WHERE id = ? AND attempt = ? AND state = 'running'
+                 RETURNING state, batch_id",
+            )
+            .bind(now)
+            .bind(WORKER_DIED)
+            .bind(id.to_string())
+            .bind(attempt)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match row {
+                Some(r) if r.get::<String, _>(0) == "queued" => out.requeued.push(*id),
+                Some(r) => out.failed.push((*id, batch_of(&r, 1)?)),
+                None => {}
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
     async fn cancel(&self, id: Uuid) -> Result<Cancelled, DbError> {
         let id = id.to_string();
         let mut con = self.pool.acquire().await?;
@@ -652,32 +703,49 @@ impl Record for SqliteRecord {
         Ok(())
     }
 
-    async fn unfinished(&self, queue: &str, silent_ms: i64) -> Result<Unfinished, DbError> {
+    async fn unfinished_page(
+        &self,
+        queue: &str,
+        state: JobState,
+        after: Option<JobId>,
+        limit: i64,
+    ) -> Result<Vec<(JobId, i64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, coalesce(run_at, 0) FROM jobs
+             WHERE queue = ? AND state = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(queue)
+        .bind(state.as_str())
+        .bind(after.map_or(String::new(), |a| a.to_string()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((JobId(uuid_of(&r.get::<String, _>(0))?), r.get(1))))
+            .collect()
+    }
+
+    async fn orphans(
+        &self,
+        queue: &str,
+        silent_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(JobId, i32)>, DbError> {
         let since = now_ms() - silent_ms;
         let rows = sqlx::query(
-            "SELECT j.id, j.state, j.attempt, j.run_at,
-                    (j.state = 'running' AND j.started_at < ?2
-                     AND (w.id IS NULL OR w.stopped_at IS NOT NULL OR w.last_heartbeat < ?2))
-             FROM jobs j LEFT JOIN workers w ON w.id = j.worker
-             WHERE j.queue = ?1 AND j.state IN ('queued', 'retrying', 'running')",
+            "SELECT j.id, j.attempt FROM jobs j LEFT JOIN workers w ON w.id = j.worker
+             WHERE j.queue = ?1 AND j.state = 'running' AND j.started_at < ?2
+               AND (w.id IS NULL OR w.stopped_at IS NOT NULL OR w.last_heartbeat < ?2)
+             LIMIT ?3",
         )
         .bind(queue)
         .bind(since)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Unfinished::default();
-        for r in rows {
-            let id = JobId(uuid_of(&r.get::<String, _>(0))?);
-            match r.get::<String, _>(1).as_str() {
-                "queued" => out.queued.push(id),
-                "retrying" => out
-                    .retrying
-                    .push((id, r.get::<Option<i64>, _>(3).unwrap_or(0))),
-                _ if r.get::<Option<bool>, _>(4) == Some(true) => out.orphaned.push((id, r.get(2))),
-                _ => {}
-            }
-        }
-        Ok(out)
+        rows.iter()
+            .map(|r| Ok((JobId(uuid_of(&r.get::<String, _>(0))?), r.get(1))))
+            .collect()
     }
 
     /// One machine, and every reconciler action is idempotent: each process may lead.
@@ -800,4 +868,10 @@ impl SqliteRecord {
             })
             .collect()
     }
+}
+
+/// The batch id in column `i` of a returned row.
+fn batch_of(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Option<BatchId>, DbError> {
+    let batch: Option<String> = row.get(i);
+    Ok(batch.as_deref().map(uuid_of).transpose()?.map(BatchId))
 }

@@ -202,14 +202,6 @@ impl Dispatch for PgDispatch {
         Ok(())
     }
 
-    async fn held(&self) -> Result<Option<std::collections::HashSet<JobId>>, DispatchError> {
-        Ok(None) // the table is the queue: nothing to lose
-    }
-
-    async fn schedule(&self, _job: JobId, _due_ms: i64) -> Result<(), DispatchError> {
-        Ok(())
-    }
-
     async fn backlog(&self) -> Result<usize, DispatchError> {
         let n: i64 = sqlx::query_scalar(
             // Running jobs of this dispatch hold a lease: the running-jobs index serves them.

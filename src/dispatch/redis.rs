@@ -4,14 +4,15 @@
 //! jobs), `renderq:{<queue>}:batch:<batch id>` (one stream per submitted batch with work
 //! left), `renderq:{<queue>}:batches` (the set naming those streams) and
 //! `renderq:{<queue>}:delayed` (retries waiting out their backoff, a sorted set scored
-//! by due time in Unix ms). The braces keep a queue's keys in one Cluster slot, so the
+//! by due time in Unix ms), and while the reconciler runs a round,
+//! `renderq:{<queue>}:reconcile:held` (the job ids the streams hold). The braces keep a queue's keys in one Cluster slot, so the
 //! Lua scripts work on a cluster. A read shares itself between the streams
 //! (`lua/fair_read.lua`), which is what keeps a small batch from waiting behind a big
 //! one. Finished entries are acknowledged and deleted at once: Redis holds only work
 //! in flight.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
@@ -20,16 +21,19 @@ use async_trait::async_trait;
 use redis::{
     AsyncCommands, Client, Script,
     aio::{ConnectionManager, ConnectionManagerConfig},
-    streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply},
+    streams::{StreamAutoClaimReply, StreamId, StreamReadReply},
 };
 
-use super::{Delivery, Dispatch, DispatchError, Payload};
+use super::{Delivery, Dispatch, DispatchError, Payload, Reconcile, Snapshot};
 use crate::job::{BatchId, JobId};
 
 /// The consumer group every worker of a queue joins.
 pub const GROUP: &str = "renderq";
-/// Entries per XRANGE page when the reconciler reads the stream.
-const HELD_PAGE: usize = 10_000;
+/// Raw job messages longer than this are not decoded by the reconciler's snapshot
+/// (the worker refuses them at claim: `Limits::max_line_bytes`).
+const MAX_RAW_JOB_BYTES: usize = 64 * 1024;
+/// A snapshot left by a leader that died mid-round expires on its own.
+const SNAPSHOT_TTL_SECS: u64 = 600;
 /// Entries per pipelined XADD chunk (or script call) at submit.
 const XADD_CHUNK: usize = 2_000;
 /// Script calls per pipeline at submit.
@@ -49,6 +53,8 @@ pub struct RedisDispatch {
     batch_prefix: String,
     batches: String,
     delayed: String,
+    /// The reconciler's snapshot of the job ids the streams hold (a set).
+    snapshot: String,
     /// Commands that answer at once.
     con: ConnectionManager,
     /// XREADGROUP … BLOCK holds its connection; it gets one of its own.
@@ -57,6 +63,7 @@ pub struct RedisDispatch {
     move_due: Script,
     fair_read: Script,
     enqueue_batch: Script,
+    snapshot_page: Script,
     /// Which batch stream a read starts with, turned each read.
     rotation: AtomicU64,
     /// Where the next XAUTOCLAIM scan of each stream starts. XAUTOCLAIM examines a
@@ -111,12 +118,14 @@ impl RedisDispatch {
             batch_prefix: format!("renderq:{{{queue}}}:batch:"),
             batches: batches_key(queue),
             delayed: delayed_key(queue),
+            snapshot: format!("renderq:{{{queue}}}:reconcile:held"),
             con,
             blocking,
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
             move_due: Script::new(include_str!("lua/move_due.lua")),
             fair_read: Script::new(include_str!("lua/fair_read.lua")),
             enqueue_batch: Script::new(include_str!("lua/enqueue_batch.lua")),
+            snapshot_page: Script::new(include_str!("lua/snapshot_page.lua")),
             rotation: AtomicU64::new(0),
             reclaim_cursor: std::sync::Mutex::new(HashMap::new()),
         };
@@ -244,40 +253,6 @@ impl RedisDispatch {
             Err(e) if e.code() == Some("NOGROUP") => Ok(Vec::new()),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Adds the jobs of every entry of `stream` to `held`.
-    async fn scan_stream(
-        &self,
-        stream: &str,
-        held: &mut HashSet<JobId>,
-    ) -> Result<(), DispatchError> {
-        let mut con = self.con.clone();
-        let mut start = "-".to_string();
-        loop {
-            let page: StreamRangeReply = con.xrange_count(stream, &start, "+", HELD_PAGE).await?;
-            let n = page.ids.len();
-            for entry in page.ids {
-                match Self::delivery(entry.clone(), false).payload {
-                    Payload::Id(id) => {
-                        held.insert(id);
-                    }
-                    Payload::Job(text) => {
-                        let id = serde_json::from_str::<serde_json::Value>(&text)
-                            .ok()
-                            .and_then(|v| v.get("id")?.as_str()?.parse().ok())
-                            .unwrap_or_else(|| JobId::for_raw_message(&self.queue, &entry.id));
-                        held.insert(id);
-                    }
-                    Payload::Invalid(_) => {}
-                }
-                start = format!("({}", entry.id);
-            }
-            if n < HELD_PAGE {
-                break;
-            }
-        }
-        Ok(())
     }
 
     fn delivery(entry: StreamId, takeover: bool) -> Delivery {
@@ -575,23 +550,8 @@ impl Dispatch for RedisDispatch {
         Ok(())
     }
 
-    /// Scans the streams (submitted ids, and the ids of raw jobs) and the delayed set.
-    async fn held(&self) -> Result<Option<HashSet<JobId>>, DispatchError> {
-        let mut con = self.con.clone();
-        let mut held = HashSet::new();
-        for stream in self.streams().await? {
-            self.scan_stream(&stream, &mut held).await?;
-        }
-        let delayed: Vec<String> = con.zrange(&self.delayed, 0, -1).await?;
-        held.extend(delayed.iter().filter_map(|s| s.parse::<JobId>().ok()));
-        Ok(Some(held))
-    }
-
-    async fn schedule(&self, job: JobId, due_ms: i64) -> Result<(), DispatchError> {
-        let mut con = self.con.clone();
-        con.zadd::<_, _, _, ()>(&self.delayed, job.to_string(), due_ms)
-            .await?;
-        Ok(())
+    fn reconcile(&self) -> Option<&dyn Reconcile> {
+        Some(self)
     }
 
     async fn backlog(&self) -> Result<usize, DispatchError> {
@@ -605,9 +565,95 @@ impl Dispatch for RedisDispatch {
 
     async fn discard(&self) -> Result<(), DispatchError> {
         let mut keys = self.streams().await?;
-        keys.extend([self.batches.clone(), self.delayed.clone()]);
+        keys.extend([
+            self.batches.clone(),
+            self.delayed.clone(),
+            self.snapshot.clone(),
+        ]);
         let mut con = self.con.clone();
         con.del::<_, ()>(&keys).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Reconcile for RedisDispatch {
+    async fn begin_snapshot(&self) -> Result<Snapshot, DispatchError> {
+        let mut con = self.con.clone();
+        con.del::<_, ()>(&self.snapshot).await?;
+        Ok(Snapshot {
+            streams: self.streams().await?,
+            after: "-".into(),
+            ..Snapshot::default()
+        })
+    }
+
+    async fn continue_snapshot(
+        &self,
+        snap: &mut Snapshot,
+        pages: usize,
+        page: usize,
+    ) -> Result<bool, DispatchError> {
+        let mut con = self.con.clone();
+        for _ in 0..pages {
+            let Some(stream) = snap.streams.get(snap.next) else {
+                return Ok(true);
+            };
+            let (last, read): (String, usize) = self
+                .snapshot_page
+                .key(stream)
+                .key(&self.snapshot)
+                .arg(&snap.after)
+                .arg(page)
+                .arg(MAX_RAW_JOB_BYTES)
+                .arg(SNAPSHOT_TTL_SECS)
+                .invoke_async(&mut con)
+                .await?;
+            snap.pages += 1;
+            snap.entries += read as u64;
+            if read < page {
+                snap.next += 1;
+                snap.after = "-".into();
+            } else {
+                snap.after = last;
+            }
+        }
+        Ok(snap.next >= snap.streams.len())
+    }
+
+    async fn missing(&self, ids: &[JobId]) -> Result<Vec<JobId>, DispatchError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let members: Vec<String> = ids.iter().map(JobId::to_string).collect();
+        let mut con = self.con.clone();
+        let (in_streams, delayed): (Vec<bool>, Vec<Option<f64>>) = redis::pipe()
+            .cmd("SMISMEMBER")
+            .arg(&self.snapshot)
+            .arg(&members)
+            .cmd("ZMSCORE")
+            .arg(&self.delayed)
+            .arg(&members)
+            .query_async(&mut con)
+            .await?;
+        Ok(ids
+            .iter()
+            .zip(in_streams.iter().zip(&delayed))
+            .filter(|(_, (streamed, delayed))| !**streamed && delayed.is_none())
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
+    async fn end_snapshot(&self) -> Result<(), DispatchError> {
+        let mut con = self.con.clone();
+        con.del::<_, ()>(&self.snapshot).await?;
+        Ok(())
+    }
+
+    async fn schedule(&self, job: JobId, due_ms: i64) -> Result<(), DispatchError> {
+        let mut con = self.con.clone();
+        con.zadd::<_, _, _, ()>(&self.delayed, job.to_string(), due_ms)
+            .await?;
         Ok(())
     }
 }

@@ -237,14 +237,6 @@ impl Dispatch for SqliteDispatch {
         Ok(())
     }
 
-    async fn held(&self) -> Result<Option<std::collections::HashSet<JobId>>, DispatchError> {
-        Ok(None) // the table is the queue: nothing to lose
-    }
-
-    async fn schedule(&self, _job: JobId, _due_ms: i64) -> Result<(), DispatchError> {
-        Ok(())
-    }
-
     async fn backlog(&self) -> Result<usize, DispatchError> {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM jobs WHERE queue = ? AND state IN ('queued', 'running')",

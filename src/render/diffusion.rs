@@ -113,6 +113,7 @@ pub struct DiffusionRenderer {
     dtype: DType,
     loaded: tokio::sync::Mutex<Option<Arc<Pipeline>>>,
     limits: Arc<std::sync::Mutex<Limits>>,
+    panic_on: super::PanicOn,
 }
 
 impl DiffusionRenderer {
@@ -131,7 +132,15 @@ impl DiffusionRenderer {
             dtype,
             loaded: tokio::sync::Mutex::new(None),
             limits: Arc::default(),
+            panic_on: super::PanicOn::default(),
         }
+    }
+
+    /// For failure drills: panic on a poison prompt (`--panic-on`), inside the device
+    /// call, where a fault in candle or a native library would.
+    pub fn panicking_on(mut self, poison: super::PanicOn) -> Self {
+        self.panic_on = poison;
+        self
     }
 
     /// The pipeline, loaded on first use. A failed load is not kept: the next batch
@@ -257,11 +266,13 @@ impl Renderer for DiffusionRenderer {
             first.steps.unwrap_or(self.arch.default_steps),
             first.guidance.unwrap_or(self.arch.default_guidance),
         );
-        let n = batch.len();
         // Memory grows with the pixels and doubles under classifier-free guidance.
         let memory_shape = (width, height, guidance > 1.0);
         let limits = self.limits.clone();
-        tokio::task::spawn_blocking(move || {
+        let poison = self.panic_on.clone();
+        // A panic in here (candle, a native library) reaches the worker, which renders
+        // the batch again one job at a time so only the job that causes it fails.
+        super::on_blocking_pool(move || {
             let mut limit = limits
                 .lock()
                 .unwrap()
@@ -269,6 +280,7 @@ impl Renderer for DiffusionRenderer {
                 .copied()
                 .unwrap_or_default();
             let images = render_splitting(&samples, &mut limit, &|s: &[Sample]| {
+                poison.check(s.iter().map(|s| s.prompt.as_str()));
                 pipeline
                     .render(s, width, height, steps, guidance)
                     .map(|(images, _)| images)
@@ -279,11 +291,6 @@ impl Renderer for DiffusionRenderer {
             images
         })
         .await
-        .unwrap_or_else(|e| {
-            (0..n)
-                .map(|_| Err(RenderError::Abort(format!("rendering panicked: {e}"))))
-                .collect()
-        })
     }
 }
 

@@ -6,25 +6,24 @@ use std::time::Duration;
 use async_trait::async_trait;
 use image::RgbImage;
 
-use super::{RenderError, RenderRequest, Renderer};
+use super::{PanicOn, RenderError, RenderRequest, Renderer};
 
 pub struct NoopRenderer {
     delay: Duration,
-    panic_on: Option<String>,
+    panic_on: PanicOn,
 }
 
 impl NoopRenderer {
     pub fn new(delay_ms: u64) -> Self {
         NoopRenderer {
             delay: Duration::from_millis(delay_ms),
-            panic_on: None,
+            panic_on: PanicOn::default(),
         }
     }
 
-    /// For failure drills: panic on any batch holding a prompt that contains `text`
-    /// (`RENDERQ_NOOP_PANIC_ON`), as a buggy model would on a poison input.
-    pub fn panicking_on(mut self, text: Option<String>) -> Self {
-        self.panic_on = text.filter(|t| !t.is_empty());
+    /// For failure drills: panic on a poison prompt (`--panic-on`).
+    pub fn panicking_on(mut self, poison: PanicOn) -> Self {
+        self.panic_on = poison;
         self
     }
 }
@@ -35,11 +34,7 @@ impl Renderer for NoopRenderer {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        if let Some(poison) = &self.panic_on
-            && batch.iter().any(|r| r.prompt.contains(poison.as_str()))
-        {
-            panic!("noop: poison prompt (contains {poison:?})");
-        }
+        self.panic_on.check(batch.iter().map(|r| r.prompt.as_str()));
         batch
             .iter()
             .map(|r| Ok(RgbImage::new(r.width, r.height)))

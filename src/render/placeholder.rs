@@ -6,19 +6,35 @@ use async_trait::async_trait;
 use font8x8::{BASIC_FONTS, LATIN_FONTS, UnicodeFonts};
 use image::{Rgb, RgbImage};
 
-use super::{RenderError, RenderRequest, Renderer};
+use super::{PanicOn, RenderError, RenderRequest, Renderer, on_blocking_pool};
 
-pub struct PlaceholderRenderer;
+#[derive(Default)]
+pub struct PlaceholderRenderer {
+    panic_on: PanicOn,
+}
+
+impl PlaceholderRenderer {
+    pub fn new() -> Self {
+        PlaceholderRenderer::default()
+    }
+
+    /// For failure drills: panic on a poison prompt (`--panic-on`).
+    pub fn panicking_on(mut self, poison: PanicOn) -> Self {
+        self.panic_on = poison;
+        self
+    }
+}
 
 #[async_trait]
 impl Renderer for PlaceholderRenderer {
     async fn render(&self, batch: &[RenderRequest]) -> Vec<Result<RgbImage, RenderError>> {
         let batch = batch.to_vec();
-        match tokio::task::spawn_blocking(move || batch.iter().map(card).collect::<Vec<_>>()).await
-        {
-            Ok(images) => images.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(RenderError::Retry(format!("placeholder: {e}")))],
-        }
+        let poison = self.panic_on.clone();
+        on_blocking_pool(move || {
+            poison.check(batch.iter().map(|r| r.prompt.as_str()));
+            batch.iter().map(|r| Ok(card(r))).collect()
+        })
+        .await
     }
 }
 

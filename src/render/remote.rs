@@ -23,6 +23,8 @@ use super::{RenderError, RenderRequest, Renderer};
 /// Longest `Retry-After` honoured within one render; a longer one ends the render
 /// with a `Retry` error and the job's own backoff takes over.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Default cap on a response body: a 4096×4096 PNG as base64, with room to spare.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 128 << 20;
 /// Most characters of a server's error message kept in a job's error.
 const MAX_MESSAGE: usize = 500;
 
@@ -69,6 +71,8 @@ pub struct RemoteConfig {
     /// Tries per job within one render before the job's own retry takes over.
     pub attempts: u32,
     pub backoff: Duration,
+    /// Largest response body read (an image as JSON base64, or fetched by URL).
+    pub max_response_bytes: usize,
 }
 
 impl std::fmt::Debug for RemoteConfig {
@@ -103,6 +107,7 @@ impl RemoteConfig {
             timeout: Duration::from_secs(300),
             attempts: 4,
             backoff: Duration::from_millis(500),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -110,6 +115,8 @@ impl RemoteConfig {
 pub struct RemoteRenderer {
     cfg: RemoteConfig,
     endpoint: Url,
+    /// The endpoint as errors and logs show it (password and secret parameters hidden).
+    shown: String,
     client: reqwest::Client,
     permits: Arc<Semaphore>,
 }
@@ -126,8 +133,18 @@ enum Failure {
 
 impl RemoteRenderer {
     pub fn new(cfg: RemoteConfig) -> Result<Self, String> {
-        let endpoint = Url::parse(&format!("{}/images/generations", cfg.base_url))
-            .map_err(|e| format!("RENDERQ_REMOTE_URL is not a URL: {e}"))?;
+        // The path is extended; a query the server wants (`?key=…`) is kept.
+        let mut endpoint = Url::parse(&cfg.base_url).map_err(|e| {
+            format!(
+                "RENDERQ_REMOTE_URL `{}` is not a URL: {e}",
+                crate::redact::redact_url(&cfg.base_url)
+            )
+        })?;
+        let path = format!(
+            "{}/images/generations",
+            endpoint.path().trim_end_matches('/')
+        );
+        endpoint.set_path(&path);
         crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(cfg.timeout)
@@ -137,6 +154,7 @@ impl RemoteRenderer {
         Ok(RemoteRenderer {
             permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             cfg,
+            shown: crate::redact::redact_url(endpoint.as_str()),
             endpoint,
             client,
         })
@@ -214,11 +232,12 @@ impl RemoteRenderer {
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
         let after = retry_after(response.headers());
-        let text = response.text().await.map_err(transport)?;
+        let body = read_capped(response, self.cfg.max_response_bytes, &self.shown).await?;
+        let text = String::from_utf8_lossy(&body);
         if !status.is_success() {
             let message = format!(
                 "{} answered {status}: {}",
-                self.endpoint,
+                self.shown,
                 server_message(&text)
             );
             return Err(
@@ -233,12 +252,12 @@ impl RemoteRenderer {
             );
         }
         let reply: Value = serde_json::from_str(&text).map_err(|e| {
-            Failure::Fatal(format!("{} answered with invalid JSON: {e}", self.endpoint))
+            Failure::Fatal(format!("{} answered with invalid JSON: {e}", self.shown))
         })?;
         let item = reply["data"].get(0).ok_or_else(|| {
             Failure::Fatal(format!(
                 "{} answered without an image (`data` is empty)",
-                self.endpoint
+                self.shown
             ))
         })?;
         let bytes = if let Some(b64) = item["b64_json"].as_str() {
@@ -250,12 +269,10 @@ impl RemoteRenderer {
         } else {
             return Err(Failure::Fatal(format!(
                 "{} answered with neither `b64_json` nor `url`",
-                self.endpoint
+                self.shown
             )));
         };
-        let image = image::load_from_memory(&bytes)
-            .map_err(|e| Failure::Fatal(format!("the returned image cannot be read: {e}")))?;
-        Ok(image.to_rgb8())
+        decode_capped(&bytes)
     }
 
     /// Fetches an image the endpoint answered with a URL (relative ones resolve
@@ -284,7 +301,7 @@ impl RemoteRenderer {
                 Failure::Fatal(message)
             });
         }
-        Ok(response.bytes().await.map_err(transport)?.to_vec())
+        read_capped(response, self.cfg.max_response_bytes, &redact(&url)).await
     }
 
     /// The key never leaves in an error, even if a server echoes it.
@@ -294,6 +311,52 @@ impl RemoteRenderer {
             _ => message.to_string(),
         }
     }
+}
+
+/// Largest side of an image the endpoint may answer with, and the most memory its
+/// decoding may take: a small file that declares a huge image is refused before
+/// anything that size is allocated.
+const MAX_DECODED_SIDE: u32 = 8192;
+const MAX_DECODE_ALLOC: u64 = 512 << 20;
+
+/// Reads a response body, refusing one larger than `cap` bytes (by its declared
+/// length first, then as it arrives).
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+    shown: &str,
+) -> Result<Vec<u8>, Failure> {
+    let too_big = || {
+        Failure::Fatal(format!(
+            "{shown} answered with more than {cap} bytes (RENDERQ_REMOTE_MAX_RESPONSE_BYTES)"
+        ))
+    };
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > cap {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Decodes the returned image within [`MAX_DECODED_SIDE`] and [`MAX_DECODE_ALLOC`].
+fn decode_capped(bytes: &[u8]) -> Result<RgbImage, Failure> {
+    let unreadable =
+        |e: image::ImageError| Failure::Fatal(format!("the returned image cannot be read: {e}"));
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Failure::Fatal(format!("the returned image cannot be read: {e}")))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_DECODED_SIDE);
+    limits.max_image_height = Some(MAX_DECODED_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    reader.limits(limits);
+    Ok(reader.decode().map_err(unreadable)?.to_rgb8())
 }
 
 /// A URL without its query (presigned download URLs carry credentials there).

@@ -1,4 +1,9 @@
 //! The local-directory store: one file per key under a root directory.
+//!
+//! Keys come back from the record, which SQL users and raw producers can write, so
+//! they are not trusted: a key must be relative with no `.`/`..` or empty parts, and
+//! directories are opened one component at a time from the root without following
+//! symbolic links, so nothing planted inside the root leads a write outside it.
 
 use std::{
     collections::HashMap,
@@ -12,7 +17,7 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use rustix::{
-    fs::{AtFlags, CWD, Mode, OFlags, openat, renameat, unlinkat},
+    fs::{AtFlags, CWD, Mode, OFlags, mkdirat, openat, renameat, unlinkat},
     io::Errno,
 };
 
@@ -76,7 +81,7 @@ fn split(path: &Path) -> std::io::Result<(&Path, &OsStr)> {
 /// for the run: the kernel walks the directory's path once per run, not twice per
 /// file. The handle is not kept past the run, so a directory moved or replaced later
 /// is never written through a stale handle. Results in input order.
-fn write_many(turns: &Turns, files: &[(PathBuf, Bytes)]) -> Vec<std::io::Result<()>> {
+fn write_many(root: &Path, turns: &Turns, files: &[(PathBuf, Bytes)]) -> Vec<std::io::Result<()>> {
     let mut results: Vec<Option<std::io::Result<()>>> = files.iter().map(|_| None).collect();
     let mut by_dir: Vec<(&Path, Vec<(usize, &OsStr)>)> = Vec::new();
     for (i, (path, _)) in files.iter().enumerate() {
@@ -93,7 +98,7 @@ fn write_many(turns: &Turns, files: &[(PathBuf, Bytes)]) -> Vec<std::io::Result<
         let _turn = turn.lock().unwrap_or_else(|e| e.into_inner());
         let mut handle = None;
         for (i, name) in names {
-            results[i] = Some(write_one(&mut handle, dir, name, &files[i].1));
+            results[i] = Some(write_one(&mut handle, root, dir, name, &files[i].1));
         }
     }
     results
@@ -107,35 +112,81 @@ fn write_many(turns: &Turns, files: &[(PathBuf, Bytes)]) -> Vec<std::io::Result<
 /// the key. Opens the run's directory handle on first use.
 fn write_one(
     handle: &mut Option<OwnedFd>,
+    root: &Path,
     dir: &Path,
     name: &OsStr,
     body: &[u8],
 ) -> std::io::Result<()> {
     let fd = match handle {
         Some(fd) => fd,
-        None => handle.insert(open_dir(dir)?),
+        None => handle.insert(open_dir(root, dir)?),
     };
     match write_at(fd, name, body) {
         // The directory was removed during the run: make it again, once.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let fd = handle.insert(open_dir(dir)?);
+            let fd = handle.insert(open_dir(root, dir)?);
             write_at(fd, name, body)
         }
         other => other,
     }
 }
 
-/// A handle of `dir`, made when missing.
-fn open_dir(dir: &Path) -> std::io::Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    match openat(CWD, dir, flags, Mode::empty()) {
-        Ok(fd) => Ok(fd),
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
+
+/// A handle of `root/dir`, made when missing: the root as configured (it may be a
+/// link the operator made), then each component of `dir` opened from its parent's
+/// handle without following a symbolic link.
+fn open_dir(root: &Path, dir: &Path) -> std::io::Result<OwnedFd> {
+    let mut fd = match openat(CWD, root, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => fd,
         Err(Errno::NOENT) => {
-            std::fs::create_dir_all(dir)?;
-            Ok(openat(CWD, dir, flags, Mode::empty())?)
+            std::fs::create_dir_all(root)?;
+            openat(CWD, root, DIR_FLAGS, Mode::empty())?
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    for part in dir.components() {
+        let std::path::Component::Normal(name) = part else {
+            return Err(bad_key(dir));
+        };
+        let flags = DIR_FLAGS | OFlags::NOFOLLOW;
+        fd = match openat(&fd, name, flags, Mode::empty()) {
+            Ok(next) => next,
+            Err(Errno::NOENT) => {
+                match mkdirat(&fd, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                openat(&fd, name, flags, Mode::empty())?
+            }
+            Err(Errno::LOOP | Errno::NOTDIR) => {
+                return Err(std::io::Error::other(format!(
+                    "`{}` is not a directory (the store follows no symbolic links)",
+                    name.to_string_lossy()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
     }
+    Ok(fd)
+}
+
+fn bad_key(key: &Path) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("`{}` is not a key under the store's root", key.display()),
+    )
+}
+
+/// Whether `key` names a path inside the root: relative, every part a plain name.
+pub(crate) fn is_safe_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.contains('\0')
+        && key
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
 /// Suffixes of temporary files: unique within the process, no syscall to make.
@@ -146,7 +197,8 @@ fn write_at(dir: &OwnedFd, name: &OsStr, body: &[u8]) -> std::io::Result<()> {
     let n = TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp = name.to_os_string();
     tmp.push(format!(".tmp-{}-{n}", std::process::id()));
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC;
+    // A new file only: never opened through a link someone left at that name.
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let file = openat(dir, tmp.as_os_str(), flags, Mode::from_raw_mode(0o644))?;
     let written = std::fs::File::from(file)
         .write_all(body)
@@ -177,27 +229,40 @@ impl Store for DirStore {
     /// All writes of a chunk in one trip to the blocking pool: a thread hand-off per
     /// image cost more than the write itself.
     async fn put_many(&self, puts: &[PutRequest]) -> Vec<Result<(), StoreError>> {
-        let files: Vec<(PathBuf, Bytes)> = puts
-            .iter()
-            .map(|p| (self.path(&p.key), p.body.clone()))
-            .collect();
+        let mut results: Vec<Option<Result<(), StoreError>>> = puts.iter().map(|_| None).collect();
+        let mut files = Vec::with_capacity(puts.len());
+        let mut slots = Vec::with_capacity(puts.len());
+        for (i, p) in puts.iter().enumerate() {
+            if is_safe_key(&p.key) {
+                files.push((PathBuf::from(&p.key), p.body.clone()));
+                slots.push(i);
+            } else {
+                results[i] = Some(Err(StoreError {
+                    message: format!(
+                        "refusing key `{}`: not a relative path of plain names under the store's root",
+                        p.key
+                    ),
+                    retry: false,
+                }));
+            }
+        }
+        let (root, turns) = (self.root.clone(), self.turns.clone());
         let n = files.len();
-        let turns = self.turns.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let results = write_many(&turns, &files);
+            let results = write_many(&root, &turns, &files);
             files
                 .iter()
                 .zip(results)
-                .map(|((path, _), r)| {
+                .map(|((key, _), r)| {
                     r.map_err(|e| StoreError {
-                        message: format!("writing {}: {e}", path.display()),
-                        retry: true,
+                        message: format!("writing {}: {e}", root.join(key).display()),
+                        retry: e.kind() != std::io::ErrorKind::InvalidInput,
                     })
                 })
                 .collect::<Vec<_>>()
         })
         .await;
-        written.unwrap_or_else(|e| {
+        let written = written.unwrap_or_else(|e| {
             (0..n)
                 .map(|_| {
                     Err(StoreError {
@@ -206,7 +271,14 @@ impl Store for DirStore {
                     })
                 })
                 .collect()
-        })
+        });
+        for (slot, result) in slots.into_iter().zip(written) {
+            results[slot] = Some(result);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every put has a result"))
+            .collect()
     }
 
     fn prefix(&self) -> &str {
@@ -305,6 +377,64 @@ mod tests {
             .unwrap();
         assert_eq!(std::fs::read(store.path("batch/b.png")).unwrap(), b"b");
         assert!(!root.path().join("archived/b.png").exists());
+    }
+
+    /// A symbolic link planted inside the root (by anyone who can write there) is not
+    /// followed: the write fails, and nothing lands where the link points.
+    #[tokio::test]
+    async fn a_symlink_inside_the_root_is_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("batch")).unwrap();
+        let results = DirStore::new(root.path())
+            .put_many(&[put("batch/a.png", b"a"), put("other/b.png", b"b")])
+            .await;
+        let err = results[0].as_ref().unwrap_err();
+        assert!(err.message.contains("symbolic link"), "{}", err.message);
+        assert!(results[1].is_ok(), "{results:?}");
+        assert!(
+            files_under(outside.path()).is_empty(),
+            "nothing written outside"
+        );
+        // Nor a link at an object's own name.
+        std::fs::create_dir(root.path().join("c")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("x"), root.path().join("c/d.png")).unwrap();
+        let store = DirStore::new(root.path());
+        store.put_many(&[put("c/d.png", b"d")]).await[0]
+            .as_ref()
+            .unwrap();
+        assert!(
+            files_under(outside.path()).is_empty(),
+            "the link was replaced, not followed"
+        );
+        assert_eq!(std::fs::read(root.path().join("c/d.png")).unwrap(), b"d");
+    }
+
+    #[tokio::test]
+    async fn keys_that_leave_the_root_are_refused_for_good() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("root");
+        let store = DirStore::new(&root);
+        for key in [
+            "../escape.png",
+            "/tmp/abs.png",
+            "a/../../b.png",
+            "a//b.png",
+            "./a.png",
+            "",
+        ] {
+            let results = store
+                .put_many(&[put(key, b"x"), put("fine/ok.png", b"y")])
+                .await;
+            let err = results[0].as_ref().unwrap_err();
+            assert!(!err.retry, "{key:?}: {}", err.message);
+            assert!(results[1].is_ok(), "{key:?}: {results:?}");
+        }
+        let entries: Vec<_> = std::fs::read_dir(parent.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, vec![std::ffi::OsString::from("root")]);
     }
 
     #[tokio::test]

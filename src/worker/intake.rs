@@ -11,9 +11,9 @@ use tracing::{debug, warn};
 
 use super::{InFlight, Shared};
 use crate::{
-    db::ClaimRequest,
+    db::{ClaimRequest, Outcome},
     dispatch::{Delivery, Payload},
-    job::{JobId, JobSpec},
+    job::{BatchId, JobId, JobSpec},
 };
 
 /// Most deliveries taken in one read.
@@ -201,10 +201,41 @@ async fn claim(
     let claimed = retry_db(shutdown, || s.record.claim(&requests, &s.cfg.id)).await;
     let mut out = Vec::new();
     if let Some(claimed) = claimed {
-        for job in claimed {
-            if let Some(entry) = entries.remove(&job.id) {
-                out.push((job, entry));
+        let mut ended: Vec<BatchId> = claimed.failed.iter().filter_map(|f| f.1).collect();
+        if !claimed.failed.is_empty() {
+            warn!(
+                n = claimed.failed.len(),
+                "jobs failed at claim (attempts used up by dead workers, or an unreadable spec)"
+            );
+        }
+        let mut refused = Vec::new();
+        for job in claimed.jobs {
+            let Some(entry) = entries.remove(&job.id) else {
+                continue;
+            };
+            // A row written straight into the record (SQL, an older version) is held
+            // to the limits a submit is: an escaping `output_key` never reaches a store.
+            match job.spec.validate(&s.cfg.limits) {
+                Ok(()) => out.push((job, entry)),
+                Err(e) => {
+                    ended.extend(job.batch_id);
+                    let error = format!("refused at claim: {e}");
+                    warn!(job = %job.id, "{error}");
+                    refused.push((
+                        job.id,
+                        job.attempt,
+                        Outcome::Failed {
+                            error,
+                            retry: false,
+                            backoff_ms: 0,
+                        },
+                    ));
+                    to_ack.push(entry);
+                }
             }
+        }
+        if !refused.is_empty() {
+            let _ = retry_db(shutdown, || s.record.record_outcomes(&refused)).await;
         }
         if !entries.is_empty() {
             debug!(
@@ -213,6 +244,7 @@ async fn claim(
             );
         }
         to_ack.extend(entries.into_values());
+        super::finish_batches(s, ended).await;
     }
     // When the claim never ran (shutdown), the deliveries stay pending: their leases
     // run out and another worker takes them over.

@@ -1,28 +1,87 @@
-//! The reconciler: Postgres is the record, Redis only dispatch. When dispatch lost
-//! jobs (FLUSHALL, a failover without AOF, a crash between commit and XADD), it sends
-//! them again: `queued` jobs back to the stream, `retrying` jobs back to the delayed
-//! set, and `running` jobs of workers whose heartbeat stopped back to `queued`.
+//! The reconciler: the record is the truth, dispatch may lose jobs (Redis: FLUSHALL,
+//! a failover without AOF, a crash between commit and XADD). It sends them again:
+//! `queued` jobs back to the stream, `retrying` jobs back to the delayed set, and
+//! `running` jobs of workers whose heartbeat stopped back to `queued` (or to `failed`
+//! when that was their last attempt, as a takeover does).
 //!
-//! It runs inside workers, one leader per queue at a time (a Postgres advisory lock).
-//! A `queued` or `retrying` job is repaired only when it was missing from dispatch on
-//! two rounds in a row, so a submit between its commit and its XADD is left alone.
+//! It runs inside workers, one leader per queue at a time (an advisory lock). Its
+//! memory and each step's work are bounded whatever the queue's length: a round
+//! first copies the job ids the streams hold into a snapshot kept on the Redis
+//! server ([`PAGES_PER_STEP`] pages a step), then pages through the record by id
+//! and asks the snapshot about one page at a time. Steps are [`STEP_PAUSE`] apart,
+//! so a round over a long queue spans many steps; rounds start `reconcile_every`
+//! apart. A `queued` or `retrying` job is repaired only when it was missing on two
+//! rounds in a row, so a submit between its commit and its XADD is left alone.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Shared;
-use crate::{db::Leadership, job::JobId};
+use crate::{
+    db::Leadership,
+    dispatch::{Reconcile, Snapshot},
+    job::{JobId, JobState},
+};
+
+/// Entries (or record rows) per page.
+pub(crate) const PAGE: usize = 1000;
+/// Most pages one step reads, from Redis or from the record.
+pub(crate) const PAGES_PER_STEP: usize = 8;
+/// Pause between the steps of a round.
+const STEP_PAUSE: Duration = Duration::from_millis(100);
+/// Most suspects a round remembers for the next (16 bytes each, and the set's own):
+/// a queue that lost more is repaired this many a round.
+const MAX_SUSPECTS: usize = 200_000;
+/// Most orphaned running jobs rescued a round (running jobs are bounded by the
+/// fleet's concurrency anyway).
+const MAX_ORPHANS: i64 = 10_000;
+
+/// Where a round is.
+enum Phase {
+    /// Copying the ids dispatch holds into the snapshot.
+    Snapshot(Snapshot),
+    /// Comparing the record's jobs in `state`, by id after `after`.
+    Compare {
+        state: JobState,
+        after: Option<JobId>,
+    },
+    /// Rescuing running jobs of dead workers, then ending the round.
+    Orphans,
+}
+
+/// One round: its phase, and what it found.
+struct Round {
+    phase: Phase,
+    started: tokio::time::Instant,
+    /// Jobs missing from dispatch in this round, not yet repaired.
+    suspects: HashSet<JobId>,
+    redispatched: usize,
+    rescheduled: usize,
+    rescued: usize,
+    failed: usize,
+    record_pages: u64,
+    dispatch_pages: u64,
+    dispatch_entries: u64,
+}
 
 pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
-    let every = s.cfg.reconcile_every;
+    if s.dispatch.reconcile().is_none() {
+        return; // dispatch lives in the record: nothing can be lost
+    }
     let name = format!("renderq-reconciler:{}", s.dispatch.queue());
     let mut lead: Option<Leadership> = None;
-    let mut suspects: HashSet<JobId> = HashSet::new();
+    let mut previous: HashSet<JobId> = HashSet::new();
+    let mut round: Option<Round> = None;
     loop {
+        let pause = if round.is_some() {
+            STEP_PAUSE
+        } else {
+            s.cfg.reconcile_every
+        };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.cancelled() => return,
         }
         if lead.is_none() {
@@ -41,9 +100,23 @@ pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
                 }
             }
         }
-        match round(&s, &mut suspects).await {
-            Ok(true) => {}
-            Ok(false) => return, // dispatch lives in the record: nothing can be lost
+        let current = match round.take() {
+            Some(r) => r,
+            None => match begin(&s).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!("reconciler round failed to start: {e}");
+                    lead = None;
+                    continue;
+                }
+            },
+        };
+        match step(&s, current, &previous).await {
+            Ok(Step::Continue(r)) => round = Some(r),
+            Ok(Step::Done(r)) => {
+                report(&s, &r);
+                previous = r.suspects;
+            }
             Err(e) => {
                 warn!("reconciler round failed: {e}");
                 lead = None; // the lock's connection may be gone; take it again
@@ -52,54 +125,159 @@ pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// One comparison of the record with dispatch. Returns false when dispatch cannot
-/// lose jobs.
-async fn round(s: &Shared, suspects: &mut HashSet<JobId>) -> anyhow::Result<bool> {
-    let Some(held) = s.dispatch.held().await? else {
-        return Ok(false);
-    };
+fn reconcile(s: &Shared) -> &dyn Reconcile {
+    s.dispatch
+        .reconcile()
+        .expect("the reconciler runs only on dispatch that can lose jobs")
+}
+
+async fn begin(s: &Shared) -> anyhow::Result<Round> {
+    Ok(Round {
+        phase: Phase::Snapshot(reconcile(s).begin_snapshot().await?),
+        started: tokio::time::Instant::now(),
+        suspects: HashSet::new(),
+        redispatched: 0,
+        rescheduled: 0,
+        rescued: 0,
+        failed: 0,
+        record_pages: 0,
+        dispatch_pages: 0,
+        dispatch_entries: 0,
+    })
+}
+
+enum Step {
+    Continue(Round),
+    Done(Round),
+}
+
+/// One bounded step of a round: at most [`PAGES_PER_STEP`] pages read.
+async fn step(s: &Shared, mut round: Round, previous: &HashSet<JobId>) -> anyhow::Result<Step> {
+    let r = reconcile(s);
+    match &mut round.phase {
+        Phase::Snapshot(snap) => {
+            let complete = r.continue_snapshot(snap, PAGES_PER_STEP, PAGE).await?;
+            (round.dispatch_pages, round.dispatch_entries) = (snap.pages, snap.entries);
+            if complete {
+                round.phase = Phase::Compare {
+                    state: JobState::Queued,
+                    after: None,
+                };
+            }
+        }
+        Phase::Compare { state, after } => {
+            let state = *state;
+            let mut cursor = *after;
+            let mut exhausted = false;
+            for _ in 0..PAGES_PER_STEP {
+                let page = s
+                    .record
+                    .unfinished_page(s.dispatch.queue(), state, cursor, PAGE as i64)
+                    .await?;
+                round.record_pages += 1;
+                cursor = page.last().map(|(id, _)| *id).or(cursor);
+                let ids: Vec<JobId> = page.iter().map(|(id, _)| *id).collect();
+                let missing: HashSet<JobId> = r.missing(&ids).await?.into_iter().collect();
+                let mut requeue = Vec::new();
+                for (id, due) in page.iter().filter(|(id, _)| missing.contains(id)) {
+                    if !previous.contains(id) {
+                        if round.suspects.len() < MAX_SUSPECTS {
+                            round.suspects.insert(*id);
+                        }
+                    } else if state == JobState::Queued {
+                        requeue.push(*id);
+                    } else {
+                        r.schedule(*id, *due).await?;
+                        round.rescheduled += 1;
+                    }
+                }
+                s.dispatch.enqueue(&requeue).await?;
+                round.redispatched += requeue.len();
+                if page.len() < PAGE {
+                    exhausted = true;
+                    break;
+                }
+            }
+            round.phase = match (exhausted, state) {
+                (false, _) => Phase::Compare {
+                    state,
+                    after: cursor,
+                },
+                (true, JobState::Queued) => Phase::Compare {
+                    state: JobState::Retrying,
+                    after: None,
+                },
+                (true, _) => Phase::Orphans,
+            };
+        }
+        Phase::Orphans => {
+            rescue_orphans(s, &mut round).await?;
+            r.end_snapshot().await?;
+            return Ok(Step::Done(round));
+        }
+    }
+    Ok(Step::Continue(round))
+}
+
+/// Running jobs of dead workers whose entries dispatch lost (an entry still held is
+/// left to the takeover that reads it): back to `queued`, or `failed` on their last
+/// attempt.
+async fn rescue_orphans(s: &Shared, round: &mut Round) -> anyhow::Result<()> {
     let silent_ms = s.cfg.lease.as_millis() as i64;
-    let unfinished = s.record.unfinished(s.dispatch.queue(), silent_ms).await?;
-    let mut missing = HashSet::new();
-    let mut requeue = Vec::new();
-    for id in &unfinished.queued {
-        if !held.contains(id) && missing.insert(*id) && suspects.contains(id) {
-            requeue.push(*id);
-        }
+    let orphans = s
+        .record
+        .orphans(s.dispatch.queue(), silent_ms, MAX_ORPHANS)
+        .await?;
+    if orphans.is_empty() {
+        return Ok(());
     }
-    let mut reschedule = Vec::new();
-    for (id, due) in &unfinished.retrying {
-        if !held.contains(id) && missing.insert(*id) && suspects.contains(id) {
-            reschedule.push((*id, *due));
-        }
-    }
-    *suspects = missing;
-    let orphans: Vec<(JobId, i32)> = unfinished
-        .orphaned
+    let ids: Vec<JobId> = orphans.iter().map(|(id, _)| *id).collect();
+    let missing: HashSet<JobId> = reconcile(s).missing(&ids).await?.into_iter().collect();
+    let lost: Vec<(JobId, i32)> = orphans
         .into_iter()
-        .filter(|(id, _)| !held.contains(id))
+        .filter(|(id, _)| missing.contains(id))
         .collect();
-    let released = if orphans.is_empty() {
-        Vec::new()
-    } else {
-        s.record.release(&orphans).await?
-    };
-    requeue.extend(&released);
-    s.dispatch.enqueue(&requeue).await?;
-    for (id, due) in &reschedule {
-        s.dispatch.schedule(*id, *due).await?;
+    if lost.is_empty() {
+        return Ok(());
     }
-    for id in requeue.iter().chain(reschedule.iter().map(|(id, _)| id)) {
-        suspects.remove(id);
+    let rescued = s.record.rescue(&lost).await?;
+    s.dispatch.enqueue(&rescued.requeued).await?;
+    round.rescued += rescued.requeued.len();
+    round.failed += rescued.failed.len();
+    if !rescued.failed.is_empty() {
+        warn!(
+            queue = s.dispatch.queue(),
+            n = rescued.failed.len(),
+            "jobs of dead workers had no attempts left: failed"
+        );
+        super::finish_batches(s, rescued.failed.iter().filter_map(|f| f.1).collect()).await;
     }
-    if !requeue.is_empty() || !reschedule.is_empty() {
+    Ok(())
+}
+
+fn report(s: &Shared, r: &Round) {
+    let Phase::Orphans = r.phase else { return };
+    let repaired = r.redispatched + r.rescheduled + r.rescued + r.failed;
+    let took = r.started.elapsed();
+    if repaired > 0 {
         info!(
             queue = s.dispatch.queue(),
-            redispatched = requeue.len() - released.len(),
-            rescheduled = reschedule.len(),
-            rescued_from_dead_workers = released.len(),
+            redispatched = r.redispatched,
+            rescheduled = r.rescheduled,
+            rescued_from_dead_workers = r.rescued,
+            failed_after_dead_workers = r.failed,
+            suspects = r.suspects.len(),
+            secs = took.as_secs_f64(),
             "reconciler repaired dispatch"
         );
     }
-    Ok(true)
+    debug!(
+        queue = s.dispatch.queue(),
+        secs = took.as_secs_f64(),
+        dispatch_pages = r.dispatch_pages,
+        dispatch_entries = r.dispatch_entries,
+        record_pages = r.record_pages,
+        suspects = r.suspects.len(),
+        "reconciler round done"
+    );
 }

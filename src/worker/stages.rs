@@ -119,6 +119,9 @@ async fn still_ours(s: &Shared, group: &[InFlight]) -> Vec<bool> {
     }
 }
 
+/// Renders one device call. A panic, or a result count that does not match the
+/// requests, renders the batch again one job at a time: only the job that causes it
+/// fails, and the rest of the batch succeeds.
 async fn render_requests(
     renderer: std::sync::Arc<dyn crate::render::Renderer>,
     requests: Vec<RenderRequest>,
@@ -129,41 +132,41 @@ async fn render_requests(
     }
     let call = |reqs: Vec<RenderRequest>| {
         let r = renderer.clone();
-        tokio::spawn(async move {
+        async move {
             let n = reqs.len();
-            let out = r.render(&reqs).await;
-            if out.len() == n {
-                out
-            } else {
-                let msg = format!("renderer returned {} images for {n} requests", out.len());
-                (0..n)
-                    .map(|_| Err(RenderError::Retry(msg.clone())))
-                    .collect()
+            // Its own task: a panic ends that task, not this stage.
+            match tokio::spawn(async move { r.render(&reqs).await }).await {
+                Ok(out) if out.len() == n => Ok(out),
+                Ok(out) => Err(format!(
+                    "renderer returned {} images for {n} requests",
+                    out.len()
+                )),
+                Err(e) => Err(panic_message(e)),
             }
-        })
+        }
     };
     match call(requests.clone()).await {
         Ok(results) => results,
         Err(e) if requests.len() > 1 => {
             warn!(
                 model,
-                "renderer panicked on a batch of {}; rendering one by one: {e}",
+                "{e} on a batch of {}; rendering it one job at a time",
                 requests.len()
             );
             let mut out = Vec::with_capacity(requests.len());
             for req in requests {
                 out.push(match call(vec![req]).await {
                     Ok(mut r) => r.remove(0),
-                    Err(e) => Err(panic_error(e)),
+                    Err(e) => Err(RenderError::Retry(e)),
                 });
             }
             out
         }
-        Err(e) => vec![Err(panic_error(e))],
+        Err(e) => vec![Err(RenderError::Retry(e))],
     }
 }
 
-fn panic_error(e: tokio::task::JoinError) -> RenderError {
+fn panic_message(e: tokio::task::JoinError) -> String {
     let msg = match e.try_into_panic() {
         Ok(p) => p
             .downcast_ref::<&str>()
@@ -172,7 +175,7 @@ fn panic_error(e: tokio::task::JoinError) -> RenderError {
             .unwrap_or_else(|| "unknown panic".into()),
         Err(e) => e.to_string(),
     };
-    RenderError::Retry(format!("renderer panicked: {msg}"))
+    format!("renderer panicked: {msg}")
 }
 
 /// Rendered images taken together for encoding and one `put_many`.
@@ -356,20 +359,7 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
         if let Err(e) = s.dispatch.ack(&ack).await {
             warn!("acknowledging {} deliveries failed: {e}", ack.len());
         }
-        if !touched.is_empty() {
-            let touched: Vec<_> = touched.into_iter().collect();
-            match s.record.finish_batches(&touched).await {
-                Ok(finished) => {
-                    for b in &finished {
-                        tracing::info!(batch = %b, "batch finished");
-                    }
-                    if !finished.is_empty() {
-                        s.webhooks_due.notify_one();
-                    }
-                }
-                Err(e) => warn!("checking whether batches finished failed: {e}"),
-            }
-        }
+        super::finish_batches(&s, touched.into_iter().collect()).await;
         {
             let mut in_flight = s.in_flight.lock().unwrap();
             for (item, _) in &batch {
@@ -440,5 +430,72 @@ pub(crate) async fn move_due_retries(s: Arc<Shared>, stop: CancellationToken) {
         if let Err(e) = moved.and(dropped) {
             warn!("moving due retries failed: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::{
+        job::JobId,
+        render::{NoopRenderer, PanicOn, PlaceholderRenderer, Renderer},
+    };
+
+    fn request(prompt: &str) -> RenderRequest {
+        RenderRequest {
+            job_id: JobId::generate(),
+            model: "m".into(),
+            prompt: prompt.into(),
+            negative_prompt: None,
+            width: 16,
+            height: 16,
+            steps: None,
+            guidance: None,
+            seed: 7,
+        }
+    }
+
+    fn batch() -> Vec<RenderRequest> {
+        ["a", "POISON", "b"].map(request).to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_built_in_renderer_fails_only_the_poison_job() {
+        let poison = || PanicOn::new(Some("POISON".into()));
+        let renderers: [Arc<dyn Renderer>; 2] = [
+            Arc::new(PlaceholderRenderer::new().panicking_on(poison())),
+            Arc::new(NoopRenderer::new(0).panicking_on(poison())),
+        ];
+        for renderer in renderers {
+            let results = render_requests(renderer, batch(), "m").await;
+            assert_eq!(results.len(), 3);
+            assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+            match &results[1] {
+                Err(RenderError::Retry(e)) => {
+                    assert!(e.contains("renderer panicked: poison prompt"), "{e}")
+                }
+                other => panic!("expected a retryable panic error, got {other:?}"),
+            }
+        }
+    }
+
+    /// Returns one image, whatever the batch size.
+    struct OneImage;
+    #[async_trait]
+    impl Renderer for OneImage {
+        async fn render(&self, _: &[RenderRequest]) -> Vec<Result<RgbImage, RenderError>> {
+            vec![Ok(RgbImage::new(1, 1))]
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_result_count_renders_the_batch_one_job_at_a_time() {
+        let results = render_requests(Arc::new(OneImage), batch(), "m").await;
+        assert_eq!(results.len(), 3);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
     }
 }

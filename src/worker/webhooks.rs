@@ -45,11 +45,13 @@ async fn take_and_send(s: &Arc<Shared>, sending: &mut JoinSet<()>) {
             return;
         }
     };
+    let settings = Arc::new(s.cfg.webhooks.clone());
     for batch in due {
         sending.spawn(crate::webhook::deliver(
             s.record.clone(),
             batch,
             s.cfg.webhook_backoff,
+            settings.clone(),
         ));
     }
 }

@@ -233,6 +233,20 @@ impl Env {
         rows
     }
 
+    /// Runs one SQL statement on the record's database, as a person with a SQL
+    /// client would; `{jobs}` names the jobs table on either backend.
+    pub async fn exec(&self, sql: &str) {
+        if self.kind == Kind::Sqlite {
+            let pool = sqlx::SqlitePool::connect(&self.db_url).await.unwrap();
+            let sql = sql.replace("{jobs}", "jobs");
+            sqlx::query(&sql).execute(&pool).await.unwrap();
+        } else {
+            let pool = sqlx::PgPool::connect(&self.db_url).await.unwrap();
+            let sql = sql.replace("{jobs}", "renderq.jobs");
+            sqlx::query(&sql).execute(&pool).await.unwrap();
+        }
+    }
+
     /// Rows of the queue: (id, state, attempt, error, output_key).
     pub async fn rows(&self) -> Vec<Row> {
         self.record

@@ -1,0 +1,99 @@
+//! Rows a claim cannot trust: written by hand into the record (SQL users, raw
+//! producers, an older version). Only the bad row fails, with a reason; the rest of
+//! its claim chunk runs, and nothing is written outside the store.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use renderq::render::Renderers;
+
+/// The job at `index` in submission order.
+async fn nth_id(env: &Env, index: usize) -> uuid::Uuid {
+    let mut rows = env.record.jobs_of_queue(&env.queue).await.unwrap();
+    rows.remove(index).id.0
+}
+
+async fn an_undecodable_stored_spec_fails_only_its_row(env: Env) {
+    let lines: Vec<String> = (0..6)
+        .map(|i| format!(r#"{{"prompt":"p{i}","width":8,"height":8}}"#))
+        .collect();
+    let done = env
+        .submit(&lines.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let bad = nth_id(&env, 2).await;
+    env.exec(&format!(
+        r#"UPDATE {{jobs}} SET spec = '{{"width": "wide"}}' WHERE id = '{bad}'"#
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = env
+        .work_until_done(
+            6,
+            Renderers::builtin(0),
+            dir.path(),
+            Duration::from_secs(30),
+        )
+        .await;
+    for (id, state, attempt, error, _) in &rows {
+        if *id == bad {
+            assert_eq!((state.as_str(), *attempt), ("failed", 1), "{rows:?}");
+            let error = error.as_deref().unwrap_or_default();
+            assert!(error.contains("not a valid job"), "{error}");
+        } else {
+            assert_eq!((state.as_str(), *attempt), ("succeeded", 1), "{rows:?}");
+        }
+    }
+    assert!(
+        env.record
+            .batch_finished_at(done.batch)
+            .await
+            .unwrap()
+            .is_some(),
+        "the batch finished"
+    );
+    env.assert_dispatch_empty().await;
+}
+
+async fn a_stored_key_that_escapes_the_store_is_refused_at_claim(env: Env) {
+    env.submit(&[
+        r#"{"prompt":"fine","width":8,"height":8}"#,
+        r#"{"prompt":"sneaky","width":8,"height":8}"#,
+    ])
+    .await;
+    let bad = nth_id(&env, 1).await;
+    env.exec(&format!(
+        r#"UPDATE {{jobs}} SET spec = '{{"prompt":"sneaky","width":8,"height":8,"output_key":"../../escaped"}}' WHERE id = '{bad}'"#
+    ))
+    .await;
+    let parent = tempfile::tempdir().unwrap();
+    let root = parent.path().join("a").join("store");
+    std::fs::create_dir_all(&root).unwrap();
+    let rows = env
+        .work_until_done(2, Renderers::builtin(0), &root, Duration::from_secs(30))
+        .await;
+    let sneaky = rows.iter().find(|r| r.0 == bad).unwrap();
+    assert_eq!(sneaky.1, "failed", "{rows:?}");
+    let error = sneaky.3.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("refused at claim") && error.contains("output_key"),
+        "{error}"
+    );
+    assert!(rows.iter().any(|r| r.0 != bad && r.1 == "succeeded"));
+    let outside: Vec<_> = std::fs::read_dir(parent.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        outside,
+        vec![std::ffi::OsString::from("a")],
+        "nothing outside"
+    );
+}
+
+conformance!(
+    an_undecodable_stored_spec_fails_only_its_row,
+    a_stored_key_that_escapes_the_store_is_refused_at_claim,
+);
