@@ -43,7 +43,7 @@ sleep "$PHASE"
 after=$(commands)
 echo "steady: peak RSS $(peak), Redis commands $((after - before)) in ${PHASE} s (all clients)"
 grep -o 'secs=[0-9.]* dispatch_pages=[0-9]* dispatch_entries=[0-9]* record_pages=[0-9]* suspects=[0-9]*' \
-  "$WORK/worker.log" | sed 's/^/  round: /'
+  "$WORK/worker.log" | sed 's/^/  round: /' || true
 
 redis-cli --scan --pattern "renderq:{$QUEUE}:*" | xargs -r redis-cli del >/dev/null
 echo "deleted the queue's Redis keys"
@@ -52,7 +52,7 @@ sleep "$PHASE"
 echo "after the loss: peak RSS $(peak)"
 grep 'reconciler round done\|repaired' "$WORK/worker.log" | tail -n +"$((rounds_before + 1))" \
   | grep -o 'redispatched=[0-9]*\|secs=[0-9.]* dispatch_pages=[0-9]* dispatch_entries=[0-9]* record_pages=[0-9]* suspects=[0-9]*' \
-  | sed 's/^/  /'
+  | sed 's/^/  /' || true
 echo "stream entries now: $(redis-cli xlen "renderq:{$QUEUE}:stream")"
 kill -TERM "$WORKER"; wait "$WORKER" || true
 psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB"

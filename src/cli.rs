@@ -470,9 +470,12 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_env("RENDERQ_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("renderq=info,warn"));
+    // Colour codes only on a terminal: in a pipe or a file they are noise to grep.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -519,7 +522,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let batch = manifest::parse_batch(&batch)?;
             let (record, dispatch) = connect(g, WorkerConfig::default().lease).await?;
             let ids = record.retry_failed(batch, max_attempts.max(1)).await?;
-            dispatch.enqueue_batch(batch, &ids).await?;
+            // Back in the batch's stream at the base level (priority 0).
+            dispatch.enqueue_batch(batch, 0, &ids).await?;
             println!("re-queued {} failed job(s) of {batch}", ids.len());
             Ok(ExitCode::SUCCESS)
         }

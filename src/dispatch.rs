@@ -51,10 +51,16 @@ pub trait Dispatch: Send + Sync {
     fn queue(&self) -> &str;
     /// Dispatches jobs whose rows are committed.
     async fn enqueue(&self, ids: &[JobId]) -> Result<(), DispatchError>;
-    /// Dispatches a batch's jobs whose rows are committed. Reads share themselves
-    /// between batches, so a small batch is not starved by a big one before it.
-    async fn enqueue_batch(&self, batch: BatchId, ids: &[JobId]) -> Result<(), DispatchError> {
-        let _ = batch;
+    /// Dispatches a batch's jobs of one priority whose rows are committed. Higher
+    /// priorities are read first; reads share each level between batches, so a small
+    /// batch is not starved by a big one before it.
+    async fn enqueue_batch(
+        &self,
+        batch: BatchId,
+        priority: i32,
+        ids: &[JobId],
+    ) -> Result<(), DispatchError> {
+        let _ = (batch, priority);
         self.enqueue(ids).await
     }
     /// Takes up to `count` new deliveries, waiting up to `block_ms` for the first.
@@ -101,6 +107,22 @@ pub trait Dispatch: Send + Sync {
     async fn discard(&self) -> Result<(), DispatchError> {
         Ok(())
     }
+}
+
+/// Dispatches a batch's new jobs, each at its priority, highest first.
+pub async fn enqueue_prioritised(
+    dispatch: &dyn Dispatch,
+    batch: BatchId,
+    jobs: &[(JobId, i32)],
+) -> Result<(), DispatchError> {
+    let mut by_priority: std::collections::BTreeMap<i32, Vec<JobId>> = Default::default();
+    for (id, priority) in jobs {
+        by_priority.entry(*priority).or_default().push(*id);
+    }
+    for (priority, ids) in by_priority.iter().rev() {
+        dispatch.enqueue_batch(batch, *priority, ids).await?;
+    }
+    Ok(())
 }
 
 /// How far a snapshot of what dispatch holds has got: the streams to read, and where

@@ -201,6 +201,9 @@ pub struct JobSpec {
 
 pub const DEFAULT_MODEL: &str = "placeholder";
 
+/// A job's `priority` lies within ±this; higher is claimed first, 0 by default.
+pub const MAX_PRIORITY: i32 = 1000;
+
 fn default_side() -> u32 {
     512
 }
@@ -343,6 +346,15 @@ impl JobSpec {
             return Err(refuse(
                 "seed",
                 format!("{seed} is over the limit {}", i64::MAX),
+            ));
+        }
+        if !(-MAX_PRIORITY..=MAX_PRIORITY).contains(&self.priority) {
+            return Err(refuse(
+                "priority",
+                format!(
+                    "{} is outside the limit -{MAX_PRIORITY}..={MAX_PRIORITY}",
+                    self.priority
+                ),
             ));
         }
         validate_model_name(&self.model)?;

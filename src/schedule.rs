@@ -228,8 +228,8 @@ pub async fn fire(
     let Some((batch, ids)) = created else {
         return Ok(None);
     };
-    dispatch
-        .enqueue_batch(batch, &ids)
+    let jobs = submit::prioritised(&jobs, &ids);
+    crate::dispatch::enqueue_prioritised(dispatch, batch, &jobs)
         .await
         .map_err(|e| FireError::Dispatch(e.to_string()))?;
     Ok(Some(batch))

@@ -269,6 +269,18 @@ pub fn parse_jsonl_with(
     Ok(jobs)
 }
 
+/// The new jobs among `jobs` (those `inserted`), each with its priority.
+pub fn prioritised(jobs: &[NewJob], inserted: &[JobId]) -> Vec<(JobId, i32)> {
+    if inserted.len() == jobs.len() {
+        return jobs.iter().map(|j| (j.id, j.spec.priority)).collect();
+    }
+    let new: std::collections::HashSet<&JobId> = inserted.iter().collect();
+    jobs.iter()
+        .filter(|j| new.contains(&j.id))
+        .map(|j| (j.id, j.spec.priority))
+        .collect()
+}
+
 /// What a submit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Submitted {
@@ -304,7 +316,7 @@ pub async fn submit_with_webhook(
     if let Some(url) = webhook {
         record.set_webhook(batch, url).await?;
     }
-    dispatch.enqueue_batch(batch, &inserted).await?;
+    crate::dispatch::enqueue_prioritised(dispatch, batch, &prioritised(jobs, &inserted)).await?;
     Ok(Submitted {
         batch,
         jobs: inserted.len(),

@@ -112,10 +112,12 @@ impl Record for PgRecord {
                 .iter()
                 .map(|j| serde_json::to_value(&j.spec))
                 .collect::<Result<_, _>>()?;
+            let priorities: Vec<i32> = chunk.iter().map(|j| j.spec.priority).collect();
             let rows = sqlx::query(
-                "INSERT INTO renderq.jobs (id, batch_id, queue, model, seed, spec, max_attempts)
-                 SELECT u.id, $2, $3, u.model, u.seed, u.spec, $4
-                 FROM unnest($1::uuid[], $5::text[], $6::bigint[], $7::jsonb[]) AS u(id, model, seed, spec)
+                "INSERT INTO renderq.jobs (id, batch_id, queue, model, seed, spec, max_attempts, priority)
+                 SELECT u.id, $2, $3, u.model, u.seed, u.spec, $4, u.priority
+                 FROM unnest($1::uuid[], $5::text[], $6::bigint[], $7::jsonb[], $8::int[])
+                      AS u(id, model, seed, spec, priority)
                  ON CONFLICT (id) DO NOTHING
                  RETURNING id",
             )
@@ -126,6 +128,7 @@ impl Record for PgRecord {
             .bind(&models)
             .bind(&seeds)
             .bind(&specs)
+            .bind(&priorities)
             .fetch_all(&mut *tx)
             .await?;
             inserted.extend(rows.iter().map(|r| JobId(r.get::<Uuid, _>(0))));
@@ -259,8 +262,8 @@ impl Record for PgRecord {
         max_attempts: i32,
     ) -> Result<(), DbError> {
         sqlx::query(
-            "INSERT INTO renderq.jobs (id, queue, model, seed, spec, max_attempts)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO renderq.jobs (id, queue, model, seed, spec, max_attempts, priority)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
         )
         .bind(id.0)
         .bind(queue)
@@ -268,6 +271,7 @@ impl Record for PgRecord {
         .bind(spec.effective_seed(id) as i64)
         .bind(serde_json::to_value(spec)?)
         .bind(max_attempts)
+        .bind(spec.priority)
         .execute(&self.pool)
         .await?;
         Ok(())

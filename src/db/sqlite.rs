@@ -179,8 +179,8 @@ impl Record for SqliteRecord {
         let mut inserted = Vec::with_capacity(jobs.len());
         for job in jobs {
             let done = sqlx::query(
-                "INSERT INTO jobs (id, batch_id, queue, model, seed, spec, max_attempts, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO jobs (id, batch_id, queue, model, seed, spec, max_attempts, created_at, priority)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
             )
             .bind(job.id.to_string())
             .bind(batch.to_string())
@@ -190,6 +190,7 @@ impl Record for SqliteRecord {
             .bind(serde_json::to_string(&job.spec)?)
             .bind(max_attempts)
             .bind(now)
+            .bind(job.spec.priority)
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 1 {
@@ -324,8 +325,8 @@ impl Record for SqliteRecord {
         max_attempts: i32,
     ) -> Result<(), DbError> {
         sqlx::query(
-            "INSERT INTO jobs (id, queue, model, seed, spec, max_attempts, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO jobs (id, queue, model, seed, spec, max_attempts, created_at, priority)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         )
         .bind(id.to_string())
         .bind(queue)
@@ -334,6 +335,7 @@ impl Record for SqliteRecord {
         .bind(serde_json::to_string(spec)?)
         .bind(max_attempts)
         .bind(now_ms())
+        .bind(spec.priority)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -2,6 +2,7 @@
 //! `renderq.jobs` table is the queue. Work is leased with `FOR UPDATE SKIP LOCKED`, so
 //! workers never wait on each other's rows; heartbeats push the lease forward; rows
 //! whose lease ran out are taken over. Retries wait in the table (`retrying`, `run_at`).
+//! Higher `priority` is taken first; batches share each level fairly.
 
 use std::time::Duration;
 
@@ -41,26 +42,43 @@ impl PgDispatch {
                           AND lease_until < now() ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
              RETURNING id"
         } else {
-            // An equal share from each batch with queued jobs (the oldest `$5`), and
-            // from jobs without a batch: a small batch is not starved by a big one.
-            "WITH lanes AS (
-                 SELECT b.id FROM renderq.batches b
-                 WHERE b.finished_at IS NULL AND b.queue = $3
-                   AND EXISTS (SELECT 1 FROM renderq.jobs q WHERE q.batch_id = b.id AND q.state = 'queued')
-                 ORDER BY b.created_at LIMIT $5),
+            // The highest priority with queued jobs is served first. Within it, an
+            // equal share from each batch with jobs at that priority (the oldest `$5`)
+            // and from jobs without a batch: a small batch is not starved by a big one.
+            // Each active batch's highest queued priority (not leased to a worker
+            // that is about to claim it) is one probe of its index.
+            "WITH active AS (
+                 SELECT b.id, b.created_at, top.priority FROM renderq.batches b
+                 CROSS JOIN LATERAL (
+                     SELECT q.priority FROM renderq.jobs q
+                     WHERE q.batch_id = b.id AND q.state = 'queued'
+                       AND (q.lease_until IS NULL OR q.lease_until < now())
+                     ORDER BY q.priority DESC, q.id LIMIT 1) top
+                 WHERE b.finished_at IS NULL AND b.queue = $3),
+             loose_top AS (
+                 SELECT max(priority) AS priority FROM renderq.jobs
+                 WHERE batch_id IS NULL AND state = 'queued' AND queue = $3
+                   AND (lease_until IS NULL OR lease_until < now())),
+             level AS (
+                 SELECT greatest((SELECT max(priority) FROM active),
+                                 (SELECT priority FROM loose_top)) AS p),
+             lanes AS (
+                 SELECT a.id FROM active a WHERE a.priority = (SELECT p FROM level)
+                 ORDER BY a.created_at LIMIT $5),
              share AS (SELECT ceil($4::float8 / greatest(1, (SELECT count(*) FROM lanes)
-                 + (SELECT count(*) FROM (SELECT 1 FROM renderq.jobs WHERE batch_id IS NULL
-                                          AND state = 'queued' AND queue = $3 LIMIT 1) x)))::bigint AS n),
+                 + (SELECT count(*) FROM loose_top WHERE priority = (SELECT p FROM level))))::bigint AS n),
              batched AS (
                  SELECT j.id FROM lanes l CROSS JOIN LATERAL (
                      SELECT id FROM renderq.jobs
                      WHERE batch_id = l.id AND state = 'queued' AND queue = $3
+                       AND priority = (SELECT p FROM level)
                        AND (lease_until IS NULL OR lease_until < now())
-                     ORDER BY id LIMIT (SELECT n FROM share) FOR UPDATE SKIP LOCKED) j
+                     ORDER BY priority DESC, id LIMIT (SELECT n FROM share) FOR UPDATE SKIP LOCKED) j
                  LIMIT $4),
              loose AS (
                  SELECT id FROM renderq.jobs
                  WHERE batch_id IS NULL AND state = 'queued' AND queue = $3
+                   AND priority = (SELECT p FROM level)
                    AND (lease_until IS NULL OR lease_until < now())
                  ORDER BY id
                  LIMIT least((SELECT n FROM share), $4 - (SELECT count(*) FROM batched))

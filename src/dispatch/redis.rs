@@ -1,15 +1,23 @@
 //! Dispatch on Redis Streams, with one consumer group per stream.
 //!
-//! Keys: `renderq:{<queue>}:stream` (the main stream: raw producers, retries, released
-//! jobs), `renderq:{<queue>}:batch:<batch id>` (one stream per submitted batch with work
-//! left), `renderq:{<queue>}:batches` (the set naming those streams) and
-//! `renderq:{<queue>}:delayed` (retries waiting out their backoff, a sorted set scored
-//! by due time in Unix ms), and while the reconciler runs a round,
-//! `renderq:{<queue>}:reconcile:held` (the job ids the streams hold). The braces keep a queue's keys in one Cluster slot, so the
-//! Lua scripts work on a cluster. A read shares itself between the streams
-//! (`lua/fair_read.lua`), which is what keeps a small batch from waiting behind a big
-//! one. Finished entries are acknowledged and deleted at once: Redis holds only work
-//! in flight.
+//! Keys (the braces keep a queue's keys in one Cluster slot, so the Lua scripts work
+//! on a cluster):
+//! - `renderq:{<queue>}:stream`: the main stream (raw producers, released jobs without
+//!   a batch, jobs the reconciler repairs);
+//! - `renderq:{<queue>}:batch:<batch id>`: one stream per submitted batch with work
+//!   left, listed in the set `renderq:{<queue>}:batches`;
+//! - `renderq:{<queue>}:batch:<batch id>:p<priority>`: a batch's jobs of a priority
+//!   other than 0, listed in the sorted set `renderq:{<queue>}:lanes` by priority;
+//! - `renderq:{<queue>}:delayed`: retries waiting out their backoff (a sorted set by
+//!   due time in Unix ms), with `renderq:{<queue>}:retry-lanes` naming the stream each
+//!   came from;
+//! - `renderq:{<queue>}:reconcile:held`: while the reconciler runs a round, the job
+//!   ids the streams hold.
+//!
+//! A read serves the highest priority with work first and shares each level between
+//! its streams (`lua/fair_read.lua`), which is what keeps a small batch from waiting
+//! behind a big one. Finished entries are acknowledged and deleted at once: Redis
+//! holds only work in flight.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,6 +34,9 @@ use redis::{
 
 use super::{Delivery, Dispatch, DispatchError, Payload, Reconcile, Snapshot};
 use crate::job::{BatchId, JobId};
+
+/// Functions shared by the scripts that add to a batch's stream.
+const LANE_LUA: &str = include_str!("lua/lane.lua");
 
 /// The consumer group every worker of a queue joins.
 pub const GROUP: &str = "renderq";
@@ -52,7 +63,11 @@ pub struct RedisDispatch {
     /// `renderq:{<queue>}:batch:`, which a batch stream's key starts with.
     batch_prefix: String,
     batches: String,
+    /// `renderq:{<queue>}:lanes`: batch streams of a priority other than 0, scored by it.
+    lanes: String,
     delayed: String,
+    /// `renderq:{<queue>}:retry-lanes`: the batch stream each deferred job came from.
+    retry_lanes: String,
     /// The reconciler's snapshot of the job ids the streams hold (a set).
     snapshot: String,
     /// Commands that answer at once.
@@ -64,6 +79,7 @@ pub struct RedisDispatch {
     fair_read: Script,
     enqueue_batch: Script,
     snapshot_page: Script,
+    release: Script,
     /// Which batch stream a read starts with, turned each read.
     rotation: AtomicU64,
     /// Where the next XAUTOCLAIM scan of each stream starts. XAUTOCLAIM examines a
@@ -91,9 +107,18 @@ pub fn batches_key(queue: &str) -> String {
     format!("renderq:{{{queue}}}:batches")
 }
 
-/// The stream of one batch's jobs.
+/// The stream of one batch's jobs (of priority 0).
 pub fn batch_stream_key(queue: &str, batch: BatchId) -> String {
     format!("renderq:{{{queue}}}:batch:{batch}")
+}
+
+/// The stream of one batch's jobs of `priority`: `…:batch:<id>` for 0, else
+/// `…:batch:<id>:p<priority>`.
+pub fn lane_stream_key(queue: &str, batch: BatchId, priority: i32) -> String {
+    match priority {
+        0 => batch_stream_key(queue, batch),
+        p => format!("{}:p{p}", batch_stream_key(queue, batch)),
+    }
 }
 
 impl RedisDispatch {
@@ -112,20 +137,25 @@ impl RedisDispatch {
                 config.set_response_timeout(Duration::from_secs(30)),
             )
             .await?;
+        // The scripts that add to a batch's stream share `lane.lua`'s functions.
+        let with_lanes = |script: &str| Script::new(&format!("{LANE_LUA}{script}"));
         let dispatch = RedisDispatch {
             queue: queue.to_string(),
             stream: stream_key(queue),
             batch_prefix: format!("renderq:{{{queue}}}:batch:"),
             batches: batches_key(queue),
+            lanes: format!("renderq:{{{queue}}}:lanes"),
             delayed: delayed_key(queue),
+            retry_lanes: format!("renderq:{{{queue}}}:retry-lanes"),
             snapshot: format!("renderq:{{{queue}}}:reconcile:held"),
             con,
             blocking,
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
-            move_due: Script::new(include_str!("lua/move_due.lua")),
+            move_due: with_lanes(include_str!("lua/move_due.lua")),
             fair_read: Script::new(include_str!("lua/fair_read.lua")),
-            enqueue_batch: Script::new(include_str!("lua/enqueue_batch.lua")),
+            enqueue_batch: with_lanes(include_str!("lua/enqueue_batch.lua")),
             snapshot_page: Script::new(include_str!("lua/snapshot_page.lua")),
+            release: with_lanes(include_str!("lua/release.lua")),
             rotation: AtomicU64::new(0),
             reclaim_cursor: std::sync::Mutex::new(HashMap::new()),
         };
@@ -183,7 +213,9 @@ impl RedisDispatch {
         let mut con = self.con.clone();
         let mut batches: Vec<String> = con.smembers(&self.batches).await?;
         batches.sort();
-        let mut all = vec![self.stream.clone()];
+        let lanes: Vec<String> = con.zrevrange(&self.lanes, 0, -1).await?;
+        let mut all = lanes;
+        all.push(self.stream.clone());
         all.extend(batches);
         Ok(all)
     }
@@ -200,6 +232,7 @@ impl RedisDispatch {
             .fair_read
             .key(&self.stream)
             .key(&self.batches)
+            .key(&self.lanes)
             .arg(GROUP)
             .arg(consumer)
             .arg(count.max(1))
@@ -316,9 +349,17 @@ impl Dispatch for RedisDispatch {
         Ok(())
     }
 
-    async fn enqueue_batch(&self, batch: BatchId, ids: &[JobId]) -> Result<(), DispatchError> {
+    async fn enqueue_batch(
+        &self,
+        batch: BatchId,
+        priority: i32,
+        ids: &[JobId],
+    ) -> Result<(), DispatchError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         let mut con = self.con.clone();
-        let stream = batch_stream_key(&self.queue, batch);
+        let stream = lane_stream_key(&self.queue, batch, priority);
         // Loaded once, then every chunk's script call pipelined: each chunk is atomic
         // (stream, group and set membership made with its XADDs), and no chunk waits
         // for the one before.
@@ -333,10 +374,12 @@ impl Dispatch for RedisDispatch {
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(&hash)
-                    .arg(2)
+                    .arg(3)
                     .arg(&stream)
                     .arg(&self.batches)
-                    .arg(GROUP);
+                    .arg(&self.lanes)
+                    .arg(GROUP)
+                    .arg(priority);
                 for id in chunk {
                     cmd.arg(id.to_string());
                 }
@@ -480,8 +523,14 @@ impl Dispatch for RedisDispatch {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .zadd(&self.delayed, job.to_string(), due_ms)
-            .ignore()
-            .cmd("XACK")
+            .ignore();
+        if stream != self.stream {
+            // When it is due, the job goes back to its batch's stream: it keeps its
+            // share and its priority.
+            pipe.hset(&self.retry_lanes, job.to_string(), &stream)
+                .ignore();
+        }
+        pipe.cmd("XACK")
             .arg(&stream)
             .arg(GROUP)
             .arg(entry)
@@ -508,7 +557,11 @@ impl Dispatch for RedisDispatch {
         }
         let mut con = self.con.clone();
         let mut inv = self.move_due.key(&self.delayed);
-        inv.key(&self.stream);
+        inv.key(&self.stream)
+            .key(&self.retry_lanes)
+            .key(&self.batches)
+            .key(&self.lanes)
+            .arg(GROUP);
         for id in ids {
             inv.arg(id.to_string());
         }
@@ -521,32 +574,31 @@ impl Dispatch for RedisDispatch {
         }
         let mut con = self.con.clone();
         let members: Vec<String> = ids.iter().map(JobId::to_string).collect();
-        con.zrem::<_, _, ()>(&self.delayed, members).await?;
+        redis::pipe()
+            .zrem(&self.delayed, &members)
+            .ignore()
+            .hdel(&self.retry_lanes, &members)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await?;
         Ok(())
     }
 
-    /// The job goes back on the main stream, which every read serves.
+    /// The job goes back on the stream it came from: it keeps its batch's share and
+    /// its priority.
     async fn release(&self, entry: &str, job: JobId) -> Result<(), DispatchError> {
         let (stream, entry) = self.locate(entry);
         let mut con = self.con.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("XACK")
-            .arg(&stream)
+        self.release
+            .key(&stream)
+            .key(&self.stream)
+            .key(&self.batches)
+            .key(&self.lanes)
             .arg(GROUP)
             .arg(entry)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&stream)
-            .arg(entry)
-            .ignore()
-            .cmd("XADD")
-            .arg(&self.stream)
-            .arg("*")
-            .arg("id")
             .arg(job.to_string())
-            .ignore();
-        pipe.query_async::<()>(&mut con).await?;
+            .invoke_async::<()>(&mut con)
+            .await?;
         Ok(())
     }
 
@@ -567,6 +619,8 @@ impl Dispatch for RedisDispatch {
         let mut keys = self.streams().await?;
         keys.extend([
             self.batches.clone(),
+            self.lanes.clone(),
+            self.retry_lanes.clone(),
             self.delayed.clone(),
             self.snapshot.clone(),
         ]);

@@ -78,33 +78,48 @@ impl SqliteDispatch {
             .collect())
     }
 
-    /// Up to `count` queued jobs, an equal share from each batch with queued jobs
-    /// (oldest batches first, at most `super::FAIR_LANES` of them) and from jobs
-    /// without a batch.
+    /// Up to `count` queued jobs of the highest priority waiting, an equal share from
+    /// each batch with jobs at that priority (oldest batches first, at most
+    /// `super::FAIR_LANES` of them) and from jobs without a batch.
     async fn pick_fairly(
         &self,
         tx: &mut sqlx::SqliteConnection,
         now: i64,
         count: usize,
     ) -> Result<Vec<String>, DispatchError> {
-        let mut lanes: Vec<Option<String>> = sqlx::query_scalar(
-            "SELECT id FROM batches b WHERE finished_at IS NULL AND queue = ?1
-               AND EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id AND j.state = 'queued')
-             ORDER BY created_at LIMIT ?2",
+        // Each unfinished batch with queued jobs, and its highest queued priority.
+        let active: Vec<(String, i32)> = sqlx::query_as(
+            "SELECT id, top FROM (
+                 SELECT b.id, b.created_at,
+                        (SELECT j.priority FROM jobs j WHERE j.batch_id = b.id AND j.state = 'queued'
+                           AND (j.lease_until IS NULL OR j.lease_until < ?2)
+                         ORDER BY j.priority DESC, j.id LIMIT 1) AS top
+                 FROM batches b WHERE b.finished_at IS NULL AND b.queue = ?1)
+             WHERE top IS NOT NULL ORDER BY created_at",
         )
         .bind(&self.queue)
-        .bind(super::FAIR_LANES as i64)
+        .bind(now)
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
-        let loose: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM jobs WHERE batch_id IS NULL AND state = 'queued' AND queue = ?1)",
+        let loose: Option<i32> = sqlx::query_scalar(
+            "SELECT max(priority) FROM jobs WHERE batch_id IS NULL AND state = 'queued' AND queue = ?1
+               AND (lease_until IS NULL OR lease_until < ?2)",
         )
         .bind(&self.queue)
+        .bind(now)
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
-        if loose || lanes.is_empty() {
+        // The highest priority with queued jobs is served first; batches share it.
+        let level = active.iter().map(|a| a.1).chain(loose).max().unwrap_or(0);
+        let mut lanes: Vec<Option<String>> = active
+            .into_iter()
+            .filter(|a| a.1 == level)
+            .map(|a| Some(a.0))
+            .take(super::FAIR_LANES)
+            .collect();
+        if loose == Some(level) || lanes.is_empty() {
             lanes.push(None);
         }
         let share = count.max(1).div_ceil(lanes.len()) as i64;
@@ -112,13 +127,14 @@ impl SqliteDispatch {
         for lane in lanes {
             let ids: Vec<String> = sqlx::query_scalar(
                 "SELECT id FROM jobs WHERE batch_id IS ?1 AND state = 'queued' AND queue = ?2
-                   AND (lease_until IS NULL OR lease_until < ?3)
+                   AND (lease_until IS NULL OR lease_until < ?3) AND priority = ?5
                  ORDER BY id LIMIT ?4",
             )
             .bind(lane)
             .bind(&self.queue)
             .bind(now)
             .bind(share.min((count - picked.len()) as i64))
+            .bind(level)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error)?;

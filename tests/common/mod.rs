@@ -352,6 +352,13 @@ impl Env {
         (len, pending)
     }
 
+    /// As `forget_queue_keys`, on the backend that has keys.
+    pub async fn forget_queue_keys_if_redis(&self) {
+        if self.kind == Kind::PgRedis {
+            self.forget_queue_keys().await;
+        }
+    }
+
     /// Deletes every Redis key of the queue (streams, set, delayed retries).
     pub async fn forget_queue_keys(&self) {
         let mut con = self.redis().await;
