@@ -522,8 +522,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let batch = manifest::parse_batch(&batch)?;
             let (record, dispatch) = connect(g, WorkerConfig::default().lease).await?;
             let ids = record.retry_failed(batch, max_attempts.max(1)).await?;
-            // Back in the batch's stream at the base level (priority 0).
-            dispatch.enqueue_batch(batch, 0, &ids).await?;
+            // Back in the batch's lane of each job's priority.
+            let placed = record.placement(&ids).await?;
+            crate::dispatch::enqueue_placed(dispatch.as_ref(), &placed).await?;
             println!("re-queued {} failed job(s) of {batch}", ids.len());
             Ok(ExitCode::SUCCESS)
         }

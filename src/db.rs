@@ -266,6 +266,9 @@ pub trait Record: Send + Sync {
         &self,
         outcomes: &[(JobId, i32, Outcome)],
     ) -> Result<Vec<Recorded>, DbError>;
+    /// Where each of `ids` waits: its batch and its priority (missing ids are left
+    /// out), for dispatching them again in their lane.
+    async fn placement(&self, ids: &[JobId]) -> Result<Vec<crate::dispatch::Placed>, DbError>;
     /// Current state and attempt of jobs (missing ids are left out).
     async fn states(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobState, i32)>, DbError>;
     /// `retrying` → `queued` for `ids`; returns those now `queued`.

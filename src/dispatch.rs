@@ -51,17 +51,24 @@ pub trait Dispatch: Send + Sync {
     fn queue(&self) -> &str;
     /// Dispatches jobs whose rows are committed.
     async fn enqueue(&self, ids: &[JobId]) -> Result<(), DispatchError>;
-    /// Dispatches a batch's jobs of one priority whose rows are committed. Higher
-    /// priorities are read first; reads share each level between batches, so a small
-    /// batch is not starved by a big one before it.
-    async fn enqueue_batch(
+    /// Dispatches jobs of one batch (or none) and one priority whose rows are
+    /// committed. Higher priorities are read first; reads share each level between
+    /// batches, so a small batch is not starved by a big one before it.
+    async fn enqueue_lane(
         &self,
-        batch: BatchId,
+        batch: Option<BatchId>,
         priority: i32,
         ids: &[JobId],
     ) -> Result<(), DispatchError> {
         let _ = (batch, priority);
         self.enqueue(ids).await
+    }
+    /// Moves a delivered job that names a `priority` to where that priority is
+    /// served, instead of its being claimed now (a raw producer's message on Redis);
+    /// false when dispatch serves priorities itself and the job may be claimed.
+    async fn to_lane(&self, entry: &str, job: JobId, priority: i32) -> Result<bool, DispatchError> {
+        let _ = (entry, job, priority);
+        Ok(false)
     }
     /// Takes up to `count` new deliveries, waiting up to `block_ms` for the first.
     async fn fetch(
@@ -109,18 +116,23 @@ pub trait Dispatch: Send + Sync {
     }
 }
 
-/// Dispatches a batch's new jobs, each at its priority, highest first.
-pub async fn enqueue_prioritised(
-    dispatch: &dyn Dispatch,
-    batch: BatchId,
-    jobs: &[(JobId, i32)],
-) -> Result<(), DispatchError> {
-    let mut by_priority: std::collections::BTreeMap<i32, Vec<JobId>> = Default::default();
-    for (id, priority) in jobs {
-        by_priority.entry(*priority).or_default().push(*id);
+/// A job and where it waits: its batch (if any) and its priority.
+pub type Placed = (JobId, Option<BatchId>, i32);
+
+/// Dispatches jobs, each in its batch's lane of its priority, highest first.
+pub async fn enqueue_placed(dispatch: &dyn Dispatch, jobs: &[Placed]) -> Result<(), DispatchError> {
+    let mut lanes: std::collections::BTreeMap<(i32, Option<uuid::Uuid>), Vec<JobId>> =
+        Default::default();
+    for (id, batch, priority) in jobs {
+        lanes
+            .entry((*priority, batch.map(|b| b.0)))
+            .or_default()
+            .push(*id);
     }
-    for (priority, ids) in by_priority.iter().rev() {
-        dispatch.enqueue_batch(batch, *priority, ids).await?;
+    for ((priority, batch), ids) in lanes.iter().rev() {
+        dispatch
+            .enqueue_lane(batch.map(BatchId), *priority, ids)
+            .await?;
     }
     Ok(())
 }

@@ -228,8 +228,8 @@ pub async fn fire(
     let Some((batch, ids)) = created else {
         return Ok(None);
     };
-    let jobs = submit::prioritised(&jobs, &ids);
-    crate::dispatch::enqueue_prioritised(dispatch, batch, &jobs)
+    let jobs = submit::placed(batch, &jobs, &ids);
+    crate::dispatch::enqueue_placed(dispatch, &jobs)
         .await
         .map_err(|e| FireError::Dispatch(e.to_string()))?;
     Ok(Some(batch))

@@ -11,7 +11,7 @@ use std::{
 use crate::{
     catalogue::JobDefaults,
     db::{DbError, NewJob, Record},
-    dispatch::{Dispatch, DispatchError},
+    dispatch::{Dispatch, DispatchError, Placed},
     job::{BatchId, FieldError, JobId, JobSpec, Limits},
 };
 
@@ -269,15 +269,16 @@ pub fn parse_jsonl_with(
     Ok(jobs)
 }
 
-/// The new jobs among `jobs` (those `inserted`), each with its priority.
-pub fn prioritised(jobs: &[NewJob], inserted: &[JobId]) -> Vec<(JobId, i32)> {
+/// The new jobs among `jobs` (those `inserted`) of `batch`, each with its priority.
+pub fn placed(batch: BatchId, jobs: &[NewJob], inserted: &[JobId]) -> Vec<Placed> {
+    let place = |j: &NewJob| (j.id, Some(batch), j.spec.priority);
     if inserted.len() == jobs.len() {
-        return jobs.iter().map(|j| (j.id, j.spec.priority)).collect();
+        return jobs.iter().map(place).collect();
     }
     let new: std::collections::HashSet<&JobId> = inserted.iter().collect();
     jobs.iter()
         .filter(|j| new.contains(&j.id))
-        .map(|j| (j.id, j.spec.priority))
+        .map(place)
         .collect()
 }
 
@@ -316,7 +317,7 @@ pub async fn submit_with_webhook(
     if let Some(url) = webhook {
         record.set_webhook(batch, url).await?;
     }
-    crate::dispatch::enqueue_prioritised(dispatch, batch, &prioritised(jobs, &inserted)).await?;
+    crate::dispatch::enqueue_placed(dispatch, &placed(batch, jobs, &inserted)).await?;
     Ok(Submitted {
         batch,
         jobs: inserted.len(),

@@ -92,6 +92,67 @@ async fn a_retry_keeps_its_priority_on_redis() {
     env.forget_queue_keys().await;
 }
 
+/// Renders each job alone, recording prompts in the order it saw them.
+#[derive(Default)]
+struct Order(std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl renderq::render::Renderer for Order {
+    async fn render(
+        &self,
+        batch: &[renderq::render::RenderRequest],
+    ) -> Vec<Result<image::RgbImage, renderq::render::RenderError>> {
+        let mut seen = self.0.lock().unwrap();
+        batch
+            .iter()
+            .map(|r| {
+                seen.push(r.prompt.clone());
+                Ok(image::RgbImage::new(r.width, r.height))
+            })
+            .collect()
+    }
+}
+
+/// Redis cannot see a priority inside a raw producer's message, so the message is
+/// read at priority 0's level; a worker that reads one naming another priority moves
+/// it to that priority's lane. A raw job at -5 is rendered after the batch at 0.
+#[tokio::test]
+async fn a_raw_message_is_served_at_the_priority_it_names() {
+    let env = Env::new().await;
+    submit(&env, 30, 0, 0).await;
+    let raw = r#"{"prompt":"raw, low","width":8,"height":8,"priority":-5}"#;
+    let _: String = redis::cmd("XADD")
+        .arg(env.stream())
+        .arg("*")
+        .arg("job")
+        .arg(raw)
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
+    let order = std::sync::Arc::new(Order::default());
+    let mut renderers = renderq::render::Renderers::builtin(0);
+    renderers.insert("placeholder", order.clone());
+    let cfg = renderq::worker::WorkerConfig {
+        concurrency: 1,
+        max_batch: 1,
+        ..fast_config()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, h) = env.spawn_worker(
+        cfg,
+        std::sync::Arc::new(renderq::store::DirStore::new(dir.path())),
+        renderers,
+    );
+    env.wait_terminal(31, std::time::Duration::from_secs(60))
+        .await;
+    stop.cancel();
+    h.await.unwrap();
+    let order = order.0.lock().unwrap().clone();
+    assert_eq!(order.len(), 31, "{order:?}");
+    assert_eq!(order.last().unwrap(), "raw, low", "{order:?}");
+    env.forget_queue_keys().await;
+}
+
 /// A job's priority is checked at the edge like every field.
 #[test]
 fn a_priority_out_of_range_is_refused_naming_the_field() {

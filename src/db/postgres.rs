@@ -479,6 +479,22 @@ impl Record for PgRecord {
         Ok(result)
     }
 
+    async fn placement(&self, ids: &[JobId]) -> Result<Vec<crate::dispatch::Placed>, DbError> {
+        let ids: Vec<Uuid> = ids.iter().map(|j| j.0).collect();
+        let rows =
+            sqlx::query("SELECT id, batch_id, priority FROM renderq.jobs WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let (id, batch) = job_and_batch(r);
+                (id, batch, r.get(2))
+            })
+            .collect())
+    }
+
     /// Current state and attempt of jobs (missing ids are left out).
     async fn states(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobState, i32)>, DbError> {
         let ids: Vec<Uuid> = ids.iter().map(|j| j.0).collect();

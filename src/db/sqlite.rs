@@ -497,6 +497,21 @@ impl Record for SqliteRecord {
         Ok(result)
     }
 
+    async fn placement(&self, ids: &[JobId]) -> Result<Vec<crate::dispatch::Placed>, DbError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut con = self.pool.acquire().await?;
+        for id in ids {
+            let row = sqlx::query("SELECT batch_id, priority FROM jobs WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&mut *con)
+                .await?;
+            if let Some(row) = row {
+                out.push((*id, batch_of(&row, 0)?, row.get(1)));
+            }
+        }
+        Ok(out)
+    }
+
     async fn states(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobState, i32)>, DbError> {
         let mut out = Vec::with_capacity(ids.len());
         let mut con = self.pool.acquire().await?;

@@ -198,6 +198,32 @@ impl RedisDispatch {
         }
     }
 
+    /// The stream of a batch's (or, without one, raw producers') jobs of `priority`.
+    fn lane(&self, batch: Option<BatchId>, priority: i32) -> String {
+        match batch {
+            Some(b) => lane_stream_key(&self.queue, b, priority),
+            None => format!("{}raw:p{priority}", self.batch_prefix),
+        }
+    }
+
+    /// Acknowledges and deletes a delivery and adds its job to `to` (see `release.lua`).
+    async fn move_entry(&self, handle: &str, job: JobId, to: &str) -> Result<(), DispatchError> {
+        let (stream, entry) = self.locate(handle);
+        let mut con = self.con.clone();
+        self.release
+            .key(&stream)
+            .key(to)
+            .key(&self.stream)
+            .key(&self.batches)
+            .key(&self.lanes)
+            .arg(GROUP)
+            .arg(entry)
+            .arg(job.to_string())
+            .invoke_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
     /// Handles grouped by their stream.
     fn by_stream<'a>(&self, handles: &'a [String]) -> BTreeMap<String, Vec<&'a str>> {
         let mut map: BTreeMap<String, Vec<&str>> = BTreeMap::new();
@@ -349,17 +375,20 @@ impl Dispatch for RedisDispatch {
         Ok(())
     }
 
-    async fn enqueue_batch(
+    async fn enqueue_lane(
         &self,
-        batch: BatchId,
+        batch: Option<BatchId>,
         priority: i32,
         ids: &[JobId],
     ) -> Result<(), DispatchError> {
         if ids.is_empty() {
             return Ok(());
         }
+        if batch.is_none() && priority == 0 {
+            return self.enqueue(ids).await;
+        }
         let mut con = self.con.clone();
-        let stream = lane_stream_key(&self.queue, batch, priority);
+        let stream = self.lane(batch, priority);
         // Loaded once, then every chunk's script call pipelined: each chunk is atomic
         // (stream, group and set membership made with its XADDs), and no chunk waits
         // for the one before.
@@ -587,19 +616,20 @@ impl Dispatch for RedisDispatch {
     /// The job goes back on the stream it came from: it keeps its batch's share and
     /// its priority.
     async fn release(&self, entry: &str, job: JobId) -> Result<(), DispatchError> {
-        let (stream, entry) = self.locate(entry);
-        let mut con = self.con.clone();
-        self.release
-            .key(&stream)
-            .key(&self.stream)
-            .key(&self.batches)
-            .key(&self.lanes)
-            .arg(GROUP)
-            .arg(entry)
-            .arg(job.to_string())
-            .invoke_async::<()>(&mut con)
+        let (stream, _) = self.locate(entry);
+        self.move_entry(entry, job, &stream).await
+    }
+
+    /// A raw producer's job that names a priority moves to the lane of raw jobs of
+    /// that priority, `renderq:{<queue>}:batch:raw:p<priority>`, and is read from there
+    /// in priority order.
+    async fn to_lane(&self, entry: &str, job: JobId, priority: i32) -> Result<bool, DispatchError> {
+        if priority == 0 {
+            return Ok(false);
+        }
+        self.move_entry(entry, job, &self.lane(None, priority))
             .await?;
-        Ok(())
+        Ok(true)
     }
 
     fn reconcile(&self) -> Option<&dyn Reconcile> {

@@ -162,6 +162,17 @@ async fn claim(
                         if made.is_none() {
                             continue; // shutting down; the delivery's lease runs out
                         }
+                        // A raw job that names a priority waits in that priority's
+                        // lane (Redis) instead of being claimed ahead of its turn.
+                        if !d.takeover && spec.priority != 0 {
+                            match s.dispatch.to_lane(&d.entry, id, spec.priority).await {
+                                Ok(true) => continue,
+                                Ok(false) => {}
+                                Err(e) => {
+                                    warn!(job = %id, "could not move a raw job to its priority's lane: {e}")
+                                }
+                            }
+                        }
                         id
                     }
                     Err(e) => {

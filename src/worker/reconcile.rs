@@ -191,7 +191,7 @@ async fn step(s: &Shared, mut round: Round, previous: &HashSet<JobId>) -> anyhow
                         round.rescheduled += 1;
                     }
                 }
-                s.dispatch.enqueue(&requeue).await?;
+                redispatch(s, &requeue).await?;
                 round.redispatched += requeue.len();
                 if page.len() < PAGE {
                     exhausted = true;
@@ -241,7 +241,7 @@ async fn rescue_orphans(s: &Shared, round: &mut Round) -> anyhow::Result<()> {
         return Ok(());
     }
     let rescued = s.record.rescue(&lost).await?;
-    s.dispatch.enqueue(&rescued.requeued).await?;
+    redispatch(s, &rescued.requeued).await?;
     round.rescued += rescued.requeued.len();
     round.failed += rescued.failed.len();
     if !rescued.failed.is_empty() {
@@ -252,6 +252,16 @@ async fn rescue_orphans(s: &Shared, round: &mut Round) -> anyhow::Result<()> {
         );
         super::finish_batches(s, rescued.failed.iter().filter_map(|f| f.1).collect()).await;
     }
+    Ok(())
+}
+
+/// Dispatches jobs again, each in its batch's lane of its priority.
+async fn redispatch(s: &Shared, ids: &[JobId]) -> anyhow::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let placed = s.record.placement(ids).await?;
+    crate::dispatch::enqueue_placed(s.dispatch.as_ref(), &placed).await?;
     Ok(())
 }
 
