@@ -154,8 +154,8 @@ pub struct SubmitArgs {
     /// Default format (png, webp, jpeg) for jobs that set none
     #[arg(long)]
     pub format: Option<String>,
-    /// POST a signed JSON summary here when the batch finishes
-    /// (HMAC-SHA256 under RENDERQ_WEBHOOK_SECRET, header X-Renderq-Signature)
+    /// POST a signed JSON summary here when the batch finishes (Standard Webhooks
+    /// signature under RENDERQ_WEBHOOK_SECRET, which must be set)
     #[arg(long)]
     pub webhook: Option<String>,
 }

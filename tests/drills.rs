@@ -343,8 +343,21 @@ impl Drill {
             rows.len() == n && rows.iter().all(|r| r.state.is_terminal())
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(500)).await; // late completions, events
         let rows = self.rows().await;
+        // Every success committed is announced: wait for its event to arrive. (A
+        // stale worker's late completion is fenced out in the record and announces
+        // nothing, so there is nothing else to wait for.)
+        let succeeded = rows
+            .iter()
+            .filter(|r| r.state == renderq::job::JobState::Succeeded)
+            .count();
+        let end = Instant::now() + Duration::from_secs(10);
+        while check_events
+            && self.succeeded_events.lock().unwrap().len() < succeeded
+            && Instant::now() < end
+        {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
         let lost = rows
             .iter()
             .filter(|r| r.state != renderq::job::JobState::Succeeded)
