@@ -97,3 +97,54 @@ conformance!(
     an_undecodable_stored_spec_fails_only_its_row,
     a_stored_key_that_escapes_the_store_is_refused_at_claim,
 );
+
+/// A raw message over the line limit is refused by its length before it is parsed,
+/// recorded as a failed job with the reason and only the start of its text, and the
+/// message after it is rendered.
+#[tokio::test]
+async fn an_oversized_raw_message_fails_alone() {
+    let env = Env::new().await;
+    let huge = format!(
+        r#"{{"prompt":"{}","width":8,"height":8}}"#,
+        "x".repeat(1 << 20)
+    );
+    let mut con = env.redis().await;
+    for job in [huge.as_str(), r#"{"prompt":"fine","width":8,"height":8}"#] {
+        let _: String = redis::cmd("XADD")
+            .arg(env.stream())
+            .arg("*")
+            .arg("job")
+            .arg(job)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rows = env
+        .work_until_done(
+            2,
+            Renderers::builtin(0),
+            dir.path(),
+            Duration::from_secs(30),
+        )
+        .await;
+    let failed: Vec<_> = rows.iter().filter(|r| r.1 == "failed").collect();
+    assert_eq!(failed.len(), 1, "{rows:?}");
+    let error = failed[0].3.as_deref().unwrap();
+    assert!(
+        error.contains("bytes is over the limit of 65536"),
+        "{error}"
+    );
+    assert_eq!(rows.iter().filter(|r| r.1 == "succeeded").count(), 1);
+    let stored: String =
+        sqlx::query_scalar("SELECT spec->>'raw' FROM renderq.jobs WHERE state = 'failed'")
+            .fetch_one(&sqlx::PgPool::connect(&env.db_url).await.unwrap())
+            .await
+            .unwrap();
+    assert!(
+        stored.len() <= 4096,
+        "{} bytes of the message kept",
+        stored.len()
+    );
+    env.assert_dispatch_empty().await;
+}
