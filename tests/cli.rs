@@ -273,3 +273,54 @@ async fn bench_prints_its_figures_and_leaves_nothing_in_redis() {
         .unwrap();
     assert!(left.is_empty(), "the bench's queue left {left:?}");
 }
+
+/// `RENDERQ_LOG_FORMAT=json`: every log line is one JSON object with its fields at the
+/// top (worker, queue, job, batch), and no colour codes reach a pipe in either format.
+#[test]
+fn logs_are_json_lines_on_request_and_never_coloured_in_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = r#"{"prompt":"a","width":8,"height":8}"#;
+    let out = run_one_job(dir.path(), job)
+        .env("RENDERQ_LOG_FORMAT", "json")
+        .env("RENDERQ_LOG", "renderq=info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe: {stderr}"
+    );
+    let logs: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let started = logs
+        .iter()
+        .find(|l| l["message"] == "worker started")
+        .unwrap_or_else(|| panic!("no `worker started` line: {stderr}"));
+    assert_eq!(started["level"], "INFO");
+    assert!(
+        started["worker"].is_string() && started["queue"].is_string(),
+        "{started}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l["message"] == "batch finished" && l["batch"].is_string()),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_one_job(dir.path(), job)
+        .env("RENDERQ_LOG", "renderq=info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("worker started"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe: {stderr}"
+    );
+}
