@@ -83,7 +83,7 @@ pub struct Claimed {
 }
 
 /// The error a job gets when its attempts ran out in workers that died.
-pub(crate) const WORKER_DIED: &str = "worker stopped responding (died or stalled past its lease)";
+pub const WORKER_DIED: &str = "worker stopped responding (died or stalled past its lease)";
 
 /// Asks to claim a job delivered by the stream. `takeover` is set for deliveries
 /// taken from a worker whose lease ran out: those may be `running` already.

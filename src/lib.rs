@@ -18,7 +18,8 @@
 //! - [`webhook`]: the signed summary POSTed when a batch finishes.
 //! - [`redact`]: keeping secrets out of what is printed.
 //!
-//! The promises these keep are listed in the project's DESIGN.md; each has a test.
+//! The promises these keep are listed in the README (How it keeps its promises, Failure
+//! drills); each has a test.
 
 pub mod backend;
 pub mod bench;
