@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::{
-    job::{BatchId, JobId, JobSpec, JobState},
+    job::{BatchId, ClaimedJob, JobId, JobSpec, JobState, NewJob, Placed},
     schedule::Schedule,
 };
 
@@ -36,13 +36,6 @@ pub(crate) fn unreadable_spec(e: impl std::fmt::Display) -> String {
     format!("the stored job spec is not a valid job: {e}")
 }
 
-/// A job about to be written by a producer.
-#[derive(Debug, Clone)]
-pub struct NewJob {
-    pub id: JobId,
-    pub spec: JobSpec,
-}
-
 /// A batch's webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
@@ -59,16 +52,6 @@ pub struct Cancelled {
     pub jobs: u64,
     /// The batch the id names or the job belongs to, to be checked for its end.
     pub batch: Option<BatchId>,
-}
-
-/// A job a worker now holds: `attempt` fences everything it writes afterwards.
-#[derive(Debug, Clone)]
-pub struct ClaimedJob {
-    pub id: JobId,
-    pub batch_id: Option<BatchId>,
-    pub attempt: i32,
-    pub seed: u64,
-    pub spec: JobSpec,
 }
 
 /// What one claim did.
@@ -268,7 +251,7 @@ pub trait Record: Send + Sync {
     ) -> Result<Vec<Recorded>, DbError>;
     /// Where each of `ids` waits: its batch and its priority (missing ids are left
     /// out), for dispatching them again in their lane.
-    async fn placement(&self, ids: &[JobId]) -> Result<Vec<crate::dispatch::Placed>, DbError>;
+    async fn placement(&self, ids: &[JobId]) -> Result<Vec<Placed>, DbError>;
     /// Current state and attempt of jobs (missing ids are left out).
     async fn states(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobState, i32)>, DbError>;
     /// `retrying` → `queued` for `ids`; returns those now `queued`.

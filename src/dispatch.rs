@@ -7,7 +7,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
-use crate::job::{BatchId, JobId};
+use crate::job::{BatchId, JobId, Placed};
 
 pub use self::{postgres::PgDispatch, redis::RedisDispatch, sqlite::SqliteDispatch};
 
@@ -116,23 +116,15 @@ pub trait Dispatch: Send + Sync {
     }
 }
 
-/// A job and where it waits: its batch (if any) and its priority.
-pub type Placed = (JobId, Option<BatchId>, i32);
-
 /// Dispatches jobs, each in its batch's lane of its priority, highest first.
 pub async fn enqueue_placed(dispatch: &dyn Dispatch, jobs: &[Placed]) -> Result<(), DispatchError> {
-    let mut lanes: std::collections::BTreeMap<(i32, Option<uuid::Uuid>), Vec<JobId>> =
+    let mut lanes: std::collections::BTreeMap<(i32, Option<BatchId>), Vec<JobId>> =
         Default::default();
     for (id, batch, priority) in jobs {
-        lanes
-            .entry((*priority, batch.map(|b| b.0)))
-            .or_default()
-            .push(*id);
+        lanes.entry((*priority, *batch)).or_default().push(*id);
     }
     for ((priority, batch), ids) in lanes.iter().rev() {
-        dispatch
-            .enqueue_lane(batch.map(BatchId), *priority, ids)
-            .await?;
+        dispatch.enqueue_lane(*batch, *priority, ids).await?;
     }
     Ok(())
 }

@@ -22,15 +22,15 @@
 //! drills); each has a test.
 
 pub mod backend;
-pub mod bench;
-pub mod catalogue;
 pub mod cli;
 pub mod db;
 pub mod dispatch;
+pub mod input;
 pub mod job;
 pub mod redact;
 pub mod render;
 pub mod schedule;
+pub mod scheduler;
 pub mod sheet;
 pub mod store;
 pub mod submit;

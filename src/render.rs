@@ -7,6 +7,7 @@
 
 pub mod diffusion;
 pub mod noop;
+mod options;
 pub mod placeholder;
 pub mod remote;
 
@@ -15,13 +16,11 @@ use std::{collections::BTreeMap, io::Cursor, sync::Arc};
 use async_trait::async_trait;
 use image::{ImageEncoder, RgbImage};
 
-use crate::{
-    db::ClaimedJob,
-    job::{ImageFormat, JobId},
-};
+use crate::job::{ClaimedJob, ImageFormat, JobId};
 
 pub use self::{
     noop::NoopRenderer,
+    options::{DiffusionOptions, RemoteOptions},
     placeholder::PlaceholderRenderer,
     remote::{RemoteConfig, RemoteRenderer},
 };

@@ -1,4 +1,5 @@
-//! Cron schedules: a schedule turns a file into a fresh batch at every firing.
+//! Cron schedules, as stored: a schedule turns a file into a fresh batch at every
+//! firing (the scheduler module fires them).
 //!
 //! Expressions are standard five-field cron with an optional leading seconds field,
 //! in a time zone per schedule (parsed by `croner`, zones by `chrono-tz`). Each firing
@@ -6,7 +7,7 @@
 //! the unique constraint on those two makes a double firing impossible however many
 //! schedulers run. A scheduler that was down fires only the most recent missed firing.
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -14,90 +15,8 @@ use croner::{
     Cron,
     parser::{CronParser, Seconds, Year},
 };
-use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
-use crate::{
-    catalogue::{Catalogue, JobDefaults, Template},
-    db::{DbError, NewJob, Record},
-    dispatch::Dispatch,
-    job::{BatchId, ImageFormat, Limits},
-    submit::{self, SubmitError},
-};
-
-/// How a schedule's file becomes jobs: the submit options, stored with the schedule.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SubmitOptions {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<String>,
-    #[serde(default = "one")]
-    pub variants: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub width: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub height: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub steps: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<ImageFormat>,
-    #[serde(default = "three")]
-    pub max_attempts: i32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-fn three() -> i32 {
-    3
-}
-
-impl SubmitOptions {
-    pub fn defaults(&self) -> JobDefaults {
-        JobDefaults {
-            width: self.width,
-            height: self.height,
-            model: self.model.clone(),
-            steps: self.steps,
-            format: self.format,
-        }
-    }
-
-    /// The catalogue, when the file is CSV (a template is given).
-    pub fn catalogue(&self) -> Result<Option<Catalogue>, String> {
-        let Some(template) = &self.template else {
-            return Ok(None);
-        };
-        Ok(Some(Catalogue {
-            template: Template::parse(template).map_err(|e| format!("--template: {e}"))?,
-            variants: self.variants,
-            key: self
-                .key
-                .as_deref()
-                .map(Template::parse)
-                .transpose()
-                .map_err(|e| format!("--key: {e}"))?,
-            defaults: self.defaults(),
-        }))
-    }
-
-    /// Reads a local file into jobs, as `renderq submit` would.
-    pub fn read(
-        &self,
-        path: &std::path::Path,
-        limits: &Limits,
-    ) -> Result<Vec<NewJob>, SubmitError> {
-        match self.catalogue().map_err(SubmitError::TooLarge)? {
-            Some(c) => c.read(path, limits),
-            None => submit::read_jsonl_with(path, limits, &self.defaults()),
-        }
-    }
-}
+use crate::input::SubmitOptions;
 
 /// A stored schedule.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,188 +98,6 @@ impl Schedule {
 fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
     use chrono::Timelike;
     t.with_nanosecond(0).unwrap_or(t)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum FireError {
-    #[error("reading {file}: {reason}")]
-    File { file: String, reason: String },
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error("{0}")]
-    Dispatch(String),
-}
-
-/// Fires one schedule for `scheduled_for`: reads its file, and writes and dispatches a
-/// batch, unless that firing's batch exists already (another scheduler won).
-pub async fn fire(
-    record: &dyn Record,
-    dispatch: &dyn Dispatch,
-    schedule: &Schedule,
-    scheduled_for: DateTime<Utc>,
-) -> Result<Option<BatchId>, FireError> {
-    let file_err = |reason: String| FireError::File {
-        file: schedule.file.clone(),
-        reason,
-    };
-    let local = fetch(&schedule.file).await.map_err(file_err)?;
-    let options = schedule.options.clone();
-    let path = local.path().to_path_buf();
-    let jobs = tokio::task::spawn_blocking(move || options.read(&path, &Limits::default()))
-        .await
-        .map_err(|e| file_err(e.to_string()))?
-        .map_err(|e| file_err(e.to_string()))?;
-    let name = format!(
-        "{}@{}",
-        schedule.name,
-        scheduled_for.format("%Y-%m-%dT%H:%M:%SZ")
-    );
-    let created = record
-        .create_batch_for(
-            &name,
-            &schedule.queue,
-            &jobs,
-            schedule.options.max_attempts,
-            Some((&schedule.name, scheduled_for)),
-        )
-        .await?;
-    record.mark_fired(&schedule.name, scheduled_for).await?;
-    let Some((batch, ids)) = created else {
-        return Ok(None);
-    };
-    let jobs = submit::placed(batch, &jobs, &ids);
-    crate::dispatch::enqueue_placed(dispatch, &jobs)
-        .await
-        .map_err(|e| FireError::Dispatch(e.to_string()))?;
-    Ok(Some(batch))
-}
-
-/// A local copy of the schedule's file: the path itself, or an S3 object downloaded.
-enum Local {
-    Path(std::path::PathBuf),
-    Temp(tempfile::NamedTempFile),
-}
-
-impl Local {
-    fn path(&self) -> &std::path::Path {
-        match self {
-            Local::Path(p) => p,
-            Local::Temp(t) => t.path(),
-        }
-    }
-}
-
-async fn fetch(file: &str) -> Result<Local, String> {
-    let Some(rest) = file.strip_prefix("s3://") else {
-        return Ok(Local::Path(file.into()));
-    };
-    let (bucket, key) = rest
-        .split_once('/')
-        .ok_or_else(|| format!("`{file}` names no object: use s3://bucket/key"))?;
-    let store = crate::store::S3Store::from_env(bucket, "").await;
-    // A schedule never reads more than a submit of a local file may hold.
-    let cap = Limits::default().max_file_bytes;
-    download_manifest(&store, key, cap).await.map(Local::Temp)
-}
-
-/// Downloads a schedule's manifest from the store's bucket into a temporary file
-/// (its suffix, `.csv` or `.jsonl`, follows the key), refusing an object over `cap`
-/// bytes by its declared size first, then as it arrives.
-pub async fn download_manifest(
-    store: &crate::store::S3Store,
-    key: &str,
-    cap: u64,
-) -> Result<tempfile::NamedTempFile, String> {
-    let file = format!("s3://{}/{key}", store.bucket());
-    let object = store
-        .client()
-        .get_object()
-        .bucket(store.bucket())
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(&e).to_string())?;
-    let too_big = || format!("`{file}` is over the limit of {cap} bytes per submit; split it");
-    if object.content_length().is_some_and(|n| n as u64 > cap) {
-        return Err(too_big());
-    }
-    let suffix = if key.to_ascii_lowercase().ends_with(".csv") {
-        ".csv"
-    } else {
-        ".jsonl"
-    };
-    let mut temp = tempfile::Builder::new()
-        .suffix(suffix)
-        .tempfile()
-        .map_err(|e| e.to_string())?;
-    let mut body = object.body;
-    let mut read = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
-        read += chunk.len() as u64;
-        if read > cap {
-            return Err(too_big());
-        }
-        std::io::Write::write_all(&mut temp, &chunk).map_err(|e| e.to_string())?;
-    }
-    Ok(temp)
-}
-
-/// Fires due schedules until `stop`: every second it looks at every schedule. Run it
-/// alone (`renderq scheduler`) or inside workers (`--scheduler`, one leader at a time).
-pub async fn run(
-    record: Arc<dyn Record>,
-    dispatch: Arc<dyn Dispatch>,
-    stop: CancellationToken,
-    lead: bool,
-) {
-    let mut leadership = None;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.cancelled() => return,
-        }
-        if lead && leadership.is_none() {
-            match record.lead("renderq-scheduler").await {
-                Ok(Some(l)) => leadership = Some(l),
-                _ => continue,
-            }
-        }
-        if let Err(e) = tick(record.as_ref(), dispatch.as_ref(), Utc::now()).await {
-            warn!("scheduler: {e}");
-            leadership = None;
-        }
-    }
-}
-
-/// One look at every schedule of the dispatch's queue.
-pub async fn tick(
-    record: &dyn Record,
-    dispatch: &dyn Dispatch,
-    now: DateTime<Utc>,
-) -> Result<(), DbError> {
-    for schedule in record.schedules().await? {
-        if schedule.queue != dispatch.queue() {
-            continue;
-        }
-        let Some((at, skipped)) = schedule.due(now) else {
-            continue;
-        };
-        if skipped > 0 {
-            warn!(
-                schedule = schedule.name,
-                skipped, "the scheduler was down: firing only the most recent missed time, {at}"
-            );
-        }
-        match fire(record, dispatch, &schedule, at).await {
-            Ok(Some(batch)) => {
-                info!(schedule = schedule.name, %batch, scheduled_for = %at, "fired")
-            }
-            Ok(None) => {} // another scheduler fired it
-            Err(e) => warn!(schedule = schedule.name, scheduled_for = %at, "firing failed: {e}"),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

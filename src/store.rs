@@ -10,7 +10,7 @@ pub mod s3;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::{db::ClaimedJob, job::ImageFormat};
+use crate::job::{ClaimedJob, ImageFormat};
 
 pub use self::{fs::DirStore, s3::S3Store};
 
@@ -71,6 +71,52 @@ pub trait Store: Send + Sync {
     ) -> Result<String, StoreError> {
         Ok(self.url(key))
     }
+    /// Copies the object at `key` into `out` and returns its length. An object over
+    /// `cap` bytes is refused (by its declared size where the store knows it, else as
+    /// it arrives), so a reader never holds more than it allowed for.
+    async fn read_into(
+        &self,
+        key: &str,
+        cap: u64,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, StoreError>;
+}
+
+/// The error of an object over a reader's cap.
+pub(crate) fn over_cap(url: &str, cap: u64) -> StoreError {
+    StoreError {
+        message: format!("`{url}` is over the limit of {cap} bytes"),
+        retry: false,
+    }
+}
+
+/// Where a store location points: a bucket (and a key or prefix in it) on an
+/// S3-compatible server, or a local path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location<'a> {
+    S3 { bucket: &'a str, key: &'a str },
+    Local(&'a str),
+}
+
+impl<'a> Location<'a> {
+    /// Reads `s3://bucket/key` or a path.
+    pub fn parse(location: &'a str) -> Result<Self, StoreError> {
+        let Some(rest) = location.strip_prefix("s3://") else {
+            return Ok(Location::Local(location));
+        };
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StoreError {
+                message: format!("`{location}` names no bucket: use s3://bucket/key"),
+                retry: false,
+            });
+        }
+        Ok(Location::S3 { bucket, key })
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, Location::Local(_))
+    }
 }
 
 /// The key a job's image is stored under.
@@ -105,20 +151,10 @@ fn has_extension(key: &str, format: ImageFormat) -> bool {
 
 /// Opens the store named by `RENDERQ_STORE`: `s3://bucket/prefix` or a directory.
 pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
-    if let Some(rest) = location.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(StoreError {
-                message: format!(
-                    "RENDERQ_STORE `{location}` names no bucket: use s3://bucket/prefix"
-                ),
-                retry: false,
-            });
-        }
-        Ok(Box::new(S3Store::from_env(bucket, prefix).await))
-    } else {
-        Ok(Box::new(DirStore::new(location)))
-    }
+    Ok(match Location::parse(location)? {
+        Location::S3 { bucket, key } => Box::new(S3Store::from_env(bucket, key).await),
+        Location::Local(dir) => Box::new(DirStore::new(dir)),
+    })
 }
 
 #[cfg(test)]

@@ -34,9 +34,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    db::{ClaimedJob, Record, WorkerInfo},
+    db::{Record, WorkerInfo},
     dispatch::Dispatch,
-    job::{BatchId, JobId, Limits},
+    job::{BatchId, ClaimedJob, JobId, Limits},
     render::Renderers,
     store::Store,
 };

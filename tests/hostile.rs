@@ -3,9 +3,8 @@
 
 use proptest::prelude::*;
 use renderq::{
-    catalogue::{Catalogue, JobDefaults, Template},
+    input::{Catalogue, InputError, SubmitOptions, Template, parse_jsonl},
     job::{JobSpec, Limits, validate_output_key},
-    submit::{SubmitError, parse_jsonl},
 };
 
 fn field_of(text: &str) -> Option<&'static str> {
@@ -26,11 +25,11 @@ proptest! {
     fn any_bytes_as_a_file_are_parsed_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         match parse_jsonl(&bytes[..], &Limits::default()) {
             Ok(jobs) => prop_assert!(!jobs.is_empty()),
-            Err(SubmitError::Invalid { errors, total }) => {
+            Err(InputError::Invalid { errors, total }) => {
                 prop_assert!(!errors.is_empty() && total >= errors.len());
                 prop_assert!(errors.iter().all(|e| e.line >= 1));
             }
-            Err(SubmitError::Empty) => {}
+            Err(InputError::Empty) => {}
             Err(other) => prop_assert!(false, "unexpected error: {other}"),
         }
     }
@@ -68,14 +67,13 @@ proptest! {
         let Ok(template) = Template::parse(&template) else { return Ok(()) };
         let catalogue = Catalogue {
             template,
-            variants: 2,
             key: Some(Template::parse("{variant}/{job_id}").unwrap()),
-            defaults: JobDefaults::default(),
+            options: SubmitOptions { variants: 2, ..SubmitOptions::default() },
         };
         match catalogue.parse(&bytes[..], &Limits::default()) {
             Ok(jobs) => prop_assert!(jobs.len() % 2 == 0 && !jobs.is_empty()),
-            Err(SubmitError::Invalid { errors, .. }) => prop_assert!(!errors.is_empty()),
-            Err(SubmitError::Empty) => {}
+            Err(InputError::Invalid { errors, .. }) => prop_assert!(!errors.is_empty()),
+            Err(InputError::Empty) => {}
             Err(other) => prop_assert!(false, "unexpected error: {other}"),
         }
     }

@@ -7,7 +7,7 @@ use std::{process::Command, time::Duration};
 
 use chrono::{Timelike, Utc};
 use common::*;
-use renderq::schedule::{self, Schedule, SubmitOptions};
+use renderq::{input::SubmitOptions, schedule::Schedule, scheduler};
 
 fn jobs_file(dir: &tempfile::TempDir) -> String {
     let path = dir.path().join("nightly.jsonl");
@@ -44,8 +44,8 @@ async fn racing_schedulers_make_one_batch_per_firing(env: Env) {
     // Two schedulers see the same firing at once.
     let now = Utc::now() + chrono::Duration::seconds(2);
     let (a, b) = tokio::join!(
-        schedule::tick(env.record.as_ref(), env.dispatch.as_ref(), now),
-        schedule::tick(env.record.as_ref(), env.dispatch.as_ref(), now),
+        scheduler::tick(env.record.as_ref(), env.dispatch.as_ref(), now),
+        scheduler::tick(env.record.as_ref(), env.dispatch.as_ref(), now),
     );
     a.unwrap();
     b.unwrap();
@@ -68,7 +68,7 @@ async fn racing_schedulers_make_one_batch_per_firing(env: Env) {
         "its jobs were dispatched once"
     );
     // Firing the same time again (a third scheduler, late) changes nothing.
-    schedule::fire(env.record.as_ref(), env.dispatch.as_ref(), &stored, fired)
+    scheduler::fire(env.record.as_ref(), env.dispatch.as_ref(), &stored, fired)
         .await
         .unwrap();
     assert_eq!(env.record.recent_batches(10).await.unwrap().len(), 1);
@@ -91,10 +91,10 @@ async fn a_scheduler_that_was_down_fires_only_the_latest_missed_time(env: Env) {
         .mark_fired("hourly", hour - chrono::Duration::hours(3))
         .await
         .unwrap();
-    schedule::tick(env.record.as_ref(), env.dispatch.as_ref(), now)
+    scheduler::tick(env.record.as_ref(), env.dispatch.as_ref(), now)
         .await
         .unwrap();
-    schedule::tick(env.record.as_ref(), env.dispatch.as_ref(), now)
+    scheduler::tick(env.record.as_ref(), env.dispatch.as_ref(), now)
         .await
         .unwrap();
     let batches = env.record.recent_batches(10).await.unwrap();
@@ -131,11 +131,11 @@ async fn an_s3_manifest_over_the_limit_is_refused() {
         .send()
         .await
         .unwrap();
-    let err = schedule::download_manifest(&store, "manifests/big.jsonl", 1024)
+    let err = scheduler::download_manifest(store.as_ref(), "manifests/big.jsonl", 1024)
         .await
         .unwrap_err();
     assert!(err.contains("over the limit of 1024 bytes"), "{err}");
-    let fits = schedule::download_manifest(&store, "manifests/big.jsonl", 1 << 20)
+    let fits = scheduler::download_manifest(store.as_ref(), "manifests/big.jsonl", 1 << 20)
         .await
         .unwrap();
     assert_eq!(

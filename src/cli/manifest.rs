@@ -2,12 +2,54 @@
 //! into the shop's product table: job id, the source row's columns, state, object key
 //! and URL (presigned on S3), seed, error.
 
-use std::{collections::BTreeSet, io::Write, process::ExitCode, time::Duration};
+use std::{collections::BTreeSet, io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use clap::Args;
 use serde_json::{Map, Value};
 
-use crate::{db::Record, job::BatchId, store::Store};
+use super::{Global, connect_record, parse_batch};
+use crate::{
+    db::Record,
+    job::BatchId,
+    store::{self, Store},
+};
+
+#[derive(Args, Debug)]
+pub struct ManifestArgs {
+    pub batch: String,
+    /// csv or jsonl
+    #[arg(long, default_value = "csv")]
+    pub format: String,
+    /// Write here instead of stdout
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// How long presigned S3 URLs stay valid, in seconds
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub expires_secs: u64,
+}
+
+pub async fn command(g: &Global, args: ManifestArgs) -> Result<ExitCode> {
+    let batch = parse_batch(&args.batch)?;
+    let record = connect_record(g, !g.no_migrate).await?;
+    let store = store::open(&g.store).await?;
+    let expires = Duration::from_secs(args.expires_secs);
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let code = write(
+        record.as_ref(),
+        store.as_ref(),
+        batch,
+        &args.format,
+        expires,
+        &mut out,
+    )
+    .await?;
+    out.flush()?;
+    Ok(code)
+}
 
 /// Writes the manifest to `out`. `format` is `csv` or `jsonl`.
 pub async fn write(
@@ -80,9 +122,4 @@ pub async fn write(
         other => anyhow::bail!("--format `{other}` is not csv or jsonl"),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-pub fn parse_batch(text: &str) -> Result<BatchId> {
-    text.parse()
-        .with_context(|| format!("`{text}` is not a batch id (a UUID, as submit prints)"))
 }

@@ -4,30 +4,44 @@
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Result;
+use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::{Global, RunArgs, batch_name, connect, read_file, signal_shutdown, watch};
-use crate::{sheet, store, submit, worker::Worker};
+use super::{Global, PipelineArgs, SubmitArgs, connect, signal_shutdown, submit::read_file, watch};
+use crate::{
+    sheet,
+    store::{self, Location},
+    submit,
+    worker::Worker,
+};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub submit: SubmitArgs,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
 
 pub async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
-    if let Some(code) = super::check_webhook(&args.submit) {
+    if let Some(code) = args.submit.check_webhook() {
         return Ok(code);
     }
-    let jobs = match read_file(&args.submit).await? {
+    let jobs = match read_file(&args.submit.file, &args.submit.options).await? {
         Ok(jobs) => jobs,
         Err(code) => return Ok(code),
     };
-    let cfg = args.pipeline.config(args.submit.max_attempts)?;
+    let cfg = args.pipeline.config(args.submit.options.max_attempts)?;
     let renderers = args.pipeline.renderers()?;
     let (record, dispatch) = connect(g, cfg.lease).await?;
     let store: Arc<dyn store::Store> = Arc::from(store::open(&g.store).await?);
-    let name = batch_name(&args.submit);
+    let name = args.submit.batch_name();
     let done = submit::submit_with_webhook(
         record.as_ref(),
         dispatch.as_ref(),
         &name,
         &jobs,
-        args.submit.max_attempts,
+        args.submit.options.max_attempts,
         args.submit.webhook.as_deref(),
     )
     .await?;
@@ -55,7 +69,8 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
 
     let rows = record.jobs_of_batch(done.batch).await?;
     let html = sheet::contact_sheet(&format!("{name} ({batch})"), &rows, |k| store.url(k));
-    let sheet_path = if g.store.starts_with("s3://") {
+    let local = Location::parse(&g.store)?.is_local();
+    let sheet_path = if !local {
         std::path::PathBuf::from(format!("renderq-{batch}-contact-sheet.html"))
     } else {
         std::path::Path::new(&g.store)
@@ -69,7 +84,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
     let sheet_abs = std::path::absolute(&sheet_path).unwrap_or(sheet_path);
     let stored = rows.iter().filter(|r| r.output_key.is_some()).count();
     eprintln!();
-    if g.store.starts_with("s3://") {
+    if !local {
         eprintln!("images:        {stored} in {}", g.store);
     } else {
         eprintln!(

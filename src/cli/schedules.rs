@@ -5,11 +5,15 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use chrono::Utc;
 use clap::{Args, Subcommand};
+use tokio_util::sync::CancellationToken;
 
-use super::{Global, SubmitArgs, connect_record};
+use super::{Global, connect, connect_record, signal_shutdown};
 use crate::{
+    input::{self, SubmitOptions},
     job::Limits,
-    schedule::{Schedule, SubmitOptions, parse_cron, parse_timezone},
+    schedule::{Schedule, parse_cron, parse_timezone},
+    store::Location,
+    worker::WorkerConfig,
 };
 
 #[derive(Subcommand, Debug)]
@@ -33,8 +37,20 @@ pub struct AddArgs {
     /// The time zone the expression is read in
     #[arg(long, default_value = "UTC")]
     pub tz: String,
+    /// The file read at every firing: a local path, or s3://bucket/key
+    pub file: String,
     #[command(flatten)]
-    pub submit: SubmitArgs,
+    pub options: SubmitOptions,
+}
+
+/// `renderq scheduler`: fires due schedules until SIGTERM / SIGINT.
+pub async fn scheduler(g: &Global) -> Result<ExitCode> {
+    let (record, dispatch) = connect(g, WorkerConfig::default().lease).await?;
+    let stop = CancellationToken::new();
+    tokio::spawn(signal_shutdown(stop.clone()));
+    eprintln!("scheduler: firing the schedules of queue `{}`", g.queue);
+    crate::scheduler::run(record, dispatch, stop, false).await;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn command(g: &Global, cmd: ScheduleCommand) -> Result<ExitCode> {
@@ -43,32 +59,19 @@ pub async fn command(g: &Global, cmd: ScheduleCommand) -> Result<ExitCode> {
         ScheduleCommand::Add(args) => {
             let cron = parse_cron(&args.cron).map_err(|e| anyhow::anyhow!("--cron {e}"))?;
             parse_timezone(&args.tz).map_err(|e| anyhow::anyhow!("--tz {e}"))?;
-            let s = &args.submit;
-            let options = SubmitOptions {
-                template: s.template.clone(),
-                variants: s.variants,
-                key: s.key.clone(),
-                width: s.width,
-                height: s.height,
-                model: s.model.clone(),
-                steps: s.steps,
-                format: s.defaults()?.format,
-                max_attempts: s.max_attempts,
-            };
-            let file = s.file.display().to_string();
+            let options = args.options.clone();
             // A broken schedule is refused now, not at 2 a.m.: a local file is read and
-            // checked like a submit (an s3:// file is checked at each firing).
-            if !file.starts_with("s3://") {
-                let path = std::path::absolute(&s.file)?;
-                if let Err(e) = options.read(&path, &Limits::default()) {
-                    eprintln!("error: {}: {e}", s.file.display());
-                    return Ok(ExitCode::from(1));
+            // checked like a submit (a file in a store is checked at each firing).
+            let file = match Location::parse(&args.file)? {
+                Location::Local(path) => {
+                    let path = std::path::absolute(path)?;
+                    if let Err(e) = input::read(&path, &options, &Limits::default()) {
+                        eprintln!("error: {}: {e}", args.file);
+                        return Ok(ExitCode::from(1));
+                    }
+                    path.display().to_string()
                 }
-            }
-            let file = if file.starts_with("s3://") {
-                file
-            } else {
-                std::path::absolute(&s.file)?.display().to_string()
+                Location::S3 { .. } => args.file.clone(),
             };
             let schedule = Schedule {
                 name: args.schedule_name.clone(),

@@ -5,16 +5,12 @@ use std::{io::IsTerminal, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::{Global, connect, parse_batch};
 use crate::{
     db::{Progress, Record},
-    job::BatchId,
     redact::webhook_origin,
+    worker::WorkerConfig,
 };
-
-fn parse_batch(text: &str) -> Result<BatchId> {
-    text.parse()
-        .with_context(|| format!("`{text}` is not a batch id (a UUID, as submit prints)"))
-}
 
 fn counts(p: &Progress) -> String {
     format!(
@@ -189,4 +185,15 @@ fn human(secs: f64) -> String {
         60..3600 => format!("{} min {} s", s / 60, s % 60),
         _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
     }
+}
+
+/// Puts a batch's failed jobs back in the queue, each in its lane of its priority.
+pub async fn retry(g: &Global, batch: &str, max_attempts: i32) -> Result<ExitCode> {
+    let batch = parse_batch(batch)?;
+    let (record, dispatch) = connect(g, WorkerConfig::default().lease).await?;
+    let ids = record.retry_failed(batch, max_attempts.max(1)).await?;
+    let placed = record.placement(&ids).await?;
+    crate::dispatch::enqueue_placed(dispatch.as_ref(), &placed).await?;
+    println!("re-queued {} failed job(s) of {batch}", ids.len());
+    Ok(ExitCode::SUCCESS)
 }

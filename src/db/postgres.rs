@@ -20,11 +20,11 @@ use uuid::Uuid;
 use async_trait::async_trait;
 
 use super::{
-    Cancelled, ClaimRequest, Claimed, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob,
-    Outcome, Progress, Record, Recorded, Rescued, WORKER_DIED, Webhook, WorkerInfo,
+    Cancelled, ClaimRequest, Claimed, DbError, FailedJob, JobRow, Leadership, Outcome, Progress,
+    Record, Recorded, Rescued, WORKER_DIED, Webhook, WorkerInfo,
 };
 use crate::{
-    job::{BatchId, JobId, JobSpec, JobState},
+    job::{BatchId, ClaimedJob, JobId, JobSpec, JobState, NewJob, Placed},
     schedule::Schedule,
 };
 
@@ -479,7 +479,7 @@ impl Record for PgRecord {
         Ok(result)
     }
 
-    async fn placement(&self, ids: &[JobId]) -> Result<Vec<crate::dispatch::Placed>, DbError> {
+    async fn placement(&self, ids: &[JobId]) -> Result<Vec<Placed>, DbError> {
         let ids: Vec<Uuid> = ids.iter().map(|j| j.0).collect();
         let rows =
             sqlx::query("SELECT id, batch_id, priority FROM renderq.jobs WHERE id = ANY($1)")

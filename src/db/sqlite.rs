@@ -15,11 +15,11 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    Cancelled, ClaimRequest, Claimed, ClaimedJob, DbError, FailedJob, JobRow, Leadership, NewJob,
-    Outcome, Progress, Record, Recorded, Rescued, WORKER_DIED, Webhook, WorkerInfo,
+    Cancelled, ClaimRequest, Claimed, DbError, FailedJob, JobRow, Leadership, Outcome, Progress,
+    Record, Recorded, Rescued, WORKER_DIED, Webhook, WorkerInfo,
 };
 use crate::{
-    job::{BatchId, JobId, JobSpec, JobState},
+    job::{BatchId, ClaimedJob, JobId, JobSpec, JobState, NewJob, Placed},
     schedule::Schedule,
 };
 
@@ -497,7 +497,7 @@ impl Record for SqliteRecord {
         Ok(result)
     }
 
-    async fn placement(&self, ids: &[JobId]) -> Result<Vec<crate::dispatch::Placed>, DbError> {
+    async fn placement(&self, ids: &[JobId]) -> Result<Vec<Placed>, DbError> {
         let mut out = Vec::with_capacity(ids.len());
         let mut con = self.pool.acquire().await?;
         for id in ids {

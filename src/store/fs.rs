@@ -290,6 +290,31 @@ impl Store for DirStore {
         let abs = std::path::absolute(&path).unwrap_or(path);
         format!("file://{}", abs.display())
     }
+
+    async fn read_into(
+        &self,
+        key: &str,
+        cap: u64,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, StoreError> {
+        let failed = |e: std::io::Error| StoreError {
+            message: format!("reading {}: {e}", self.path(key).display()),
+            retry: false,
+        };
+        if !is_safe_key(key) {
+            return Err(failed(bad_key(Path::new(key))));
+        }
+        let file = std::fs::File::open(self.path(key)).map_err(failed)?;
+        if file.metadata().map_err(failed)?.len() > cap {
+            return Err(super::over_cap(&self.url(key), cap));
+        }
+        // One byte past the cap tells a file that grew since from one at the cap.
+        let read = std::io::copy(&mut std::io::Read::take(file, cap + 1), out).map_err(failed)?;
+        if read > cap {
+            return Err(super::over_cap(&self.url(key), cap));
+        }
+        Ok(read)
+    }
 }
 
 #[cfg(test)]

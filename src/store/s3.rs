@@ -233,6 +233,42 @@ impl Store for S3Store {
         Ok(presigned.uri().to_string())
     }
 
+    async fn read_into(
+        &self,
+        key: &str,
+        cap: u64,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, StoreError> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| store_error("download", e))?;
+        if object.content_length().is_some_and(|n| n as u64 > cap) {
+            return Err(super::over_cap(&self.url(key), cap));
+        }
+        let mut body = object.body;
+        let mut read = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| StoreError {
+                message: format!("S3 download: {e}"),
+                retry: true,
+            })?;
+            read += chunk.len() as u64;
+            if read > cap {
+                return Err(super::over_cap(&self.url(key), cap));
+            }
+            out.write_all(&chunk).map_err(|e| StoreError {
+                message: format!("writing the download of {key}: {e}"),
+                retry: false,
+            })?;
+        }
+        Ok(read)
+    }
+
     fn url(&self, key: &str) -> String {
         match &self.endpoint {
             Some(endpoint) => format!("{}/{}/{key}", endpoint.trim_end_matches('/'), self.bucket),

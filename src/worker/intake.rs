@@ -141,7 +141,7 @@ async fn claim(
     s: &Shared,
     deliveries: Vec<Delivery>,
     shutdown: &CancellationToken,
-) -> Vec<(crate::db::ClaimedJob, String)> {
+) -> Vec<(crate::job::ClaimedJob, String)> {
     let queue = s.dispatch.queue().to_string();
     let mut requests = Vec::with_capacity(deliveries.len());
     let mut entries = std::collections::HashMap::with_capacity(deliveries.len());

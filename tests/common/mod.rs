@@ -6,9 +6,9 @@ use std::{sync::Arc, time::Duration};
 
 use renderq::{
     backend::Database,
-    db::{NewJob, Record},
+    db::Record,
     dispatch::{Dispatch, RedisDispatch},
-    job::{JobId, JobSpec, JobState, Limits},
+    job::{JobId, JobSpec, JobState, Limits, NewJob},
     render::Renderers,
     store::{S3Store, Store},
     worker::{Worker, WorkerConfig, WorkerReport},

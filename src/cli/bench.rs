@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::{Global, connect},
+    input,
     job::Limits,
     render::Renderers,
     store, submit,
@@ -57,7 +58,7 @@ pub async fn run(g: &Global, args: BenchArgs) -> Result<ExitCode> {
         }
     }
     let t = Instant::now();
-    let jobs = submit::read_jsonl(&path, &Limits::default())?;
+    let jobs = input::read_jsonl(&path, &Limits::default())?;
     let parsed = t.elapsed();
     let done = submit::submit(record.as_ref(), dispatch.as_ref(), "bench", &jobs, 3).await?;
     let submitted = t.elapsed();

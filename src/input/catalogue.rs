@@ -7,11 +7,8 @@ use std::{collections::HashMap, collections::HashSet, path::Path};
 
 use serde_json::{Map, Value};
 
-use crate::{
-    db::NewJob,
-    job::{FieldError, ImageFormat, JobId, JobSpec, Limits, validate_output_key},
-    submit::{LineError, SubmitError},
-};
+use super::{InputError, LineError, SubmitOptions, error::push};
+use crate::job::{FieldError, JobId, JobSpec, Limits, NewJob, validate_output_key};
 
 /// A template over a row's columns: `{column}` is replaced, `{{` and `}}` are braces.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,51 +84,13 @@ impl Template {
     }
 }
 
-/// Defaults for fields a job (a CSV row, or a JSON line) does not set.
-#[derive(Debug, Clone, Default)]
-pub struct JobDefaults {
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub model: Option<String>,
-    pub steps: Option<u32>,
-    pub format: Option<ImageFormat>,
-}
-
-impl JobDefaults {
-    pub fn is_empty(&self) -> bool {
-        self.width.is_none()
-            && self.height.is_none()
-            && self.model.is_none()
-            && self.steps.is_none()
-            && self.format.is_none()
-    }
-
-    /// Adds the defaults a job object lacks.
-    pub fn apply(&self, job: &mut Map<String, Value>) {
-        let mut set = |k: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                job.entry(k.to_string()).or_insert(v);
-            }
-        };
-        set("width", self.width.map(Value::from));
-        set("height", self.height.map(Value::from));
-        set("model", self.model.clone().map(Value::from));
-        set("steps", self.steps.map(Value::from));
-        set(
-            "format",
-            self.format
-                .map(|f| Value::from(f.extension().replace("jpg", "jpeg"))),
-        );
-    }
-}
-
 /// How rows become jobs.
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     pub template: Template,
-    pub variants: u32,
     pub key: Option<Template>,
-    pub defaults: JobDefaults,
+    /// Variants per row and the defaults for fields the rows do not set.
+    pub options: SubmitOptions,
 }
 
 /// Names the key template may use besides the columns.
@@ -151,14 +110,14 @@ fn variant_seed(prompt: &str, variant: u32) -> u64 {
 
 impl Catalogue {
     /// Reads and checks a whole CSV file; returns its jobs, or every refusal (up to 20).
-    pub fn read(&self, path: &Path, limits: &Limits) -> Result<Vec<NewJob>, SubmitError> {
-        let io = |source| SubmitError::Io {
+    pub fn read(&self, path: &Path, limits: &Limits) -> Result<Vec<NewJob>, InputError> {
+        let io = |source| InputError::Io {
             path: path.display().to_string(),
             source,
         };
         let size = std::fs::metadata(path).map_err(io)?.len();
         if size > limits.max_file_bytes {
-            return Err(SubmitError::TooLarge(format!(
+            return Err(InputError::TooLarge(format!(
                 "{} is {size} bytes, over the limit of {} bytes per submit; split it",
                 path.display(),
                 limits.max_file_bytes
@@ -172,11 +131,11 @@ impl Catalogue {
         &self,
         input: impl std::io::Read,
         limits: &Limits,
-    ) -> Result<Vec<NewJob>, SubmitError> {
-        if self.variants == 0 || self.variants > MAX_VARIANTS {
-            return Err(SubmitError::TooLarge(format!(
+    ) -> Result<Vec<NewJob>, InputError> {
+        if self.options.variants == 0 || self.options.variants > MAX_VARIANTS {
+            return Err(InputError::Options(format!(
                 "--variants {} is outside the limit 1..={MAX_VARIANTS}",
-                self.variants
+                self.options.variants
             )));
         }
         let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(input);
@@ -236,7 +195,7 @@ impl Catalogue {
             match self.row_jobs(&header, &index, &record, line, limits, &mut keys) {
                 Ok(mut row) => {
                     if jobs.len() + row.len() > limits.max_jobs_per_batch {
-                        return Err(SubmitError::TooLarge(format!(
+                        return Err(InputError::TooLarge(format!(
                             "more than {} jobs in one batch; split the file",
                             limits.max_jobs_per_batch
                         )));
@@ -250,10 +209,10 @@ impl Catalogue {
             }
         }
         if total > 0 {
-            return Err(SubmitError::Invalid { errors, total });
+            return Err(InputError::Invalid { errors, total });
         }
         if jobs.is_empty() {
-            return Err(SubmitError::Empty);
+            return Err(InputError::Empty);
         }
         Ok(jobs)
     }
@@ -295,8 +254,8 @@ impl Catalogue {
             .enumerate()
             .map(|(i, c)| (c.clone(), Value::from(record.get(i).unwrap_or(""))))
             .collect();
-        let mut jobs = Vec::with_capacity(self.variants as usize);
-        for variant in 0..self.variants {
+        let mut jobs = Vec::with_capacity(self.options.variants as usize);
+        for variant in 0..self.options.variants {
             let id = JobId::generate();
             let mut job = Map::new();
             job.insert("prompt".into(), Value::from(prompt.clone()));
@@ -329,7 +288,7 @@ impl Catalogue {
                 }
                 job.insert("output_key".into(), Value::from(key));
             }
-            self.defaults.apply(&mut job);
+            self.options.apply_job_defaults(&mut job);
             let spec: JobSpec =
                 serde_json::from_value(Value::Object(job)).map_err(|e| LineError {
                     line,
@@ -354,14 +313,8 @@ fn field(name: &'static str, reason: String) -> FieldError {
     }
 }
 
-fn push(errors: &mut Vec<LineError>, e: LineError) {
-    if errors.len() < 20 {
-        errors.push(e);
-    }
-}
-
-fn invalid(line: usize, column: Option<&str>, name: &'static str, reason: String) -> SubmitError {
-    SubmitError::Invalid {
+fn invalid(line: usize, column: Option<&str>, name: &'static str, reason: String) -> InputError {
+    InputError::Invalid {
         errors: vec![LineError {
             line,
             column: column.map(str::to_string),
@@ -378,9 +331,9 @@ mod tests {
     fn catalogue(template: &str, variants: u32, key: Option<&str>) -> Catalogue {
         Catalogue {
             template: Template::parse(template).unwrap(),
-            variants,
             key: key.map(|k| Template::parse(k).unwrap()),
-            defaults: JobDefaults {
+            options: SubmitOptions {
+                variants,
                 width: Some(64),
                 height: Some(64),
                 ..Default::default()

@@ -1,0 +1,400 @@
+//! The job JSON (`JobSpec`), its limits and its validation at the edge.
+
+use serde::{Deserialize, Serialize};
+
+use super::JobId;
+
+/// Image encodings a job can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Png,
+    Webp,
+    #[serde(alias = "jpg")]
+    Jpeg,
+}
+
+impl ImageFormat {
+    pub fn extension(&self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Webp => "webp",
+            ImageFormat::Jpeg => "jpg",
+        }
+    }
+
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            ImageFormat::Png => "image/png",
+            ImageFormat::Webp => "image/webp",
+            ImageFormat::Jpeg => "image/jpeg",
+        }
+    }
+}
+
+/// The job JSON: one line of a submit file, or the `job` field of a raw Redis message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    #[serde(default = "default_side")]
+    pub width: u32,
+    #[serde(default = "default_side")]
+    pub height: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default = "default_model")]
+    pub model: String,
+    #[serde(default)]
+    pub format: ImageFormat,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<JobId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+pub const DEFAULT_MODEL: &str = "placeholder";
+
+/// A job's `priority` lies within ±this; higher is claimed first, 0 by default.
+pub const MAX_PRIORITY: i32 = 1000;
+
+fn default_side() -> u32 {
+    512
+}
+
+fn default_model() -> String {
+    DEFAULT_MODEL.to_string()
+}
+
+/// Limits enforced at the edge. Each error names the limit it broke.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_prompt_chars: usize,
+    pub min_side: u32,
+    pub max_side: u32,
+    pub max_pixels: u64,
+    pub max_steps: u32,
+    pub max_guidance: f64,
+    pub max_output_key_len: usize,
+    pub max_metadata_bytes: usize,
+    pub max_line_bytes: usize,
+    pub max_file_bytes: u64,
+    pub max_jobs_per_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_prompt_chars: 4000,
+            min_side: 8,
+            max_side: 4096,
+            max_pixels: 4096 * 4096,
+            max_steps: 200,
+            max_guidance: 100.0,
+            max_output_key_len: 512,
+            max_metadata_bytes: 16 * 1024,
+            max_line_bytes: 64 * 1024,
+            max_file_bytes: 1 << 30,
+            max_jobs_per_batch: 1_000_000,
+        }
+    }
+}
+
+/// A job refused at the edge: which field, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("field `{field}`: {reason}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn refuse(field: &'static str, reason: impl Into<String>) -> FieldError {
+    FieldError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl JobSpec {
+    /// Parses one job from JSON text and validates it.
+    pub fn parse(text: &str, limits: &Limits) -> Result<JobSpec, FieldError> {
+        if text.len() > limits.max_line_bytes {
+            return Err(refuse(
+                "line",
+                format!(
+                    "{} bytes is over the limit of {} bytes per job",
+                    text.len(),
+                    limits.max_line_bytes
+                ),
+            ));
+        }
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let spec: JobSpec = serde_path_to_error::deserialize(de).map_err(json_field_error)?;
+        spec.validate(limits)?;
+        Ok(spec)
+    }
+
+    /// Checks every field against the limits.
+    pub fn validate(&self, limits: &Limits) -> Result<(), FieldError> {
+        if self.prompt.trim().is_empty() {
+            return Err(refuse("prompt", "must not be empty"));
+        }
+        let chars = self.prompt.chars().count();
+        if chars > limits.max_prompt_chars {
+            return Err(refuse(
+                "prompt",
+                format!(
+                    "{chars} characters is over the limit of {}",
+                    limits.max_prompt_chars
+                ),
+            ));
+        }
+        if let Some(neg) = &self.negative_prompt
+            && neg.chars().count() > limits.max_prompt_chars
+        {
+            return Err(refuse(
+                "negative_prompt",
+                format!("over the limit of {} characters", limits.max_prompt_chars),
+            ));
+        }
+        for (field, side) in [("width", self.width), ("height", self.height)] {
+            if side < limits.min_side || side > limits.max_side {
+                return Err(refuse(
+                    field,
+                    format!(
+                        "{side} is outside the limit {}..={}",
+                        limits.min_side, limits.max_side
+                    ),
+                ));
+            }
+        }
+        let pixels = self.width as u64 * self.height as u64;
+        if pixels > limits.max_pixels {
+            return Err(refuse(
+                "width",
+                format!(
+                    "{}x{} is {pixels} pixels, over the limit of {}",
+                    self.width, self.height, limits.max_pixels
+                ),
+            ));
+        }
+        if let Some(steps) = self.steps
+            && (steps == 0 || steps > limits.max_steps)
+        {
+            return Err(refuse(
+                "steps",
+                format!("{steps} is outside the limit 1..={}", limits.max_steps),
+            ));
+        }
+        if let Some(g) = self.guidance
+            && (!g.is_finite() || !(0.0..=limits.max_guidance).contains(&g))
+        {
+            return Err(refuse(
+                "guidance",
+                format!("{g} is outside the limit 0..={}", limits.max_guidance),
+            ));
+        }
+        if let Some(seed) = self.seed
+            && seed > i64::MAX as u64
+        {
+            return Err(refuse(
+                "seed",
+                format!("{seed} is over the limit {}", i64::MAX),
+            ));
+        }
+        if !(-MAX_PRIORITY..=MAX_PRIORITY).contains(&self.priority) {
+            return Err(refuse(
+                "priority",
+                format!(
+                    "{} is outside the limit -{MAX_PRIORITY}..={MAX_PRIORITY}",
+                    self.priority
+                ),
+            ));
+        }
+        validate_model_name(&self.model)?;
+        if let Some(key) = &self.output_key {
+            validate_output_key(key, limits.max_output_key_len)?;
+        }
+        if let Some(meta) = &self.metadata {
+            let len = serde_json::to_string(meta).map(|s| s.len()).unwrap_or(0);
+            if len > limits.max_metadata_bytes {
+                return Err(refuse(
+                    "metadata",
+                    format!(
+                        "{len} bytes is over the limit of {}",
+                        limits.max_metadata_bytes
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The seed this job renders with: its own, else one derived from its id.
+    pub fn effective_seed(&self, id: JobId) -> u64 {
+        self.seed.unwrap_or_else(|| id.default_seed())
+    }
+}
+
+/// Models a job may name: the built-ins, the Stable Diffusion presets the diffusion
+/// renderer serves, and `remote/<name>` for an images endpoint.
+pub const KNOWN_MODELS: [&str; 7] = [
+    "placeholder",
+    "noop",
+    "sd-1.5",
+    "sd-2.1",
+    "sdxl",
+    "sd-turbo",
+    "sdxl-turbo",
+];
+
+fn validate_model_name(model: &str) -> Result<(), FieldError> {
+    if let Some(name) = model.strip_prefix("remote/") {
+        let ok = !name.is_empty()
+            && name.len() <= 120
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c));
+        return if ok {
+            Ok(())
+        } else {
+            Err(refuse(
+                "model",
+                "a remote model name must be 1-120 characters of letters, digits and - _ . / :",
+            ))
+        };
+    }
+    if KNOWN_MODELS.contains(&model) {
+        Ok(())
+    } else {
+        let shown: String = model.chars().take(64).collect();
+        Err(refuse(
+            "model",
+            format!(
+                "unknown model `{shown}` (known: {}, or remote/<name>)",
+                KNOWN_MODELS.join(", ")
+            ),
+        ))
+    }
+}
+
+/// An `output_key` must stay under the store's prefix: no `..`, no absolute path,
+/// no backslash, no control characters, no empty segment.
+pub fn validate_output_key(key: &str, max_len: usize) -> Result<(), FieldError> {
+    let reason = if key.is_empty() {
+        Some("must not be empty".to_string())
+    } else if key.len() > max_len {
+        Some(format!(
+            "{} bytes is over the limit of {max_len}",
+            key.len()
+        ))
+    } else if key.starts_with('/') {
+        Some("must be relative (it starts with `/`)".into())
+    } else if key.contains('\\') {
+        Some("must not contain a backslash".into())
+    } else if key.chars().any(|c| c.is_control()) {
+        Some("must not contain control characters".into())
+    } else if key.contains("..") {
+        // Stricter than needed (`a..b` cannot escape), and simpler to trust.
+        Some("must not contain `..`".into())
+    } else if key.split('/').any(|seg| seg.is_empty() || seg == ".") {
+        Some("must not contain empty or `.` path segments".into())
+    } else {
+        None
+    };
+    match reason {
+        Some(r) => Err(refuse("output_key", r)),
+        None => Ok(()),
+    }
+}
+
+/// Turns a parse error into a field error: the path says which field was wrong;
+/// serde names missing and unknown fields in its message.
+fn json_field_error(e: serde_path_to_error::Error<serde_json::Error>) -> FieldError {
+    let path = e.path().to_string();
+    let msg = e.into_inner().to_string();
+    let field = FIELDS
+        .into_iter()
+        .find(|f| {
+            path == *f
+                || path.starts_with(&format!("{f}."))
+                || msg.contains(&format!("missing field `{f}`"))
+        })
+        .unwrap_or("line");
+    refuse(field, msg)
+}
+
+const FIELDS: [&str; 13] = [
+    "negative_prompt",
+    "output_key",
+    "metadata",
+    "priority",
+    "guidance",
+    "prompt",
+    "width",
+    "height",
+    "steps",
+    "seed",
+    "model",
+    "format",
+    "id",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_job_gets_defaults() {
+        let s = JobSpec::parse(r#"{"prompt":"a red chair"}"#, &Limits::default()).unwrap();
+        assert_eq!((s.width, s.height), (512, 512));
+        assert_eq!(s.model, "placeholder");
+        assert_eq!(s.format, ImageFormat::Png);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_limit() {
+        let l = Limits::default();
+        let e = JobSpec::parse(r#"{"prompt":"x","width":99999}"#, &l).unwrap_err();
+        assert_eq!(e.field, "width");
+        assert!(e.reason.contains("4096"), "{e}");
+        let e = JobSpec::parse(r#"{"prompt":"x","steps":0}"#, &l).unwrap_err();
+        assert_eq!(e.field, "steps");
+        let e = JobSpec::parse(r#"{"width":64}"#, &l).unwrap_err();
+        assert_eq!(e.field, "prompt", "{e}");
+        let e = JobSpec::parse(r#"{"prompt":"x","width":"big"}"#, &l).unwrap_err();
+        assert_eq!(e.field, "width", "{e}");
+        let e = JobSpec::parse(r#"{"prompt":"x","colour":"red"}"#, &l).unwrap_err();
+        assert!(e.reason.contains("colour"), "{e}");
+        let long = "a".repeat(l.max_prompt_chars + 1);
+        let e = JobSpec::parse(&format!(r#"{{"prompt":"{long}"}}"#), &l).unwrap_err();
+        assert_eq!(e.field, "prompt");
+    }
+
+    #[test]
+    fn output_keys_cannot_escape_the_prefix() {
+        for bad in [
+            "../x.png",
+            "a/../../b",
+            "/etc/passwd",
+            "a\\b",
+            "a\nb",
+            "a//b",
+            "./a",
+        ] {
+            assert!(validate_output_key(bad, 512).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_output_key("sku-1/front.png", 512).is_ok());
+    }
+}

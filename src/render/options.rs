@@ -1,0 +1,155 @@
+//! Which models a worker serves and how: the options `renderq worker` and `renderq
+//! run` flatten into their command lines, and the renderers built from them.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use clap::Args;
+
+use super::{
+    PanicOn, RemoteConfig, RemoteRenderer, Renderers,
+    diffusion::{self, Architecture, DiffusionRenderer, WeightSource},
+    remote::{DEFAULT_MAX_RESPONSE_BYTES, Flavor, ResponseFormat},
+};
+
+/// The Stable Diffusion models this worker serves, and on what.
+#[derive(Args, Debug, Clone)]
+pub struct DiffusionOptions {
+    /// Diffusion models to serve, comma-separated (sd-1.5, sd-2.1, sd-turbo, sdxl, sdxl-turbo)
+    #[arg(long, env = "RENDERQ_DIFFUSION", value_delimiter = ',')]
+    pub diffusion: Vec<String>,
+    /// Where their weights are: one directory per model, in the diffusers layout or a
+    /// Hugging Face cache entry
+    #[arg(long, env = "RENDERQ_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Download missing weights from the Hugging Face hub instead (needs a network)
+    #[arg(long, env = "RENDERQ_HUB")]
+    pub hub: bool,
+    /// cpu, cuda, cuda:N or metal (GPU builds need --features cuda or metal); one worker per device
+    #[arg(long, env = "RENDERQ_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// f32, f16 or bf16 (default: f32 on CPU, f16 on GPUs)
+    #[arg(long, env = "RENDERQ_DTYPE")]
+    pub dtype: Option<String>,
+    /// Attention slice size (smaller: less memory, slower); 0 turns slicing off
+    /// (default: 1 on CPU, off on GPUs)
+    #[arg(long, env = "RENDERQ_ATTENTION_SLICE")]
+    pub attention_slice: Option<usize>,
+}
+
+impl DiffusionOptions {
+    /// Adds a renderer per `--diffusion` model; an unknown name or device is refused.
+    pub fn add_to(&self, renderers: &mut Renderers, poison: &PanicOn) -> Result<(), String> {
+        if self.diffusion.is_empty() {
+            return Ok(());
+        }
+        let device = diffusion::device(&self.device)?;
+        let dtype = match &self.dtype {
+            Some(d) => diffusion::dtype(d, &device)?,
+            None => diffusion::default_dtype(&device),
+        };
+        let slice = match self.attention_slice {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None if device.is_cpu() => Some(1),
+            None => None,
+        };
+        for model in &self.diffusion {
+            let model = model.trim();
+            let arch = Architecture::preset(model, slice).ok_or_else(|| {
+                format!(
+                    "--diffusion: unknown model `{model}` (known: {})",
+                    diffusion::PRESETS.join(", ")
+                )
+            })?;
+            let source = if self.hub {
+                WeightSource::Hub
+            } else {
+                WeightSource::Local(self.models_dir.join(model))
+            };
+            let renderer = DiffusionRenderer::new(model, arch, source, device.clone(), dtype)
+                .panicking_on(poison.clone());
+            renderers.insert(model, Arc::new(renderer));
+        }
+        Ok(())
+    }
+}
+
+/// The images endpoint behind `remote/<name>` models. The bearer key is read from
+/// `RENDERQ_REMOTE_API_KEY` only: a flag would show it in `ps`.
+#[derive(Args, Debug, Clone)]
+pub struct RemoteOptions {
+    /// OpenAI-style images API serving `remote/<name>` (e.g. http://npu-host:30000/v1)
+    #[arg(long, env = "RENDERQ_REMOTE_URL")]
+    pub remote_url: Option<String>,
+    /// The API's dialect (default: zhipu for URLs under /api/paas/, else openai)
+    #[arg(long, env = "RENDERQ_REMOTE_FLAVOR", value_enum)]
+    pub remote_flavor: Option<Flavor>,
+    /// How an openai-flavoured endpoint returns images
+    #[arg(
+        long,
+        env = "RENDERQ_REMOTE_RESPONSE_FORMAT",
+        value_enum,
+        default_value = "b64_json"
+    )]
+    pub remote_response_format: ResponseFormat,
+    /// Requests in flight to the endpoint (set --max-batch at least as high)
+    #[arg(long, env = "RENDERQ_REMOTE_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub remote_concurrency: u32,
+    /// Seconds one request may take, generation included
+    #[arg(long, env = "RENDERQ_REMOTE_TIMEOUT_SECS", default_value_t = 300.0)]
+    pub remote_timeout_secs: f64,
+    /// Tries per job within one render on 429, 5xx and timeouts (then the job's retry)
+    #[arg(long, env = "RENDERQ_REMOTE_ATTEMPTS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub remote_attempts: u32,
+    /// Largest response body read from the endpoint, in bytes (a larger one fails the job)
+    #[arg(long, env = "RENDERQ_REMOTE_MAX_RESPONSE_BYTES",
+          default_value_t = DEFAULT_MAX_RESPONSE_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1024..=(1 << 32)))]
+    pub remote_max_response_bytes: u64,
+}
+
+impl RemoteOptions {
+    /// The endpoint's configuration; `None` without `--remote-url`.
+    pub fn config(&self) -> Result<Option<RemoteConfig>, String> {
+        let Some(url) = &self.remote_url else {
+            return Ok(None);
+        };
+        if !(self.remote_timeout_secs.is_finite() && self.remote_timeout_secs > 0.0) {
+            return Err("--remote-timeout-secs must be a positive number of seconds".into());
+        }
+        let mut cfg = RemoteConfig::new(url);
+        cfg.api_key = std::env::var("RENDERQ_REMOTE_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
+        if let Some(flavor) = self.remote_flavor {
+            cfg.flavor = flavor;
+        }
+        cfg.response_format = self.remote_response_format;
+        cfg.concurrency = self.remote_concurrency as usize;
+        cfg.timeout = Duration::from_secs_f64(self.remote_timeout_secs);
+        cfg.attempts = self.remote_attempts;
+        cfg.max_response_bytes = self.remote_max_response_bytes as usize;
+        Ok(Some(cfg))
+    }
+}
+
+impl Renderers {
+    /// The built-in models, then the diffusion models and the remote endpoint asked
+    /// for. `panic_on` is for failure drills (see `--panic-on`).
+    pub fn configured(
+        noop_delay_ms: u64,
+        panic_on: Option<String>,
+        diffusion: &DiffusionOptions,
+        remote: &RemoteOptions,
+    ) -> Result<Renderers, String> {
+        let poison = PanicOn::new(panic_on);
+        let mut renderers = Renderers::builtin_panicking(noop_delay_ms, poison.clone());
+        diffusion.add_to(&mut renderers, &poison)?;
+        if let Some(cfg) = remote.config()? {
+            renderers.insert_remote(RemoteRenderer::new(cfg)?);
+        }
+        Ok(renderers)
+    }
+}
