@@ -5,6 +5,7 @@
 //! 'running'`), so a worker that lost its lease changes nothing when it wakes up.
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -99,9 +100,9 @@ pub enum Recorded {
 }
 
 /// Counts of one batch, as `renderq.batch_progress` has them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
-    pub batch_id: uuid::Uuid,
+    pub batch_id: BatchId,
     pub name: String,
     pub created_at: DateTime<Utc>,
     pub total: i64,
@@ -120,9 +121,9 @@ impl Progress {
 }
 
 /// A failed job, for `renderq status`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct FailedJob {
-    pub id: uuid::Uuid,
+    pub id: JobId,
     pub attempt: i32,
     pub error: Option<String>,
 }
@@ -176,10 +177,16 @@ pub struct WorkerInfo {
 
 /// The record of every job. Two backends: Postgres (`renderq.*` tables) and SQLite
 /// (the embedded default). Every method that moves a running job is fenced by attempt.
+/// Its methods are grouped by role in the traits below; a `dyn Record` has them all.
 #[async_trait]
-pub trait Record: Send + Sync {
+pub trait Record: Batches + Attempts + Status + Schedules + Webhooks + Fleet {
     /// Applies this backend's migrations.
     async fn migrate(&self) -> Result<(), DbError>;
+}
+
+/// Writing batches and steering them: what producers and operators do.
+#[async_trait]
+pub trait Batches: Send + Sync {
     /// Writes a batch and its jobs in one transaction; returns the batch and the ids
     /// that were new (a job whose id exists already is not written again).
     async fn create_batch(
@@ -203,27 +210,6 @@ pub trait Record: Send + Sync {
         max_attempts: i32,
         firing: Option<(&str, DateTime<Utc>)>,
     ) -> Result<Option<(BatchId, Vec<JobId>)>, DbError>;
-    /// Stores a schedule; false when one of that name exists.
-    async fn add_schedule(&self, schedule: &Schedule) -> Result<bool, DbError>;
-    async fn schedules(&self) -> Result<Vec<Schedule>, DbError>;
-    async fn remove_schedule(&self, name: &str) -> Result<bool, DbError>;
-    /// Sets the URL a batch's summary is POSTed to when it finishes.
-    async fn set_webhook(&self, batch: BatchId, url: &str) -> Result<(), DbError>;
-    /// The batch's webhook and what became of its delivery; `None` without one.
-    async fn webhook(&self, batch: BatchId) -> Result<Option<Webhook>, DbError>;
-    /// Records what became of a batch's webhook delivery; it is then no longer due.
-    async fn set_webhook_status(&self, batch: BatchId, status: &str) -> Result<(), DbError>;
-    /// Takes up to `limit` due webhook deliveries of `queue`: finished batches with a
-    /// webhook and no recorded outcome, not taken by any worker in the last
-    /// `retake_after` (a worker that died mid-delivery). Marks them taken now.
-    async fn take_webhooks(
-        &self,
-        queue: &str,
-        retake_after: std::time::Duration,
-        limit: i64,
-    ) -> Result<Vec<BatchId>, DbError>;
-    /// Records that the firing at `at` was handled (never moves backwards).
-    async fn mark_fired(&self, name: &str, at: DateTime<Utc>) -> Result<(), DbError>;
     /// Creates the row of a job that arrived without one (a raw producer); no-op if it exists.
     async fn ensure_raw_job(
         &self,
@@ -240,6 +226,21 @@ pub trait Record: Send + Sync {
         raw: &str,
         error: &str,
     ) -> Result<(), DbError>;
+    /// Cancels a job or every unfinished job of a batch.
+    async fn cancel(&self, id: uuid::Uuid) -> Result<Cancelled, DbError>;
+    /// Puts a batch's failed jobs back in `queued` with `extra_attempts` more attempts;
+    /// returns them (to be dispatched). The batch is unfinished again, and its webhook
+    /// is due again when it next finishes.
+    async fn retry_failed(
+        &self,
+        batch: BatchId,
+        extra_attempts: i32,
+    ) -> Result<Vec<JobId>, DbError>;
+}
+
+/// The worker's side of a job: claims, outcomes, and the ways back to the queue, every write fenced by attempt.
+#[async_trait]
+pub trait Attempts: Send + Sync {
     /// `queued` (or, on takeover, `running`/`retrying`) → `running`, attempt + 1.
     /// A takeover of a job whose attempts are used up fails it instead, and so does a
     /// row whose stored spec does not decode: only that row, with the decode error.
@@ -263,8 +264,15 @@ pub trait Record: Send + Sync {
     /// [`WORKER_DIED`], as a takeover would. A job that kills every worker it runs on
     /// must not circle for ever.
     async fn rescue(&self, jobs: &[(JobId, i32)]) -> Result<Rescued, DbError>;
-    /// Cancels a job or every unfinished job of a batch.
-    async fn cancel(&self, id: uuid::Uuid) -> Result<Cancelled, DbError>;
+    /// Marks finished the batches among `batches` whose every job is terminal, once
+    /// each (Postgres also announces `{"batch_id", "state": "done"}` on
+    /// `renderq_events`). Returns the batches that finished now.
+    async fn finish_batches(&self, batches: &[BatchId]) -> Result<Vec<BatchId>, DbError>;
+}
+
+/// Reading progress and jobs, as `renderq status`, the manifest and the tests do.
+#[async_trait]
+pub trait Status: Send + Sync {
     /// Whether `id` names a batch or a job.
     async fn exists(&self, id: uuid::Uuid) -> Result<bool, DbError>;
     async fn progress(&self, batch: BatchId) -> Result<Option<Progress>, DbError>;
@@ -276,6 +284,50 @@ pub trait Record: Send + Sync {
     async fn jobs_of_queue(&self, queue: &str) -> Result<Vec<JobRow>, DbError>;
     /// Every job of a batch, oldest first.
     async fn jobs_of_batch(&self, batch: BatchId) -> Result<Vec<JobRow>, DbError>;
+    /// When the batch was marked finished (see `finish_batches`); `None` while it
+    /// has unfinished jobs. One row read, unlike `progress`, which counts every job.
+    async fn batch_finished_at(&self, batch: BatchId) -> Result<Option<DateTime<Utc>>, DbError>;
+    /// When the batch's first job started and its latest one finished.
+    async fn batch_times(
+        &self,
+        batch: BatchId,
+    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), DbError>;
+}
+
+/// Stored cron schedules and their firings.
+#[async_trait]
+pub trait Schedules: Send + Sync {
+    /// Stores a schedule; false when one of that name exists.
+    async fn add_schedule(&self, schedule: &Schedule) -> Result<bool, DbError>;
+    async fn schedules(&self) -> Result<Vec<Schedule>, DbError>;
+    async fn remove_schedule(&self, name: &str) -> Result<bool, DbError>;
+    /// Records that the firing at `at` was handled (never moves backwards).
+    async fn mark_fired(&self, name: &str, at: DateTime<Utc>) -> Result<(), DbError>;
+}
+
+/// A batch's webhook and what became of its delivery.
+#[async_trait]
+pub trait Webhooks: Send + Sync {
+    /// Sets the URL a batch's summary is POSTed to when it finishes.
+    async fn set_webhook(&self, batch: BatchId, url: &str) -> Result<(), DbError>;
+    /// The batch's webhook and what became of its delivery; `None` without one.
+    async fn webhook(&self, batch: BatchId) -> Result<Option<Webhook>, DbError>;
+    /// Records what became of a batch's webhook delivery; it is then no longer due.
+    async fn set_webhook_status(&self, batch: BatchId, status: &str) -> Result<(), DbError>;
+    /// Takes up to `limit` due webhook deliveries of `queue`: finished batches with a
+    /// webhook and no recorded outcome, not taken by any worker in the last
+    /// `retake_after` (a worker that died mid-delivery). Marks them taken now.
+    async fn take_webhooks(
+        &self,
+        queue: &str,
+        retake_after: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<BatchId>, DbError>;
+}
+
+/// The workers (`renderq.workers`), the one leader, and what the reconciler reads.
+#[async_trait]
+pub trait Fleet: Send + Sync {
     async fn worker_heartbeat(&self, worker: &WorkerInfo, jobs_done: i64) -> Result<(), DbError>;
     async fn worker_stopped(&self, id: &str) -> Result<(), DbError>;
     /// A page of a queue's jobs in `state` (`queued` or `retrying`), by id after
@@ -297,24 +349,4 @@ pub trait Record: Send + Sync {
     ) -> Result<Vec<(JobId, i32)>, DbError>;
     /// Tries to become the one leader for `name` among all processes on this record.
     async fn lead(&self, name: &str) -> Result<Option<Leadership>, DbError>;
-    /// Marks finished the batches among `batches` whose every job is terminal, once
-    /// each (Postgres also announces `{"batch_id", "state": "done"}` on
-    /// `renderq_events`). Returns the batches that finished now.
-    async fn finish_batches(&self, batches: &[BatchId]) -> Result<Vec<BatchId>, DbError>;
-    /// Puts a batch's failed jobs back in `queued` with `extra_attempts` more attempts;
-    /// returns them (to be dispatched). The batch is unfinished again, and its webhook
-    /// is due again when it next finishes.
-    async fn retry_failed(
-        &self,
-        batch: BatchId,
-        extra_attempts: i32,
-    ) -> Result<Vec<JobId>, DbError>;
-    /// When the batch was marked finished (see `finish_batches`); `None` while it
-    /// has unfinished jobs. One row read, unlike `progress`, which counts every job.
-    async fn batch_finished_at(&self, batch: BatchId) -> Result<Option<DateTime<Utc>>, DbError>;
-    /// When the batch's first job started and its latest one finished.
-    async fn batch_times(
-        &self,
-        batch: BatchId,
-    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), DbError>;
 }

@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 
 use common::*;
 use renderq::{
-    db::{ClaimRequest, Outcome, Record, Recorded, postgres::PgRecord},
+    db::{Attempts, Batches, ClaimRequest, Fleet, Outcome, Record, Recorded, postgres::PgRecord},
     job::{BatchId, JobId, JobSpec, JobState, Limits},
 };
 use sqlx::Row;
