@@ -15,9 +15,11 @@
 //!
 //! `--concurrency` permits bound the jobs between intake and complete.
 
+mod background;
+mod finishing;
 mod intake;
 mod reconcile;
-mod stages;
+mod rendering;
 mod webhooks;
 
 use std::{
@@ -191,8 +193,8 @@ impl Worker {
         // dropped stops heartbeating at once, like a dead process.
         let background = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(stages::heartbeat(s.clone(), background.clone()));
-        tasks.spawn(stages::move_due_retries(s.clone(), background.clone()));
+        tasks.spawn(background::heartbeat(s.clone(), background.clone()));
+        tasks.spawn(background::move_due_retries(s.clone(), background.clone()));
         tasks.spawn(reconcile::run(s.clone(), background.clone()));
         // Webhooks stop after the pipeline: its last completions may finish a batch.
         let webhooks_stop = CancellationToken::new();
@@ -205,9 +207,9 @@ impl Worker {
             shutdown.clone(),
         ));
         let mut pipeline = tokio::task::JoinSet::new();
-        pipeline.spawn(stages::render(s.clone(), claimed_rx, rendered_tx));
-        pipeline.spawn(stages::finish(s.clone(), rendered_rx, outcome_tx));
-        pipeline.spawn(stages::complete(s.clone(), outcome_rx));
+        pipeline.spawn(rendering::render(s.clone(), claimed_rx, rendered_tx));
+        pipeline.spawn(finishing::finish(s.clone(), rendered_rx, outcome_tx));
+        pipeline.spawn(finishing::complete(s.clone(), outcome_rx));
 
         // Intake ends on its own (a dropped `run` future aborts it through `guard`).
         let guard = AbortOnDrop(intake.abort_handle());
