@@ -3,6 +3,9 @@
 //! workers never wait on each other's rows; heartbeats push the lease forward; rows
 //! whose lease ran out are taken over. Retries wait in the table (`retrying`, `run_at`).
 //! Higher `priority` is taken first; batches share each level fairly.
+//!
+//! The lease columns (`lease_owner`, `lease_until`) belong to this dispatcher alone:
+//! the record never writes them, and a heartbeat extends only leases of running jobs.
 
 use std::time::Duration;
 
@@ -153,7 +156,7 @@ impl Dispatch for PgDispatch {
         let ids = ids_of(entries);
         sqlx::query(
             "UPDATE renderq.jobs SET lease_until = now() + $1 * interval '1 millisecond'
-             WHERE id = ANY($2) AND lease_owner = $3",
+             WHERE id = ANY($2) AND lease_owner = $3 AND state = 'running'",
         )
         .bind(self.lease.as_millis() as f64)
         .bind(&ids)

@@ -3,6 +3,9 @@
 //! worker; heartbeats push the lease forward; rows whose lease ran out are taken over.
 //! Retries wait in the table (`state = 'retrying'`, `run_at`), so acknowledging,
 //! deferring and moving due retries need no work here.
+//!
+//! The lease columns (`lease_owner`, `lease_until`) belong to this dispatcher alone:
+//! the record never writes them, and a heartbeat extends only leases of running jobs.
 
 use std::time::Duration;
 
@@ -190,7 +193,8 @@ impl Dispatch for SqliteDispatch {
             let ids = serde_json::to_string(chunk).unwrap_or_default();
             sqlx::query(
                 "UPDATE jobs SET lease_until = ?1
-                 WHERE id IN (SELECT value FROM json_each(?2)) AND lease_owner = ?3",
+                 WHERE id IN (SELECT value FROM json_each(?2)) AND lease_owner = ?3
+                   AND state = 'running'",
             )
             .bind(until)
             .bind(&ids)

@@ -193,7 +193,7 @@ impl Attempts for SqliteRecord {
         let mut released = Vec::new();
         for (id, attempt) in jobs {
             let done = sqlx::query(
-                "UPDATE jobs SET state = 'queued', worker = NULL, lease_owner = NULL, lease_until = NULL
+                "UPDATE jobs SET state = 'queued', worker = NULL
                  WHERE id = ? AND attempt = ? AND state = 'running'",
             )
             .bind(id.to_string())
@@ -220,8 +220,7 @@ impl Attempts for SqliteRecord {
                      worker = CASE WHEN attempt < max_attempts THEN NULL ELSE worker END,
                      finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE ? END,
                      error = CASE WHEN attempt < max_attempts THEN error
-                                  ELSE ? || ' during attempt ' || attempt || ' of ' || max_attempts END,
-                     lease_owner = NULL, lease_until = NULL
+                                  ELSE ? || ' during attempt ' || attempt || ' of ' || max_attempts END
                  WHERE id = ? AND attempt = ? AND state = 'running'
                  RETURNING state, batch_id",
             )

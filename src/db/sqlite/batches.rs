@@ -141,7 +141,7 @@ impl Batches for SqliteRecord {
         let mut tx = con.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(
             "UPDATE jobs SET state = 'queued', error = NULL, finished_at = NULL, run_at = NULL,
-                    lease_owner = NULL, lease_until = NULL, max_attempts = attempt + ?2
+                    max_attempts = attempt + ?2
              WHERE batch_id = ?1 AND state = 'failed' RETURNING id",
         )
         .bind(batch.to_string())
