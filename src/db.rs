@@ -1,6 +1,10 @@
-//! The record: every job's state, in Postgres (`renderq.jobs`, `renderq.batches`).
+//! The record: every job's state, in Postgres (`renderq.jobs`, `renderq.batches`) or
+//! SQLite (the embedded default, the same tables in one file).
 //!
-//! Postgres is the truth; Redis only dispatches. Every write that moves a running job
+//! The record is the truth; dispatch (Redis, or the database itself) only hands jobs
+//! to workers. The trait is cut by role: [`Batches`] (producers and operators),
+//! [`Attempts`] (the worker's fenced writes), [`Status`] (reads), [`Schedules`],
+//! [`Webhooks`] and [`Fleet`] (workers, the leader, the reconciler). Every write that moves a running job
 //! is fenced by its attempt number (`WHERE id = … AND attempt = … AND state =
 //! 'running'`), so a worker that lost its lease changes nothing when it wakes up.
 

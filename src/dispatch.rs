@@ -1,5 +1,8 @@
-//! Dispatch: how jobs reach workers. The record (Postgres) says what a job is; dispatch
-//! only says "this one is yours now" and keeps that lease alive.
+//! Dispatch: how jobs reach workers. The record says what a job is; dispatch only says
+//! "this one is yours now" and keeps that lease alive. Three dispatchers: Redis
+//! Streams, and the Postgres or SQLite record's own table. The core trait is what
+//! every one of them does; [`Reconcile`] is what only Redis needs (it can lose jobs the
+//! record still has).
 
 pub mod postgres;
 pub mod redis;

@@ -1,25 +1,30 @@
 //! renderq: bulk text-to-image rendering.
 //!
 //! Producers submit prompt jobs; workers claim them from a queue, render them, store
-//! the images and record every state change. The modules, one concept each:
+//! the images and record every state change. One module per concept, from the bottom
+//! up: each module uses only modules listed before it (`tests/layers.rs` checks this).
 //!
-//! - [`job`]: ids, the lifecycle ([`job::JobState`]), the job JSON and its limits.
-//! - [`backend`]: choosing the record and dispatch backends from the URLs.
-//! - [`db`]: the record (Postgres `renderq.*`, or SQLite), fenced by attempt.
+//! - [`job`]: ids, the lifecycle ([`job::JobState`]), the job JSON and its limits, and
+//!   the shapes a job takes on its way (new, placed in a lane, claimed).
+//! - [`redact`]: keeping secrets out of what is printed.
+//! - [`input`]: a submit file (JSON Lines, or CSV through templates) read into
+//!   validated jobs, with the one [`input::SubmitOptions`].
+//! - [`schedule`]: cron schedules as stored, and when each is due.
+//! - [`db`]: the record (Postgres `renderq.*`, or SQLite), by role, fenced by attempt.
 //! - [`dispatch`]: handing jobs to workers with leases (Redis Streams, or the database).
 //! - [`store`]: where images go (S3-compatible servers, a local directory).
-//! - [`render`]: the renderer trait and the built-in models (`placeholder`, `noop`).
-//! - [`worker`]: the claim → render → encode → upload → record pipeline.
-//! - [`submit`]: validating a file and writing it as one batch.
-//! - [`catalogue`]: CSV rows to jobs through prompt and key templates.
-//! - [`sheet`]: the contact sheet `renderq run` writes.
-//! - [`schedule`]: cron schedules that turn a file into a batch at each firing.
-//! - [`cli`]: the `renderq` command line; the binary only calls [`cli::main`].
+//! - [`render`]: the renderer trait, the built-in models, diffusion and remote.
+//! - [`submit`]: writing a batch to the record, then dispatching it.
 //! - [`webhook`]: the signed summary POSTed when a batch finishes.
-//! - [`redact`]: keeping secrets out of what is printed.
+//! - [`sheet`]: the contact sheet `renderq run` writes.
+//! - [`worker`]: the claim → render → encode → upload → record pipeline.
+//! - [`scheduler`]: firing due schedules, one batch per firing.
+//! - [`backend`]: choosing the record and dispatch backends from the URLs.
+//! - [`cli`]: the `renderq` command line, one file per command; the binary only calls
+//!   [`cli::main`].
 //!
-//! The promises these keep are listed in the README (How it keeps its promises, Failure
-//! drills); each has a test.
+//! `docs/design.md` in the repository describes the parts, the lifecycle, the Redis
+//! keys, the tables and the promises, with the test that proves each.
 
 pub mod backend;
 pub mod cli;

@@ -7,7 +7,7 @@
 //!   │                                                               upload)
 //!   │ claims in batches                                                │
 //!   ▼                                                                  ▼
-//! Postgres ◀──────── completions in batches, fenced by attempt ── complete ──▶ XACK+XDEL
+//! record ◀───────── completions in batches, fenced by attempt ── complete ──▶ ack
 //! heartbeat: renews this worker's leases; mover: dispatches due retries;
 //! reconciler (one leader): re-dispatches what the record has and dispatch lost;
 //! webhooks: sends the due webhooks of finished batches

@@ -29,7 +29,7 @@ pub(crate) const MAX_REPORTED: usize = 20;
 /// Why a submit file gave no jobs. Nothing is queued when any of these is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    /// Lines that are not valid jobs: the first [`MAX_REPORTED`], and how many in all.
+    /// Lines that are not valid jobs: the first 20, and how many in all.
     #[error("{}", invalid_summary(.errors, *.total))]
     Invalid {
         errors: Vec<LineError>,

@@ -1,5 +1,5 @@
 //! Intake: takes deliveries (new ones, and ones whose lease ran out), turns raw
-//! messages into rows, claims the jobs in Postgres in one statement per chunk, and
+//! messages into rows, claims the jobs in the record in one statement per chunk, and
 //! hands what it claimed to the render stage. Reading and claiming are two tasks, so
 //! the next chunk is read from the queue while the last one is being claimed.
 

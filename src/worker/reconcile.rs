@@ -1,5 +1,6 @@
-//! The reconciler: the record is the truth, dispatch may lose jobs (Redis: FLUSHALL,
-//! a failover without AOF, a crash between commit and XADD). It sends them again:
+//! The reconciler: the record is the truth, and Redis dispatch may lose jobs (FLUSHALL,
+//! a failover without AOF, a crash between commit and XADD); the database dispatchers
+//! cannot, so it runs only with Redis. It sends them again:
 //! `queued` jobs back to the stream, `retrying` jobs back to the delayed set, and
 //! `running` jobs of workers whose heartbeat stopped back to `queued` (or to `failed`
 //! when that was their last attempt, as a takeover does).

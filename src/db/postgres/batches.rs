@@ -95,7 +95,7 @@ impl Batches for PgRecord {
     }
 
     /// Records a stream message that is not a valid job as a failed job, so the producer
-    /// can see why; returns false if that job was recorded already.
+    /// can see why; a job recorded already is left as it is.
     async fn record_unparseable(
         &self,
         id: JobId,
