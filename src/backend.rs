@@ -13,6 +13,7 @@ use crate::{
 /// The record when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://renderq.db";
 
+/// Why the record or dispatch named by a URL could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     // The cause is part of the message (not a `source`), so it is printed once.
@@ -33,6 +34,7 @@ pub enum Database {
 }
 
 impl Database {
+    /// Opens the record `DATABASE_URL` names (SQLite in `./renderq.db` without one), applying migrations when asked.
     pub async fn open(url: Option<&str>, migrate: bool) -> Result<Database, BackendError> {
         let url = url.unwrap_or(DEFAULT_DATABASE_URL);
         let err = |error| BackendError::Db {
@@ -52,6 +54,7 @@ impl Database {
         }
     }
 
+    /// The record of this database, shared by every part of the process.
     pub fn record(&self) -> Arc<dyn Record> {
         match self {
             Database::Postgres(r) => Arc::new(r.clone()),

@@ -36,6 +36,7 @@ use crate::{
     version,
     about = "Bulk text-to-image rendering: submit, work, watch"
 )]
+/// The `renderq` command line: where the parts are, and the command.
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -68,6 +69,7 @@ pub struct Global {
     pub no_migrate: bool,
 }
 
+/// The commands, one file each under `cli/`.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Apply the database migrations
@@ -138,6 +140,7 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Runs one parsed command; the exit code says how it ended (0 done, 1 refused input or failed jobs, 2 an error).
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     match cli.command {

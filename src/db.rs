@@ -119,6 +119,7 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Jobs that reached a terminal state.
     pub fn finished(&self) -> i64 {
         self.succeeded + self.failed + self.cancelled
     }
@@ -164,6 +165,7 @@ pub struct Leadership {
 }
 
 impl Leadership {
+    /// Holds `hold` (a lock's connection, or nothing) for as long as this process leads.
     pub fn new(hold: Option<Box<dyn std::any::Any + Send>>) -> Self {
         Leadership { _hold: hold }
     }
@@ -279,8 +281,11 @@ pub trait Attempts: Send + Sync {
 pub trait Status: Send + Sync {
     /// Whether `id` names a batch or a job.
     async fn exists(&self, id: uuid::Uuid) -> Result<bool, DbError>;
+    /// A batch's counts, as `renderq.batch_progress` has them; `None` for an unknown id.
     async fn progress(&self, batch: BatchId) -> Result<Option<Progress>, DbError>;
+    /// The newest `limit` batches with their counts, newest first.
     async fn recent_batches(&self, limit: i64) -> Result<Vec<Progress>, DbError>;
+    /// Up to `limit` failed jobs of a batch with their errors, in the order they failed.
     async fn failures(&self, batch: BatchId, limit: i64) -> Result<Vec<FailedJob>, DbError>;
     /// Counts of jobs by state for one queue.
     async fn queue_counts(&self, queue: &str) -> Result<Vec<(String, i64)>, DbError>;
@@ -303,7 +308,9 @@ pub trait Status: Send + Sync {
 pub trait Schedules: Send + Sync {
     /// Stores a schedule; false when one of that name exists.
     async fn add_schedule(&self, schedule: &Schedule) -> Result<bool, DbError>;
+    /// Every stored schedule, by name.
     async fn schedules(&self) -> Result<Vec<Schedule>, DbError>;
+    /// Removes a schedule (its batches stay); false when there is none of that name.
     async fn remove_schedule(&self, name: &str) -> Result<bool, DbError>;
     /// Records that the firing at `at` was handled (never moves backwards).
     async fn mark_fired(&self, name: &str, at: DateTime<Utc>) -> Result<(), DbError>;
@@ -332,7 +339,9 @@ pub trait Webhooks: Send + Sync {
 /// The workers (`renderq.workers`), the one leader, and what the reconciler reads.
 #[async_trait]
 pub trait Fleet: Send + Sync {
+    /// Records that this worker is alive, what it serves and how many jobs it has done.
     async fn worker_heartbeat(&self, worker: &WorkerInfo, jobs_done: i64) -> Result<(), DbError>;
+    /// Records that this worker stopped, so its running jobs are rescued without waiting.
     async fn worker_stopped(&self, id: &str) -> Result<(), DbError>;
     /// A page of a queue's jobs in `state` (`queued` or `retrying`), by id after
     /// `after`, for the reconciler; with each one's due time (Unix ms; 0 if none).

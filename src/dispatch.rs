@@ -18,6 +18,7 @@ pub use self::{postgres::PgDispatch, redis::RedisDispatch, sqlite::SqliteDispatc
 /// with queued jobs); later ones get their turn as these finish.
 pub(crate) const FAIR_LANES: usize = 64;
 
+/// Why dispatch failed; the message never holds the connection URL.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
     #[error("redis: {0}")]

@@ -40,6 +40,7 @@ pub enum RenderError {
 }
 
 impl RenderError {
+    /// Whether the job should be tried again later.
     pub fn is_retry(&self) -> bool {
         matches!(self, RenderError::Retry(_))
     }
@@ -52,6 +53,7 @@ impl RenderError {
 pub struct PanicOn(Option<String>);
 
 impl PanicOn {
+    /// Panics on prompts containing `text`; `None` never panics.
     pub fn new(text: Option<String>) -> Self {
         PanicOn(text.filter(|t| !t.is_empty()))
     }
@@ -96,6 +98,7 @@ pub struct RenderRequest {
 }
 
 impl RenderRequest {
+    /// The request of a claimed job: its spec and its recorded seed.
     pub fn from_job(job: &ClaimedJob) -> Self {
         RenderRequest {
             job_id: job.id,
@@ -122,6 +125,7 @@ impl RenderRequest {
     }
 }
 
+/// What jobs must share to be rendered in one device call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BatchKey {
     pub model: String,
@@ -131,6 +135,7 @@ pub struct BatchKey {
     pub guidance_bits: Option<u64>,
 }
 
+/// Renders a group of requests in one device call; one result per request, in order.
 #[async_trait]
 pub trait Renderer: Send + Sync {
     /// Renders every request of a batch (all share one `BatchKey`). Returns exactly one
@@ -164,6 +169,7 @@ impl Renderers {
         r
     }
 
+    /// Serves `model` with `renderer`, replacing any before it.
     pub fn insert(&mut self, model: &str, renderer: Arc<dyn Renderer>) {
         self.by_model.insert(model.to_string(), renderer);
     }
@@ -183,6 +189,7 @@ impl Renderers {
         self.insert(REMOTE_MODELS, Arc::new(remote));
     }
 
+    /// The names of the models served, for `renderq.workers`.
     pub fn models(&self) -> Vec<String> {
         self.by_model.keys().cloned().collect()
     }

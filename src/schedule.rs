@@ -49,6 +49,7 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
         .map_err(|e| format!("`{expr}`: {e}"))
 }
 
+/// Parses a time zone name (`UTC`, `Europe/Paris`).
 pub fn parse_timezone(tz: &str) -> Result<Tz, String> {
     Tz::from_str(tz).map_err(|_| format!("`{tz}` is not a time zone (e.g. UTC, Europe/Paris)"))
 }

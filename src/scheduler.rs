@@ -19,6 +19,7 @@ use crate::{
     submit,
 };
 
+/// Why a firing made no batch; the schedule stays and fires again next time.
 #[derive(Debug, thiserror::Error)]
 pub enum FireError {
     #[error("reading {file}: {reason}")]

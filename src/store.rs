@@ -14,6 +14,7 @@ use crate::job::{ClaimedJob, ImageFormat};
 
 pub use self::{fs::DirStore, s3::S3Store};
 
+/// A failed store operation, with whether trying again may help.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct StoreError {
@@ -42,6 +43,7 @@ pub struct PutRequest {
 /// Uploads at once within one `put_many`, for stores without a cheaper way.
 const PUTS_AT_ONCE: usize = 16;
 
+/// Where images go: an S3-compatible bucket or a local directory.
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Writes the object; returns only once the store has acknowledged it.
@@ -114,6 +116,7 @@ impl<'a> Location<'a> {
         Ok(Location::S3 { bucket, key })
     }
 
+    /// Whether this is a local path rather than a bucket.
     pub fn is_local(&self) -> bool {
         matches!(self, Location::Local(_))
     }

@@ -108,6 +108,7 @@ pub fn default_worker_id() -> String {
     )
 }
 
+/// This machine's name, for worker ids and `renderq.workers`.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -147,11 +148,13 @@ pub struct WorkerReport {
     pub released: usize,
 }
 
+/// A worker: claims, renders, stores and records until told to stop.
 pub struct Worker {
     shared: Arc<Shared>,
 }
 
 impl Worker {
+    /// A worker with `cfg`, on this record, dispatch, store and set of renderers.
     pub fn new(
         cfg: WorkerConfig,
         record: Arc<dyn Record>,

@@ -21,6 +21,7 @@ use crate::{
     worker::{Worker, WorkerConfig},
 };
 
+/// `renderq bench`: how many jobs, how large, and the worker's sizes.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Jobs to submit and drain

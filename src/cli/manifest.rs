@@ -15,6 +15,7 @@ use crate::{
     store::{self, Store},
 };
 
+/// `renderq manifest BATCH`: which batch, in which format, written where.
 #[derive(Args, Debug)]
 pub struct ManifestArgs {
     pub batch: String,

@@ -15,6 +15,7 @@ use crate::{
     worker::Worker,
 };
 
+/// `renderq run FILE`: a submit and a worker in one process.
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]

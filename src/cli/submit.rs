@@ -13,6 +13,7 @@ use crate::{
     worker::WorkerConfig,
 };
 
+/// `renderq submit FILE`: the file, the batch's name and webhook, and the submit options.
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     /// JSON Lines file, one job per line (or CSV, with --template)

@@ -16,6 +16,7 @@ use crate::{
 
 /// Limits on the worker's sizes: past them memory, not speed, is what grows.
 pub const MAX_CONCURRENCY: usize = 65_536;
+/// Most jobs per device call.
 pub const MAX_BATCH: usize = 1024;
 
 /// How a worker runs: shared by `renderq worker` and `renderq run`.
@@ -55,6 +56,7 @@ pub struct PipelineArgs {
     pub diffusion: DiffusionOptions,
 }
 
+/// `renderq worker`: the pipeline's options, and whether it also fires schedules.
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     #[command(flatten)]
@@ -68,6 +70,7 @@ pub struct WorkerArgs {
 }
 
 impl PipelineArgs {
+    /// The renderers these options ask for: the built-in models, diffusion and remote.
     pub fn renderers(&self) -> Result<Renderers> {
         Renderers::configured(
             self.noop_delay_ms,
@@ -78,6 +81,7 @@ impl PipelineArgs {
         .map_err(anyhow::Error::msg)
     }
 
+    /// The worker's configuration, every flag checked against its limits.
     pub fn config(&self, max_attempts: i32) -> Result<WorkerConfig> {
         let secs = |name: &str, v: f64| -> Result<Duration> {
             Duration::try_from_secs_f64(v)

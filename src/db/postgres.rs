@@ -44,6 +44,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// Rows per INSERT statement at submit.
 const INSERT_CHUNK: usize = 10_000;
 
+/// The record on Postgres, in the schema `renderq`.
 #[derive(Clone)]
 pub struct PgRecord {
     pool: PgPool,
@@ -71,6 +72,7 @@ impl PgRecord {
         Ok(record)
     }
 
+    /// The connection pool, for database dispatch on the same server.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

@@ -40,10 +40,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// How long a statement waits for another process's write before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Now, as SQLite stores times: Unix milliseconds.
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
+/// The record in one SQLite file: the embedded default.
 #[derive(Clone)]
 pub struct SqliteRecord {
     pool: SqlitePool,
@@ -76,6 +78,7 @@ impl SqliteRecord {
         Ok(record)
     }
 
+    /// The connection pool, for database dispatch on the same file.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }

@@ -18,6 +18,7 @@ use crate::job::JobId;
 
 const POLL: Duration = Duration::from_millis(100);
 
+/// Dispatch through `renderq.jobs` on Postgres, for deployments without Redis.
 pub struct PgDispatch {
     pool: PgPool,
     queue: String,
@@ -25,6 +26,7 @@ pub struct PgDispatch {
 }
 
 impl PgDispatch {
+    /// Dispatches `queue` through the record's pool, with leases of `lease`.
     pub fn new(pool: PgPool, queue: &str, lease: Duration) -> Self {
         PgDispatch {
             pool,

@@ -60,6 +60,7 @@ const BLOCK_STREAMS: usize = 64;
 /// Separates a batch stream's id from the entry id in a delivery's handle.
 const HANDLE_SEP: char = '|';
 
+/// Dispatch on Redis Streams: a stream per batch and priority, one consumer group.
 pub struct RedisDispatch {
     queue: String,
     stream: String,
@@ -97,10 +98,12 @@ impl From<redis::RedisError> for DispatchError {
     }
 }
 
+/// The main stream of a queue, where raw producers XADD.
 pub fn stream_key(queue: &str) -> String {
     format!("renderq:{{{queue}}}:stream")
 }
 
+/// The sorted set of a queue's retries waiting out their backoff.
 pub fn delayed_key(queue: &str) -> String {
     format!("renderq:{{{queue}}}:delayed")
 }
@@ -125,6 +128,7 @@ pub fn lane_stream_key(queue: &str, batch: BatchId, priority: i32) -> String {
 }
 
 impl RedisDispatch {
+    /// Connects to the Redis `url` names and loads the scripts for `queue`.
     pub async fn connect(url: &str, queue: &str) -> Result<Self, DispatchError> {
         let client = Client::open(url)?;
         let config = ConnectionManagerConfig::new()

@@ -18,6 +18,7 @@ use crate::{db::sqlite::now_ms, job::JobId};
 /// How often an idle worker looks for new rows.
 const POLL: Duration = Duration::from_millis(100);
 
+/// Dispatch through the `jobs` table of the SQLite record.
 pub struct SqliteDispatch {
     pool: SqlitePool,
     queue: String,
@@ -25,6 +26,7 @@ pub struct SqliteDispatch {
 }
 
 impl SqliteDispatch {
+    /// Dispatches `queue` through the record's pool, with leases of `lease`.
     pub fn new(pool: SqlitePool, queue: &str, lease: Duration) -> Self {
         SqliteDispatch {
             pool,

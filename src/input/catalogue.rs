@@ -23,6 +23,7 @@ enum Part {
 }
 
 impl Template {
+    /// Parses a template; an unclosed or empty `{…}` or a lone `}` is refused.
     pub fn parse(text: &str) -> Result<Template, String> {
         let mut parts = Vec::new();
         let mut text_buf = String::new();
@@ -73,6 +74,7 @@ impl Template {
         })
     }
 
+    /// The text with each `{column}` replaced by `value(column)`.
     pub fn render(&self, value: impl Fn(&str) -> String) -> String {
         self.parts
             .iter()
@@ -95,6 +97,7 @@ pub struct Catalogue {
 
 /// Names the key template may use besides the columns.
 const KEY_NAMES: [&str; 2] = ["variant", "job_id"];
+/// Most jobs one row may make (`--variants`).
 pub const MAX_VARIANTS: u32 = 64;
 
 /// A seed per (prompt, variant): the same row and variant render the same image
@@ -127,6 +130,7 @@ impl Catalogue {
         self.parse(file, limits)
     }
 
+    /// Reads and checks CSV text; returns its jobs, or every refusal (up to 20).
     pub fn parse(
         &self,
         input: impl std::io::Read,

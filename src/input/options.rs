@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use super::{Catalogue, InputError, Template};
 use crate::job::ImageFormat;
 
+/// How a file becomes jobs: attempts, the CSV templates and variants, and defaults for the fields a job does not set.
 #[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubmitOptions {
     /// Attempts per job before it is marked failed

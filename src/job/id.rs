@@ -17,6 +17,7 @@ pub struct JobId(pub Uuid);
 pub struct BatchId(pub Uuid);
 
 impl JobId {
+    /// A new id, a v7 UUID: ids sort by creation time.
     pub fn generate() -> Self {
         JobId(Uuid::now_v7())
     }
@@ -39,6 +40,7 @@ impl JobId {
 }
 
 impl BatchId {
+    /// A new id, a v7 UUID: ids sort by creation time.
     pub fn generate() -> Self {
         BatchId(Uuid::now_v7())
     }

@@ -16,6 +16,7 @@ pub enum ImageFormat {
 }
 
 impl ImageFormat {
+    /// The file extension object keys get.
     pub fn extension(&self) -> &'static str {
         match self {
             ImageFormat::Png => "png",
@@ -24,6 +25,7 @@ impl ImageFormat {
         }
     }
 
+    /// The MIME type stored with the object.
     pub fn content_type(&self) -> &'static str {
         match self {
             ImageFormat::Png => "image/png",
@@ -64,6 +66,7 @@ pub struct JobSpec {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// The model of a job that names none.
 pub const DEFAULT_MODEL: &str = "placeholder";
 
 /// A job's `priority` lies within ±this; higher is claimed first, 0 by default.

@@ -34,6 +34,7 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in lifecycle order.
     pub const ALL: [JobState; 6] = [
         JobState::Queued,
         JobState::Running,
@@ -43,6 +44,7 @@ impl JobState {
         JobState::Cancelled,
     ];
 
+    /// The name stored in the `state` column.
     pub fn as_str(&self) -> &'static str {
         match self {
             JobState::Queued => "queued",
@@ -54,6 +56,7 @@ impl JobState {
         }
     }
 
+    /// Whether no transition leaves this state (succeeded, failed, cancelled).
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,

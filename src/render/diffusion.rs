@@ -105,6 +105,7 @@ impl MemoryLimit {
     }
 }
 
+/// Stable Diffusion on candle: loads its weights on first use, renders groups of jobs in one call.
 pub struct DiffusionRenderer {
     model: String,
     arch: Architecture,
@@ -117,6 +118,7 @@ pub struct DiffusionRenderer {
 }
 
 impl DiffusionRenderer {
+    /// A renderer of `model` with `arch`, its weights from `source`, on `device` in `dtype`.
     pub fn new(
         model: &str,
         arch: Architecture,

@@ -8,12 +8,14 @@ use image::RgbImage;
 
 use super::{PanicOn, RenderError, RenderRequest, Renderer};
 
+/// A blank image of the asked size per job, after a fixed delay per call (benchmarks, drills).
 pub struct NoopRenderer {
     delay: Duration,
     panic_on: PanicOn,
 }
 
 impl NoopRenderer {
+    /// A noop renderer that waits `delay_ms` per device call.
     pub fn new(delay_ms: u64) -> Self {
         NoopRenderer {
             delay: Duration::from_millis(delay_ms),

@@ -8,12 +8,14 @@ use image::{Rgb, RgbImage};
 
 use super::{PanicOn, RenderError, RenderRequest, Renderer, on_blocking_pool};
 
+/// The default model: a deterministic picture of the prompt, with no weights to load.
 #[derive(Default)]
 pub struct PlaceholderRenderer {
     panic_on: PanicOn,
 }
 
 impl PlaceholderRenderer {
+    /// The placeholder renderer.
     pub fn new() -> Self {
         PlaceholderRenderer::default()
     }

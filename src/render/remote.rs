@@ -59,6 +59,7 @@ impl ResponseFormat {
     }
 }
 
+/// Where the remote endpoint is and how to talk to it.
 #[derive(Clone)]
 pub struct RemoteConfig {
     /// The API's base, e.g. `http://npu-host:30000/v1`; requests go to
@@ -115,6 +116,7 @@ impl RemoteConfig {
     }
 }
 
+/// Renders `remote/<name>` models on an OpenAI-style images endpoint, one request per job.
 pub struct RemoteRenderer {
     cfg: RemoteConfig,
     endpoint: Url,
@@ -135,6 +137,7 @@ enum Failure {
 }
 
 impl RemoteRenderer {
+    /// A renderer for the endpoint of `cfg`; an unusable URL is refused.
     pub fn new(cfg: RemoteConfig) -> Result<Self, String> {
         // The path is extended; a query the server wants (`?key=…`) is kept.
         let mut endpoint = Url::parse(&cfg.base_url).map_err(|e| {

@@ -23,6 +23,7 @@ use rustix::{
 
 use super::{ObjectMeta, PutRequest, Store, StoreError};
 
+/// Images as files under a root directory.
 pub struct DirStore {
     root: PathBuf,
     turns: Arc<Turns>,
@@ -40,6 +41,7 @@ struct Turns(Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>);
 const MAX_TURNS: usize = 64;
 
 impl DirStore {
+    /// A store writing under `root` (made on the first write when missing).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         DirStore {
             root: root.into(),
@@ -47,6 +49,7 @@ impl DirStore {
         }
     }
 
+    /// The file a key is stored in.
     pub fn path(&self, key: &str) -> PathBuf {
         self.root.join(key)
     }

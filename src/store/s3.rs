@@ -22,6 +22,7 @@ use super::{ObjectMeta, Store, StoreError};
 const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
 const PART_SIZE: usize = 8 * 1024 * 1024;
 
+/// Images as objects in a bucket of an S3-compatible server.
 pub struct S3Store {
     client: Client,
     bucket: String,
@@ -88,10 +89,12 @@ impl S3Store {
         }
     }
 
+    /// The S3 client, for reading objects back.
     pub fn client(&self) -> &Client {
         &self.client
     }
 
+    /// The bucket images go to.
     pub fn bucket(&self) -> &str {
         &self.bucket
     }

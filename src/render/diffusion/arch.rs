@@ -26,6 +26,7 @@ pub enum TextArch {
 }
 
 impl TextArch {
+    /// Most tokens of a prompt the text encoder reads.
     pub fn max_tokens(&self) -> usize {
         match self {
             TextArch::Sd(c) => c.max_position_embeddings,
@@ -55,6 +56,7 @@ pub struct TextEncoderArch {
     pub tokenizer_repo: &'static str,
 }
 
+/// The shape of a Stable Diffusion model: its UNet, VAE, text encoders and schedule.
 #[derive(Clone, Debug)]
 pub struct Architecture {
     pub unet: UNet2DConditionModelConfig,
@@ -172,6 +174,7 @@ impl Architecture {
         })
     }
 
+    /// The noise schedule this architecture samples with.
     pub fn scheduler_config(&self) -> Arc<dyn SchedulerConfig> {
         self.scheduler.clone()
     }

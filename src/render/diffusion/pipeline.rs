@@ -108,6 +108,7 @@ pub struct Timings {
     pub texts_encoded: usize,
 }
 
+/// A loaded model: tokenizers, text encoders, UNet and VAE on one device.
 pub struct Pipeline {
     arch: Architecture,
     device: Device,
@@ -144,6 +145,7 @@ fn does_not_fit(path: &Path) -> impl Fn(candle_core::Error) -> PipelineError + '
 }
 
 impl Pipeline {
+    /// Loads every part of a model from `files`, naming the file of any error.
     pub fn load(
         arch: Architecture,
         files: &ModelFiles,
@@ -196,6 +198,7 @@ impl Pipeline {
         })
     }
 
+    /// The architecture this pipeline was loaded with.
     pub fn arch(&self) -> &Architecture {
         &self.arch
     }
