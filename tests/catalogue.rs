@@ -15,10 +15,7 @@ use image::RgbImage;
 use renderq::render::{RenderError, RenderRequest, Renderer, Renderers};
 
 fn renderq(env: &Env, extra: &[(&str, String)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_renderq"));
-    c.env_remove("REDIS_URL")
-        .env_remove("RENDERQ_STORE")
-        .envs(env.vars());
+    let mut c = env.renderq();
     c.envs(extra.iter().map(|(k, v)| (*k, v.as_str())));
     c
 }

@@ -11,11 +11,8 @@ use common::*;
 use renderq::render::Renderers;
 
 fn renderq(env: &Env) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_renderq"));
-    c.env_remove("REDIS_URL")
-        .env_remove("RENDERQ_STORE")
-        .env("RENDERQ_LOG", "renderq=debug")
-        .envs(env.vars());
+    let mut c = env.renderq();
+    c.env("RENDERQ_LOG", "renderq=debug");
     c
 }
 

@@ -163,10 +163,8 @@ async fn schedules_from_the_command_line_fire_from_s3_in_the_scheduler() {
         .unwrap();
     let s3 = s3_vars();
     let renderq = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_renderq"));
-        c.env_remove("REDIS_URL")
-            .envs(env.vars())
-            .envs(s3.iter().map(|(k, v)| (*k, v.as_str())));
+        let mut c = env.renderq();
+        c.envs(s3.iter().map(|(k, v)| (*k, v.as_str())));
         c
     };
     let dir = tempfile::tempdir().unwrap();
@@ -259,10 +257,8 @@ async fn workers_with_scheduler_fire_each_time_once_and_render_it() {
     env.record.add_schedule(&s).await.unwrap();
     let workers: Vec<_> = (0..2)
         .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_renderq"))
+            env.renderq()
                 .args(["worker", "--scheduler"])
-                .env_remove("REDIS_URL")
-                .envs(env.vars())
                 .env("RENDERQ_STORE", dir.path().join("out"))
                 .stderr(std::process::Stdio::null())
                 .spawn()

@@ -164,10 +164,8 @@ async fn a_finished_batch_posts_a_signed_summary_retried_after_a_500() {
     let file = dir.path().join("jobs.jsonl");
     std::fs::write(&file, "{\"prompt\":\"a\",\"width\":8,\"height\":8}\n{\"prompt\":\"b\",\"width\":8,\"height\":8}\n").unwrap();
     let renderq = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_renderq"));
-        c.env_remove("REDIS_URL")
-            .envs(env.vars())
-            .env("RENDERQ_STORE", dir.path().join("out"))
+        let mut c = env.renderq();
+        c.env("RENDERQ_STORE", dir.path().join("out"))
             .env("RENDERQ_WEBHOOK_SECRET", SECRETS)
             .env("RENDERQ_WEBHOOK_ALLOW_HOSTS", "127.0.0.1");
         c
@@ -283,12 +281,7 @@ async fn cancelling_a_batchs_last_job_by_its_id_finishes_the_batch_and_sends_its
     let (port, seen) = receiver().await;
     let (batch, ids) = submit_with_hook(&env, port, 2).await;
     let renderq = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_renderq"))
-            .env_remove("RENDERQ_STORE")
-            .envs(env.vars())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = env.renderq().args(args).output().unwrap();
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).to_string()
     };

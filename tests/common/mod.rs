@@ -152,6 +152,16 @@ impl Env {
         }
     }
 
+    /// The `renderq` binary pointed at this environment's record, dispatch and queue,
+    /// with no store set (each test names its own) and no Redis unless the kind has one.
+    pub fn renderq(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_renderq"));
+        c.env_remove("REDIS_URL")
+            .env_remove("RENDERQ_STORE")
+            .envs(self.vars());
+        c
+    }
+
     /// The environment variables that point the `renderq` binary at this environment.
     pub fn vars(&self) -> Vec<(&'static str, String)> {
         let mut v = vec![
