@@ -12,6 +12,7 @@ use std::{
 use async_trait::async_trait;
 use common::*;
 use image::RgbImage;
+use renderq::job::JobState;
 use renderq::render::{RenderError, RenderRequest, Renderer, Renderers};
 
 fn renderq(env: &Env, extra: &[(&str, String)]) -> Command {
@@ -86,7 +87,7 @@ async fn a_csv_catalogue_becomes_keyed_variants_and_a_manifest_with_working_urls
     let rows = env.wait_terminal(4, Duration::from_secs(30)).await;
     stop.cancel();
     h.await.unwrap();
-    assert!(rows.iter().all(|r| r.1 == "succeeded"));
+    assert!(rows.iter().all(|r| r.state == JobState::Succeeded));
     let keys = s3_keys(&store).await;
     assert_eq!(
         keys,
@@ -249,9 +250,12 @@ async fn retry_and_done(env: Env) {
     let rows = env.wait_terminal(2, Duration::from_secs(20)).await;
     stop.cancel();
     h.await.unwrap();
-    assert!(rows.iter().all(|r| r.1 == "succeeded"), "{rows:?}");
     assert!(
-        rows.iter().any(|r| r.2 == 2),
+        rows.iter().all(|r| r.state == JobState::Succeeded),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r.attempt == 2),
         "the retried job ran a second attempt"
     );
 }

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use renderq::job::JobState;
 use renderq::render::Renderers;
 
 /// The job at `index` in submission order.
@@ -36,13 +37,17 @@ async fn an_undecodable_stored_spec_fails_only_its_row(env: Env) {
             Duration::from_secs(30),
         )
         .await;
-    for (id, state, attempt, error, _) in &rows {
-        if *id == bad {
-            assert_eq!((state.as_str(), *attempt), ("failed", 1), "{rows:?}");
-            let error = error.as_deref().unwrap_or_default();
+    for row in &rows {
+        if row.id.0 == bad {
+            assert_eq!((row.state, row.attempt), (JobState::Failed, 1), "{rows:?}");
+            let error = row.error.as_deref().unwrap_or_default();
             assert!(error.contains("not a valid job"), "{error}");
         } else {
-            assert_eq!((state.as_str(), *attempt), ("succeeded", 1), "{rows:?}");
+            assert_eq!(
+                (row.state, row.attempt),
+                (JobState::Succeeded, 1),
+                "{rows:?}"
+            );
         }
     }
     assert!(
@@ -73,14 +78,17 @@ async fn a_stored_key_that_escapes_the_store_is_refused_at_claim(env: Env) {
     let rows = env
         .work_until_done(2, Renderers::builtin(0), &root, Duration::from_secs(30))
         .await;
-    let sneaky = rows.iter().find(|r| r.0 == bad).unwrap();
-    assert_eq!(sneaky.1, "failed", "{rows:?}");
-    let error = sneaky.3.as_deref().unwrap_or_default();
+    let sneaky = rows.iter().find(|r| r.id.0 == bad).unwrap();
+    assert_eq!(sneaky.state, JobState::Failed, "{rows:?}");
+    let error = sneaky.error.as_deref().unwrap_or_default();
     assert!(
         error.contains("refused at claim") && error.contains("output_key"),
         "{error}"
     );
-    assert!(rows.iter().any(|r| r.0 != bad && r.1 == "succeeded"));
+    assert!(
+        rows.iter()
+            .any(|r| r.id.0 != bad && r.state == JobState::Succeeded)
+    );
     let outside: Vec<_> = std::fs::read_dir(parent.path())
         .unwrap()
         .flatten()
@@ -128,14 +136,22 @@ async fn an_oversized_raw_message_fails_alone() {
             Duration::from_secs(30),
         )
         .await;
-    let failed: Vec<_> = rows.iter().filter(|r| r.1 == "failed").collect();
+    let failed: Vec<_> = rows
+        .iter()
+        .filter(|r| r.state == JobState::Failed)
+        .collect();
     assert_eq!(failed.len(), 1, "{rows:?}");
-    let error = failed[0].3.as_deref().unwrap();
+    let error = failed[0].error.as_deref().unwrap();
     assert!(
         error.contains("bytes is over the limit of 65536"),
         "{error}"
     );
-    assert_eq!(rows.iter().filter(|r| r.1 == "succeeded").count(), 1);
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.state == JobState::Succeeded)
+            .count(),
+        1
+    );
     let stored: String =
         sqlx::query_scalar("SELECT spec->>'raw' FROM renderq.jobs WHERE state = 'failed'")
             .fetch_one(&sqlx::PgPool::connect(&env.db_url).await.unwrap())

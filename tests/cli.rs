@@ -8,6 +8,7 @@ use std::{
 };
 
 use common::*;
+use renderq::job::JobState;
 use renderq::render::Renderers;
 
 fn renderq(env: &Env) -> Command {
@@ -112,7 +113,12 @@ async fn sigterm_drains_in_flight_jobs_and_exits_zero(env: Env) {
         .spawn()
         .unwrap();
     for _ in 0..300 {
-        if env.rows().await.iter().any(|r| r.1 == "running") {
+        if env
+            .rows()
+            .await
+            .iter()
+            .any(|r| r.state == JobState::Running)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -124,10 +130,14 @@ async fn sigterm_drains_in_flight_jobs_and_exits_zero(env: Env) {
     assert!(status.success(), "{status:?}");
     let rows = env.rows().await;
     assert!(
-        rows.iter().all(|r| r.1 == "succeeded" || r.1 == "queued"),
+        rows.iter()
+            .all(|r| r.state == JobState::Succeeded || r.state == JobState::Queued),
         "nothing left running: {rows:?}"
     );
-    let succeeded = rows.iter().filter(|r| r.1 == "succeeded").count();
+    let succeeded = rows
+        .iter()
+        .filter(|r| r.state == JobState::Succeeded)
+        .count();
     assert!(succeeded >= 1, "in-flight work finished: {rows:?}");
     assert_eq!(
         env.dispatch.backlog().await.unwrap(),
@@ -150,7 +160,7 @@ async fn sigterm_drains_in_flight_jobs_and_exits_zero(env: Env) {
     let rows = env.wait_terminal(8, Duration::from_secs(20)).await;
     stop.cancel();
     h.await.unwrap();
-    assert!(rows.iter().all(|r| r.1 == "succeeded"));
+    assert!(rows.iter().all(|r| r.state == JobState::Succeeded));
 }
 
 async fn past_the_shutdown_deadline_unfinished_jobs_are_released(env: Env) {
@@ -168,7 +178,12 @@ async fn past_the_shutdown_deadline_unfinished_jobs_are_released(env: Env) {
         .spawn()
         .unwrap();
     for _ in 0..300 {
-        if env.rows().await.iter().all(|r| r.1 == "running") {
+        if env
+            .rows()
+            .await
+            .iter()
+            .all(|r| r.state == JobState::Running)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -180,7 +195,8 @@ async fn past_the_shutdown_deadline_unfinished_jobs_are_released(env: Env) {
     assert!(status.success());
     let rows = env.rows().await;
     assert!(
-        rows.iter().all(|r| r.1 == "queued" && r.2 == 1),
+        rows.iter()
+            .all(|r| r.state == JobState::Queued && r.attempt == 1),
         "released: {rows:?}"
     );
     assert_eq!(env.dispatch.backlog().await.unwrap(), 2, "dispatched anew");
@@ -196,7 +212,8 @@ async fn past_the_shutdown_deadline_unfinished_jobs_are_released(env: Env) {
     stop.cancel();
     h.await.unwrap();
     assert!(
-        rows.iter().all(|r| r.1 == "succeeded" && r.2 == 2),
+        rows.iter()
+            .all(|r| r.state == JobState::Succeeded && r.attempt == 2),
         "{rows:?}"
     );
 }

@@ -91,22 +91,23 @@ async fn submitted_jobs_are_rendered_stored_and_recorded(env: Env) {
     stop.cancel();
     handle.await.unwrap();
     assert!(
-        rows.iter().all(|r| r.1 == "succeeded" && r.2 == 1),
+        rows.iter()
+            .all(|r| r.state == JobState::Succeeded && r.attempt == 1),
         "{rows:?}"
     );
     let keys = s3_keys(&store).await;
     assert_eq!(keys.len(), 3, "{keys:?}");
-    for (id, _, _, _, key) in &rows {
-        let key = key.as_deref().unwrap();
+    for row in &rows {
+        let key = row.output_key.as_deref().unwrap();
         assert!(
-            key.starts_with(&format!("out/{}/{id}.", done.batch)),
+            key.starts_with(&format!("out/{}/{}.", done.batch, row.id)),
             "{key}"
         );
         assert!(keys.contains(&key.to_string()));
     }
     let jpeg = rows
         .iter()
-        .find_map(|r| r.4.clone().filter(|k| k.ends_with(".jpg")))
+        .find_map(|r| r.output_key.clone().filter(|k| k.ends_with(".jpg")))
         .unwrap();
     let head = store
         .client()
@@ -153,12 +154,22 @@ async fn a_dead_workers_jobs_complete_once_after_the_lease(env: Env) {
     );
     let a = tokio::spawn(a.run(tokio_util::sync::CancellationToken::new()));
     for _ in 0..200 {
-        if env.rows().await.iter().all(|r| r.1 == "running") {
+        if env
+            .rows()
+            .await
+            .iter()
+            .all(|r| r.state == JobState::Running)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(env.rows().await.iter().all(|r| r.1 == "running"));
+    assert!(
+        env.rows()
+            .await
+            .iter()
+            .all(|r| r.state == JobState::Running)
+    );
     a.abort();
     let _ = a.await;
     let died = std::time::Instant::now();
@@ -176,7 +187,8 @@ async fn a_dead_workers_jobs_complete_once_after_the_lease(env: Env) {
     stop.cancel();
     b.await.unwrap();
     assert!(
-        rows.iter().all(|r| r.1 == "succeeded" && r.2 == 2),
+        rows.iter()
+            .all(|r| r.state == JobState::Succeeded && r.attempt == 2),
         "{rows:?}"
     );
     assert!(
@@ -189,7 +201,7 @@ async fn a_dead_workers_jobs_complete_once_after_the_lease(env: Env) {
 
 async fn a_stale_attempts_late_completion_changes_nothing(env: Env) {
     let done = env.submit(&[r#"{"prompt":"x"}"#]).await;
-    let id = env.rows().await[0].0;
+    let id = env.rows().await[0].id.0;
     let id = JobId(id);
     let first = env
         .record
@@ -247,7 +259,11 @@ async fn a_stale_attempts_late_completion_changes_nothing(env: Env) {
     );
     let rows = env.rows().await;
     assert_eq!(
-        (rows[0].1.as_str(), rows[0].2, rows[0].4.clone()),
+        (
+            rows[0].state.as_str(),
+            rows[0].attempt,
+            rows[0].output_key.clone()
+        ),
         ("running", 2, None)
     );
     let ok = env
@@ -281,7 +297,7 @@ async fn a_duplicate_id_makes_one_job(env: Env) {
     stop.cancel();
     h.await.unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].0, id);
+    assert_eq!(rows[0].id.0, id);
 }
 
 #[tokio::test]
@@ -325,29 +341,35 @@ async fn raw_xadd_jobs_complete_and_bad_messages_fail_without_blocking() {
     let rows = env.wait_terminal(5, Duration::from_secs(20)).await;
     stop.cancel();
     h.await.unwrap();
-    let ok: Vec<_> = rows.iter().filter(|r| r.1 == "succeeded").collect();
-    let bad: Vec<_> = rows.iter().filter(|r| r.1 == "failed").collect();
+    let ok: Vec<_> = rows
+        .iter()
+        .filter(|r| r.state == JobState::Succeeded)
+        .collect();
+    let bad: Vec<_> = rows
+        .iter()
+        .filter(|r| r.state == JobState::Failed)
+        .collect();
     assert_eq!((ok.len(), bad.len()), (2, 3), "{rows:?}");
     assert!(
-        ok.iter().any(|r| r.0 == chosen),
+        ok.iter().any(|r| r.id.0 == chosen),
         "the producer's id is kept"
     );
     for r in &ok {
-        let key = r.4.as_deref().unwrap();
+        let key = r.output_key.as_deref().unwrap();
         assert!(key.starts_with("adhoc/"), "{key}");
         assert!(store.path(key).exists());
     }
     for r in &bad {
-        let err = r.3.as_deref().unwrap();
+        let err = r.error.as_deref().unwrap();
         assert!(err.contains("invalid job message"), "{err}");
     }
     assert!(
         bad.iter()
-            .any(|r| r.3.as_deref().unwrap().contains("width"))
+            .any(|r| r.error.as_deref().unwrap().contains("width"))
     );
     assert!(
         bad.iter()
-            .any(|r| r.3.as_deref().unwrap().contains("no `job` field"))
+            .any(|r| r.error.as_deref().unwrap().contains("no `job` field"))
     );
     // Every message was acknowledged and deleted: nothing blocks the stream.
     env.assert_dispatch_empty().await;
@@ -375,24 +397,24 @@ async fn a_failing_renderer_retries_with_backoff_then_fails_with_its_error(env: 
     h.await.unwrap();
     let get = |err: &str| {
         rows.iter()
-            .find(|r| r.3.as_deref().unwrap_or("").contains(err))
+            .find(|r| r.error.as_deref().unwrap_or("").contains(err))
             .cloned()
             .unwrap()
     };
     let flaky = get("device on fire");
     assert_eq!(
-        (flaky.1.as_str(), flaky.2),
+        (flaky.state.as_str(), flaky.attempt),
         ("failed", 3),
         "retried up to max_attempts"
     );
     let broken = get("weights missing");
     assert_eq!(
-        (broken.1.as_str(), broken.2),
+        (broken.state.as_str(), broken.attempt),
         ("failed", 1),
         "Abort fails at once"
     );
     let lost = get("not served by this worker");
-    assert_eq!((lost.1.as_str(), lost.2), ("failed", 1));
+    assert_eq!((lost.state.as_str(), lost.attempt), ("failed", 1));
     env.assert_dispatch_empty().await;
     // Only Redis dispatch has a delayed set; the database ones keep retries in rows.
     if env.kind == Kind::PgRedis {
@@ -475,7 +497,11 @@ async fn cancel_stops_queued_jobs_and_discards_running_ones(env: Env) {
     // The render finishes; its result must be discarded and its message forgotten.
     for _ in 0..200 {
         if env.dispatch.backlog().await.unwrap() == 0
-            && env.rows().await.iter().all(|r| r.1 == "cancelled")
+            && env
+                .rows()
+                .await
+                .iter()
+                .all(|r| r.state == JobState::Cancelled)
         {
             break;
         }
@@ -485,11 +511,12 @@ async fn cancel_stops_queued_jobs_and_discards_running_ones(env: Env) {
     h.await.unwrap();
     let rows = env.rows().await;
     assert!(
-        rows.iter().all(|r| r.1 == "cancelled" && r.4.is_none()),
+        rows.iter()
+            .all(|r| r.state == JobState::Cancelled && r.output_key.is_none()),
         "{rows:?}"
     );
     assert!(
-        rows.iter().filter(|r| r.2 == 0).count() == 2,
+        rows.iter().filter(|r| r.attempt == 0).count() == 2,
         "queued jobs never started: {rows:?}"
     );
     env.assert_dispatch_empty().await;
@@ -576,7 +603,10 @@ async fn redis_losing_everything_does_not_stop_the_worker() {
     let rows = env.wait_terminal(2, Duration::from_secs(20)).await;
     stop.cancel();
     h.await.unwrap();
-    assert!(rows.iter().all(|r| r.1 == "succeeded"), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.state == JobState::Succeeded),
+        "{rows:?}"
+    );
     assert_eq!(env.dispatch.backlog().await.unwrap(), 0);
 }
 
@@ -627,13 +657,14 @@ async fn end_to_end(env: &Env, store: Arc<dyn Store>) -> Vec<String> {
     stop.cancel();
     h.await.unwrap();
     assert!(
-        rows.iter().all(|r| r.1 == "succeeded" && r.2 == 1),
+        rows.iter()
+            .all(|r| r.state == JobState::Succeeded && r.attempt == 1),
         "{rows:?}"
     );
     env.assert_dispatch_empty().await;
     let p = env.record.progress(done.batch).await.unwrap().unwrap();
     assert_eq!((p.total, p.succeeded, p.done), (3, 3, true));
-    rows.into_iter().map(|r| r.4.unwrap()).collect()
+    rows.into_iter().map(|r| r.output_key.unwrap()).collect()
 }
 
 /// The worker renders together only jobs that share (model, width, height, steps,
@@ -675,7 +706,7 @@ async fn claimed_jobs_render_together_only_when_they_share_a_shape(env: Env) {
     // Open the gate once every job is claimed, so all but the first call's jobs wait
     // in the render stage together.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while env.rows().await.iter().any(|r| r.1 == "queued") {
+    while env.rows().await.iter().any(|r| r.state == JobState::Queued) {
         assert!(tokio::time::Instant::now() < deadline, "jobs never claimed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -683,7 +714,10 @@ async fn claimed_jobs_render_together_only_when_they_share_a_shape(env: Env) {
     let rows = env.wait_terminal(15, Duration::from_secs(20)).await;
     stop.cancel();
     h.await.unwrap();
-    assert!(rows.iter().all(|r| r.1 == "succeeded"), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.state == JobState::Succeeded),
+        "{rows:?}"
+    );
     let calls = recorder.calls.lock().unwrap().clone();
     for call in &calls {
         assert!(call.len() <= 4, "over max_batch: {call:?}");

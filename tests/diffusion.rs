@@ -283,9 +283,9 @@ async fn diffusion_jobs_go_through_the_worker() {
     let rows = env
         .work_until_done(3, renderers, out.path(), Duration::from_secs(120))
         .await;
-    for (_, state, _, error, key) in &rows {
-        assert_eq!(state, "succeeded", "{error:?}");
-        let key = key.as_deref().unwrap();
+    for row in &rows {
+        assert_eq!(row.state.as_str(), "succeeded", "{:?}", row.error);
+        let key = row.output_key.as_deref().unwrap();
         let bytes = std::fs::read(out.path().join(key)).unwrap();
         let format = image::guess_format(&bytes).unwrap();
         let image = image::load_from_memory(&bytes).unwrap();

@@ -6,6 +6,7 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::*;
+use renderq::job::JobState;
 use renderq::{job::BatchId, render::Renderers, store::DirStore, worker::WorkerConfig};
 
 const BIG: usize = 1_000;
@@ -111,7 +112,8 @@ async fn a_small_batch_is_not_starved_by_a_big_one_before_it(env: Env) {
     stop.cancel();
     handle.await.unwrap();
     assert!(
-        rows.iter().all(|r| r.1 == "succeeded" && r.2 == 1),
+        rows.iter()
+            .all(|r| r.state == JobState::Succeeded && r.attempt == 1),
         "every job succeeded at its first attempt"
     );
     env.assert_dispatch_empty().await;

@@ -58,7 +58,7 @@ async fn a_render_longer_than_three_leases_is_never_taken_over(env: Env) {
     a.await.unwrap();
     b.await.unwrap();
     assert_eq!(
-        (rows[0].1.as_str(), rows[0].2),
+        (rows[0].state.as_str(), rows[0].attempt),
         ("succeeded", 1),
         "one attempt: never taken over"
     );

@@ -11,6 +11,7 @@ use std::{
 use async_trait::async_trait;
 use common::*;
 use image::RgbImage;
+use renderq::job::JobState;
 use renderq::{
     render::{NoopRenderer, RenderError, RenderRequest, Renderer, Renderers},
     store::DirStore,
@@ -57,7 +58,12 @@ async fn redis_losing_everything_mid_batch_loses_no_job() {
     );
     for _ in 0..500 {
         let rows = env.rows().await;
-        if rows.iter().filter(|r| r.1 == "succeeded").count() >= 4 {
+        if rows
+            .iter()
+            .filter(|r| r.state == JobState::Succeeded)
+            .count()
+            >= 4
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -66,7 +72,10 @@ async fn redis_losing_everything_mid_batch_loses_no_job() {
     let rows = env.wait_terminal(30, Duration::from_secs(60)).await;
     stop.cancel();
     h.await.unwrap();
-    assert!(rows.iter().all(|r| r.1 == "succeeded"), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.state == JobState::Succeeded),
+        "{rows:?}"
+    );
     assert_eq!(count_files(dir.path()), 30, "one object per job");
     env.assert_dispatch_empty().await;
 }
@@ -90,7 +99,7 @@ async fn a_job_committed_but_never_dispatched_is_dispatched() {
     let rows = env.wait_terminal(1, Duration::from_secs(20)).await;
     stop.cancel();
     h.await.unwrap();
-    assert_eq!((rows[0].1.as_str(), rows[0].2), ("succeeded", 1));
+    assert_eq!((rows[0].state.as_str(), rows[0].attempt), ("succeeded", 1));
 }
 
 /// Never returns.
@@ -116,7 +125,12 @@ async fn running_jobs_of_a_dead_worker_are_rescued_when_redis_lost_their_entries
     );
     let a = tokio::spawn(a.run(tokio_util::sync::CancellationToken::new()));
     for _ in 0..300 {
-        if env.rows().await.iter().all(|r| r.1 == "running") {
+        if env
+            .rows()
+            .await
+            .iter()
+            .all(|r| r.state == JobState::Running)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -133,7 +147,7 @@ async fn running_jobs_of_a_dead_worker_are_rescued_when_redis_lost_their_entries
     stop.cancel();
     h.await.unwrap();
     assert_eq!(
-        (rows[0].1.as_str(), rows[0].2),
+        (rows[0].state.as_str(), rows[0].attempt),
         ("succeeded", 2),
         "{rows:?}"
     );
@@ -175,18 +189,23 @@ async fn a_retry_lost_from_the_delayed_set_is_scheduled_again() {
         with("remote/flaky", Arc::new(FailOnce::default())),
     );
     for _ in 0..500 {
-        if env.rows().await.iter().all(|r| r.1 == "retrying") {
+        if env
+            .rows()
+            .await
+            .iter()
+            .all(|r| r.state == JobState::Retrying)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(env.rows().await[0].1, "retrying");
+    assert_eq!(env.rows().await[0].state, JobState::Retrying);
     env.forget_queue_keys().await;
     let rows = env.wait_terminal(1, Duration::from_secs(30)).await;
     stop.cancel();
     h.await.unwrap();
     assert_eq!(
-        (rows[0].1.as_str(), rows[0].2),
+        (rows[0].state.as_str(), rows[0].attempt),
         ("succeeded", 2),
         "{rows:?}"
     );

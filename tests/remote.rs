@@ -22,6 +22,7 @@ use axum::{
 use base64::Engine;
 use common::*;
 use image::{ImageFormat, Rgb, RgbImage};
+use renderq::job::JobState;
 use renderq::{
     job::JobId,
     render::{
@@ -453,9 +454,9 @@ async fn remote_jobs_go_through_the_worker() {
     let rows = env
         .work_until_done(2, renderers, dir.path(), Duration::from_secs(30))
         .await;
-    for (_, state, _, error, key) in &rows {
-        assert_eq!(state, "succeeded", "{error:?}");
-        let bytes = std::fs::read(dir.path().join(key.as_deref().unwrap())).unwrap();
+    for row in &rows {
+        assert_eq!(row.state, JobState::Succeeded, "{:?}", row.error);
+        let bytes = std::fs::read(dir.path().join(row.output_key.as_deref().unwrap())).unwrap();
         let image = image::load_from_memory(&bytes).unwrap();
         assert_eq!((image.width(), image.height()), (64, 32));
     }

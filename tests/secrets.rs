@@ -92,7 +92,12 @@ async fn no_secret_is_printed_on_success_or_error_paths() {
         "the log was captured"
     );
     assert_clean("worker", &out);
-    assert!(env.rows().await.iter().all(|r| r.1 == "succeeded"));
+    assert!(
+        env.rows()
+            .await
+            .iter()
+            .all(|r| r.state == renderq::job::JobState::Succeeded)
+    );
 
     let out = renderq(&ok_vars, &["status", &batch]).output().unwrap();
     assert!(out.status.success());

@@ -95,10 +95,19 @@ async fn check_foreign_file(path: &std::path::Path) -> Result<(), DbError> {
     let mut con = sqlx::SqliteConnection::connect_with(&options)
         .await
         .map_err(|e| DbError::Invalid(format!("{shown} cannot be opened as SQLite: {e}")))?;
+    let verdict = check_tables(&mut con, &shown.to_string()).await;
+    // Closed now, not whenever its thread gets to it: the caller may open the file
+    // for writing next, or a person may move it away.
+    let _ = con.close().await;
+    verdict
+}
+
+/// The check of [`check_foreign_file`] on its read-only connection.
+async fn check_tables(con: &mut sqlx::SqliteConnection, shown: &str) -> Result<(), DbError> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
     )
-    .fetch_all(&mut con)
+    .fetch_all(&mut *con)
     .await
     .map_err(|e| DbError::Invalid(format!("{shown} is not a SQLite database: {e}")))?;
     if tables.is_empty() {
@@ -112,7 +121,7 @@ async fn check_foreign_file(path: &std::path::Path) -> Result<(), DbError> {
         )));
     }
     let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
-        .fetch_one(&mut con)
+        .fetch_one(&mut *con)
         .await?;
     let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     if let Some(v) = newest

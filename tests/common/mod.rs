@@ -8,15 +8,15 @@ use renderq::{
     backend::Database,
     db::Record,
     dispatch::{Dispatch, RedisDispatch},
-    job::{JobId, JobSpec, JobState, Limits, NewJob},
+    job::{JobId, JobSpec, Limits, NewJob},
     render::Renderers,
     store::{S3Store, Store},
     worker::{Worker, WorkerConfig, WorkerReport},
 };
 use tokio_util::sync::CancellationToken;
 
-/// (id, state, attempt, error, output_key)
-pub type Row = (uuid::Uuid, String, i32, Option<String>, Option<String>);
+/// A job of the queue as the record has it.
+pub type Row = renderq::db::JobRow;
 
 /// Runs a conformance test (an `async fn(Env)`) on every backend combination.
 #[macro_export]
@@ -257,23 +257,9 @@ impl Env {
         }
     }
 
-    /// Rows of the queue: (id, state, attempt, error, output_key).
+    /// The queue's jobs, oldest first.
     pub async fn rows(&self) -> Vec<Row> {
-        self.record
-            .jobs_of_queue(&self.queue)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| {
-                (
-                    r.id.0,
-                    r.state.to_string(),
-                    r.attempt,
-                    r.error,
-                    r.output_key,
-                )
-            })
-            .collect()
+        self.record.jobs_of_queue(&self.queue).await.unwrap()
     }
 
     /// Nothing waits or is held in dispatch: Redis holds no entry (acknowledged and
@@ -291,18 +277,11 @@ impl Env {
 
     /// Waits (polling the record) until every job of the queue is terminal and there
     /// are at least `n` of them.
-    pub async fn wait_terminal(
-        &self,
-        n: usize,
-        within: Duration,
-    ) -> Vec<(uuid::Uuid, String, i32, Option<String>, Option<String>)> {
+    pub async fn wait_terminal(&self, n: usize, within: Duration) -> Vec<Row> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let rows = self.rows().await;
-            let done = rows.len() >= n
-                && rows
-                    .iter()
-                    .all(|r| r.1.parse::<JobState>().unwrap().is_terminal());
+            let done = rows.len() >= n && rows.iter().all(|r| r.state.is_terminal());
             if done {
                 return rows;
             }
