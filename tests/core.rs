@@ -610,39 +610,6 @@ async fn redis_losing_everything_does_not_stop_the_worker() {
     assert_eq!(env.dispatch.backlog().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn large_objects_go_up_in_parts_with_their_metadata() {
-    use renderq::store::{ObjectMeta, Store};
-    let store = s3_store().await;
-    let body: Vec<u8> = (0..17 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let meta = ObjectMeta {
-        content_type: "image/png",
-        seed: 7,
-        model: "placeholder".into(),
-        job_id: "j".into(),
-    };
-    store
-        .put("out/big.png", bytes::Bytes::from(body.clone()), &meta)
-        .await
-        .unwrap();
-    let got = store
-        .client()
-        .get_object()
-        .bucket(store.bucket())
-        .key("out/big.png")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(got.content_type(), Some("image/png"));
-    assert_eq!(
-        got.metadata().unwrap().get("seed").map(String::as_str),
-        Some("7")
-    );
-    let bytes = got.body.collect().await.unwrap().into_bytes();
-    assert_eq!(bytes.len(), body.len());
-    assert!(bytes[..] == body[..], "the parts were joined in order");
-}
-
 /// Submits three jobs of different formats, works them, checks the record; returns keys.
 async fn end_to_end(env: &Env, store: Arc<dyn Store>) -> Vec<String> {
     let done = env
