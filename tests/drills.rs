@@ -54,91 +54,31 @@ fn sh(cmd: &str, args: &[&str]) {
     assert!(ok.success(), "{cmd} {args:?}");
 }
 
-/// A Redis server of the drill's own, without persistence.
-struct PrivateRedis {
+/// A server process of the drill's own on a free port: the drill kills it and starts it
+/// again on the same port (and the same data), and dropping it stops it.
+struct Server {
     port: u16,
+    command: Box<dyn Fn(u16) -> Command + Send + Sync>,
     child: Option<Child>,
 }
 
-impl PrivateRedis {
-    async fn start() -> Self {
-        let mut r = PrivateRedis {
+impl Server {
+    async fn start(command: impl Fn(u16) -> Command + Send + Sync + 'static) -> Self {
+        let mut s = Server {
             port: free_port(),
-            child: None,
-        };
-        r.up().await;
-        r
-    }
-    async fn up(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        self.child = Some(child);
-        wait_port(self.port).await;
-    }
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// An s3s-fs server of the drill's own, on a directory that survives restarts.
-struct PrivateS3 {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateS3 {
-    async fn start() -> Self {
-        let mut s = PrivateS3 {
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
+            command: Box::new(command),
             child: None,
         };
         s.up().await;
         s
     }
     async fn up(&mut self) {
-        let bin = std::env::var("RENDERQ_TEST_S3S_BIN").unwrap_or_else(|_| "s3s-fs".into());
-        let child = Command::new(bin)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--access-key",
-                ACCESS,
-                "--secret-key",
-                SECRET,
-            ])
-            .arg(self.dir.path())
+        let mut command = (self.command)(self.port);
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("s3s-fs (scripts/services.sh installs it)");
+            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
         self.child = Some(child);
         wait_port(self.port).await;
     }
@@ -148,14 +88,58 @@ impl PrivateS3 {
             let _ = c.wait();
         }
     }
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
-impl Drop for PrivateS3 {
-    fn drop(&mut self) {
-        self.kill();
+/// A Redis server of the drill's own, without persistence.
+struct PrivateRedis(Server);
+
+impl PrivateRedis {
+    async fn start() -> Self {
+        PrivateRedis(
+            Server::start(|port| {
+                let mut c = Command::new("redis-server");
+                c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"]);
+                c
+            })
+            .await,
+        )
+    }
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.0.port)
+    }
+}
+
+/// An s3s-fs server of the drill's own, on a directory that survives restarts (the
+/// server is declared first, so it stops before the directory goes).
+struct PrivateS3 {
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateS3 {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let bin = std::env::var("RENDERQ_TEST_S3S_BIN").unwrap_or_else(|_| "s3s-fs".into());
+        let server = Server::start(move |port| {
+            let mut c = Command::new(&bin);
+            c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", ACCESS, "--secret-key", SECRET])
+                .arg(&root);
+            c
+        })
+        .await;
+        PrivateS3 { server, _dir: dir }
+    }
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.server.port)
     }
 }
 
@@ -568,7 +552,10 @@ async fn drill_redis_flushall_then_restart() {
             >= 10
     })
     .await;
-    sh("redis-cli", &["-p", &d.redis.port.to_string(), "FLUSHALL"]);
+    sh(
+        "redis-cli",
+        &["-p", &d.redis.0.port.to_string(), "FLUSHALL"],
+    );
     d.until(Duration::from_secs(30), "more done", |rows| {
         rows.iter()
             .filter(|r| r.state == renderq::job::JobState::Succeeded)
@@ -576,9 +563,9 @@ async fn drill_redis_flushall_then_restart() {
             >= 40
     })
     .await;
-    d.redis.kill();
+    d.redis.0.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    d.redis.up().await; // empty: no persistence
+    d.redis.0.up().await; // empty: no persistence
     let (lost, dup) = d.verify(80, true).await;
     d.stop_workers().await;
     eprintln!(
@@ -598,7 +585,7 @@ async fn drill_object_store_down_for_30_seconds() {
             >= 5
     })
     .await;
-    d.s3.kill();
+    d.s3.server.kill();
     tokio::time::sleep(Duration::from_secs(2)).await; // completions already in flight land
     let during = d
         .rows()
@@ -614,7 +601,7 @@ async fn drill_object_store_down_for_30_seconds() {
         .filter(|r| r.state == renderq::job::JobState::Succeeded)
         .count();
     assert_eq!(during, after, "no job succeeded while the store was down");
-    d.s3.up().await;
+    d.s3.server.up().await;
     let (lost, dup) = d.verify(60, true).await;
     d.stop_workers().await;
     eprintln!(
@@ -832,7 +819,10 @@ async fn a_job_that_kills_every_worker_fails(path: RescuePath) {
         .await;
         d.signal(&victim, "KILL");
         if path == RescuePath::Reconciler {
-            sh("redis-cli", &["-p", &d.redis.port.to_string(), "FLUSHALL"]);
+            sh(
+                "redis-cli",
+                &["-p", &d.redis.0.port.to_string(), "FLUSHALL"],
+            );
         }
     }
     d.spawn_worker(&lease, 0);
