@@ -17,10 +17,23 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://renderq.db";
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     // The cause is part of the message (not a `source`), so it is printed once.
+    /// The record's database could not be opened.
     #[error("opening the database at {url}: {error}")]
-    Db { url: String, error: DbError },
+    Db {
+        /// The URL, its password hidden.
+        url: String,
+        /// Why.
+        error: DbError,
+    },
+    /// Redis could not be reached.
     #[error("connecting to Redis at {url}: {error}")]
-    Redis { url: String, error: DispatchError },
+    Redis {
+        /// The URL, its password hidden.
+        url: String,
+        /// Why.
+        error: DispatchError,
+    },
+    /// A URL whose scheme names no backend renderq has.
     #[error(
         "DATABASE_URL `{0}` is neither postgres://… nor sqlite://… (a path to a file, created when missing)"
     )]
@@ -29,7 +42,9 @@ pub enum BackendError {
 
 /// A record, and the database handle database dispatch needs.
 pub enum Database {
+    /// The record on Postgres.
     Postgres(PgRecord),
+    /// The record in a SQLite file.
     Sqlite(SqliteRecord),
 }
 

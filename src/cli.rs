@@ -38,8 +38,10 @@ use crate::{
 )]
 /// The `renderq` command line: where the parts are, and the command.
 pub struct Cli {
+    /// Where the record, dispatch, store and queue are.
     #[command(flatten)]
     pub global: Global,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -85,15 +87,20 @@ pub enum Command {
     },
     /// Wait until every job of a batch is finished; exit 0 if all succeeded, 1 if not
     Wait {
+        /// The batch id, as submit printed it.
         batch: String,
         /// How often to poll the record
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
     },
     /// Cancel a job, or every unfinished job of a batch
-    Cancel { id: String },
+    Cancel {
+        /// A job id or a batch id
+        id: String,
+    },
     /// Put a batch's failed jobs back in the queue
     Retry {
+        /// The batch id, as submit printed it.
         batch: String,
         /// Attempts each job gets anew
         #[arg(long, default_value_t = 3)]

@@ -26,12 +26,16 @@ pub use sqlite::SqliteRecord;
 /// Errors from the record. The message never contains the connection URL.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// A query failed.
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
+    /// A migration failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value is not the JSON it should be.
     #[error("a stored job spec is unreadable: {0}")]
     Spec(#[from] serde_json::Error),
+    /// Anything else, said in words.
     #[error("{0}")]
     Invalid(String),
 }
@@ -44,6 +48,7 @@ pub(crate) fn unreadable_spec(e: impl std::fmt::Display) -> String {
 /// A batch's webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
+    /// Where the summary is POSTed.
     pub url: String,
     /// The delivery's outcome (`delivered (200)`, `refused with 404`, …); `None`
     /// until one is recorded.
@@ -77,19 +82,27 @@ pub const WORKER_DIED: &str = "worker stopped responding (died or stalled past i
 /// taken from a worker whose lease ran out: those may be `running` already.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest {
+    /// The job delivered.
     pub id: JobId,
+    /// Whether the delivery was taken over from a worker whose lease ran out.
     pub takeover: bool,
 }
 
 /// The end of one attempt, as the worker reports it.
 #[derive(Debug, Clone)]
 pub enum Outcome {
+    /// The image is stored: the job succeeded.
     Stored {
+        /// The object's key.
         key: String,
     },
+    /// The attempt failed.
     Failed {
+        /// Why, in words a person can act on.
         error: String,
+        /// Whether another attempt may succeed.
         retry: bool,
+        /// How long to wait before it, in milliseconds.
         backoff_ms: i64,
     },
 }
@@ -106,15 +119,25 @@ pub enum Recorded {
 /// Counts of one batch, as `renderq.batch_progress` has them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
+    /// The batch.
     pub batch_id: BatchId,
+    /// The batch's name (the file's, or `--name`).
     pub name: String,
+    /// When it was submitted.
     pub created_at: DateTime<Utc>,
+    /// Its jobs.
     pub total: i64,
+    /// Jobs waiting: `queued` and `retrying`.
     pub queued: i64,
+    /// Jobs a worker holds.
     pub running: i64,
+    /// Jobs whose image is stored.
     pub succeeded: i64,
+    /// Jobs that failed for good.
     pub failed: i64,
+    /// Jobs cancelled.
     pub cancelled: i64,
+    /// Whether every job is terminal.
     pub done: bool,
 }
 
@@ -128,21 +151,32 @@ impl Progress {
 /// A failed job, for `renderq status`.
 #[derive(Debug, Clone)]
 pub struct FailedJob {
+    /// The job.
     pub id: JobId,
+    /// The attempt that failed.
     pub attempt: i32,
+    /// Its last error.
     pub error: Option<String>,
 }
 
 /// One job as `renderq status` and the tests read it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRow {
+    /// The job.
     pub id: JobId,
+    /// Its batch, if it came in one.
     pub batch_id: Option<BatchId>,
+    /// Where it is in its life.
     pub state: JobState,
+    /// Attempts started so far.
     pub attempt: i32,
+    /// The last error, if any.
     pub error: Option<String>,
+    /// Where its image is stored, once it succeeded.
     pub output_key: Option<String>,
+    /// The seed it renders with.
     pub seed: u64,
+    /// Its prompt.
     pub prompt: String,
     /// The worker that claimed the latest attempt.
     pub worker: Option<String>,
@@ -174,10 +208,15 @@ impl Leadership {
 /// A worker as `renderq.workers` shows it.
 #[derive(Debug, Clone)]
 pub struct WorkerInfo {
+    /// The worker's name (`--worker-id`, or host-pid-random).
     pub id: String,
+    /// The machine it runs on.
     pub host: String,
+    /// The device it renders on.
     pub device: String,
+    /// The models it serves.
     pub models: Vec<String>,
+    /// The queue it works.
     pub queue: String,
 }
 

@@ -21,8 +21,10 @@ pub(crate) const FAIR_LANES: usize = 64;
 /// Why dispatch failed; the message never holds the connection URL.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
+    /// Redis refused or could not be reached.
     #[error("redis: {0}")]
     Redis(String),
+    /// The database behind database dispatch failed.
     #[error("database dispatch: {0}")]
     Database(String),
 }
@@ -43,6 +45,7 @@ pub enum Payload {
 pub struct Delivery {
     /// The dispatch's own handle (the stream entry id).
     pub entry: String,
+    /// What the delivery carries: a job id, or a raw message.
     pub payload: Payload,
     /// Taken over from a worker whose lease ran out.
     pub takeover: bool,
@@ -140,8 +143,9 @@ pub struct Snapshot {
     pub(crate) streams: Vec<String>,
     pub(crate) next: usize,
     pub(crate) after: String,
-    /// Entries and pages read so far.
+    /// Entries copied so far.
     pub entries: u64,
+    /// Pages copied so far.
     pub pages: u64,
 }
 

@@ -19,17 +19,24 @@ pub use state::JobState;
 /// A job about to be written by a producer.
 #[derive(Debug, Clone)]
 pub struct NewJob {
+    /// Its id: the producer's, or a new v7 UUID.
     pub id: JobId,
+    /// What to render.
     pub spec: JobSpec,
 }
 
 /// A job a worker now holds: `attempt` fences everything it writes afterwards.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
+    /// The job.
     pub id: JobId,
+    /// Its batch, if it came in one.
     pub batch_id: Option<BatchId>,
+    /// This attempt's number; every write of the worker names it.
     pub attempt: i32,
+    /// The seed it renders with (its own, or one derived from its id).
     pub seed: u64,
+    /// What to render.
     pub spec: JobSpec,
 }
 

@@ -26,6 +26,9 @@
 //! `docs/design.md` in the repository describes the parts, the lifecycle, the Redis
 //! keys, the tables and the promises, with the test that proves each.
 
+// Every public item says what it is and why: a build fails on one that does not.
+#![deny(missing_docs)]
+
 pub mod backend;
 pub mod cli;
 pub mod db;

@@ -86,14 +86,23 @@ where
 /// What a renderer needs of a job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderRequest {
+    /// The job it renders.
     pub job_id: JobId,
+    /// The model asked for.
     pub model: String,
+    /// What to draw.
     pub prompt: String,
+    /// What to steer away from.
     pub negative_prompt: Option<String>,
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// Denoising steps, if set.
     pub steps: Option<u32>,
+    /// Guidance scale, if set.
     pub guidance: Option<f64>,
+    /// The seed.
     pub seed: u64,
 }
 
@@ -128,10 +137,15 @@ impl RenderRequest {
 /// What jobs must share to be rendered in one device call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BatchKey {
+    /// The model.
     pub model: String,
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// Denoising steps.
     pub steps: Option<u32>,
+    /// The guidance scale's bits (an `f64` is not `Eq`).
     pub guidance_bits: Option<u64>,
 }
 

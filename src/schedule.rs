@@ -21,14 +21,21 @@ use crate::input::SubmitOptions;
 /// A stored schedule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
+    /// The schedule's name (its batches are `<name>@<firing time>`).
     pub name: String,
+    /// The cron expression.
     pub cron: String,
+    /// The time zone the expression is read in.
     pub timezone: String,
     /// A local path or `s3://bucket/key`, read at each firing.
     pub file: String,
+    /// The queue its batches go to.
     pub queue: String,
+    /// How the file becomes jobs.
     pub options: SubmitOptions,
+    /// The latest firing handled.
     pub last_fired_for: Option<DateTime<Utc>>,
+    /// When it was added: it never fires for an earlier time.
     pub created_at: DateTime<Utc>,
 }
 

@@ -22,10 +22,18 @@ use crate::{
 /// Why a firing made no batch; the schedule stays and fires again next time.
 #[derive(Debug, thiserror::Error)]
 pub enum FireError {
+    /// The schedule's file could not be read, or holds no valid batch.
     #[error("reading {file}: {reason}")]
-    File { file: String, reason: String },
+    File {
+        /// The file, as the schedule names it.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+    /// The record failed.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The batch is written but not dispatched; the reconciler dispatches it.
     #[error("{0}")]
     Dispatch(String),
 }

@@ -18,6 +18,7 @@ pub use self::{fs::DirStore, s3::S3Store};
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct StoreError {
+    /// What went wrong, without secrets.
     pub message: String,
     /// Worth trying again later (server down, timeout, 5xx).
     pub retry: bool,
@@ -26,17 +27,24 @@ pub struct StoreError {
 /// What an object says about itself besides its bytes.
 #[derive(Debug, Clone)]
 pub struct ObjectMeta {
+    /// The MIME type.
     pub content_type: &'static str,
+    /// The seed it was rendered with.
     pub seed: u64,
+    /// The model that rendered it.
     pub model: String,
+    /// The job it belongs to.
     pub job_id: String,
 }
 
 /// One object to write.
 #[derive(Debug, Clone)]
 pub struct PutRequest {
+    /// The key.
     pub key: String,
+    /// The bytes.
     pub body: Bytes,
+    /// What the object says about itself.
     pub meta: ObjectMeta,
 }
 
@@ -96,7 +104,14 @@ pub(crate) fn over_cap(url: &str, cap: u64) -> StoreError {
 /// S3-compatible server, or a local path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Location<'a> {
-    S3 { bucket: &'a str, key: &'a str },
+    /// An object, or a prefix, in a bucket.
+    S3 {
+        /// The bucket.
+        bucket: &'a str,
+        /// The key or prefix in it ("" for none).
+        key: &'a str,
+    },
+    /// A local path.
     Local(&'a str),
 }
 

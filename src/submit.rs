@@ -37,7 +37,9 @@ pub fn placed(batch: BatchId, jobs: &[NewJob], inserted: &[JobId]) -> Vec<Placed
 /// What a submit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Submitted {
+    /// The batch written.
     pub batch: BatchId,
+    /// Jobs written and dispatched.
     pub jobs: usize,
     /// Jobs whose id existed already were not added again.
     pub duplicates: usize,

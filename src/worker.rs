@@ -56,6 +56,7 @@ pub struct WorkerConfig {
     pub shutdown_deadline: Duration,
     /// Retry backoff: `base * 2^(attempt-1)`, capped, with jitter.
     pub backoff_base: Duration,
+    /// The longest wait between retries.
     pub backoff_max: Duration,
     /// How long an upload keeps retrying (store down) before the attempt fails.
     pub upload_deadline: Duration,
@@ -70,7 +71,9 @@ pub struct WorkerConfig {
     pub max_attempts: i32,
     /// This worker's name in the stream's consumer group and `renderq.workers`.
     pub id: String,
+    /// The device, as `renderq.workers` shows it.
     pub device: String,
+    /// The limits raw messages are checked against.
     pub limits: Limits,
     /// Signing keys and allowed internal hosts for batch webhooks.
     pub webhooks: crate::webhook::WebhookSettings,
@@ -143,6 +146,7 @@ pub(crate) struct Shared {
 /// What a worker did, returned when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkerReport {
+    /// Jobs this worker finished.
     pub jobs_done: u64,
     /// Jobs still held at the deadline and given back to the queue.
     pub released: usize,

@@ -18,6 +18,7 @@ use crate::{
 /// `renderq manifest BATCH`: which batch, in which format, written where.
 #[derive(Args, Debug)]
 pub struct ManifestArgs {
+    /// The batch id, as submit printed it.
     pub batch: String,
     /// csv or jsonl
     #[arg(long, default_value = "csv")]

@@ -18,8 +18,10 @@ use crate::{
 /// `renderq run FILE`: a submit and a worker in one process.
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// The file and how it becomes jobs.
     #[command(flatten)]
     pub submit: SubmitArgs,
+    /// How the in-process worker runs.
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }

@@ -28,6 +28,7 @@ pub struct SubmitArgs {
     /// signature under RENDERQ_WEBHOOK_SECRET, which must be set)
     #[arg(long)]
     pub webhook: Option<String>,
+    /// How the file becomes jobs.
     #[command(flatten)]
     pub options: SubmitOptions,
 }

@@ -50,8 +50,10 @@ pub struct PipelineArgs {
     /// This worker's name (default: host-pid-random)
     #[arg(long, env = "RENDERQ_WORKER_ID")]
     pub worker_id: Option<String>,
+    /// The remote endpoint behind `remote/<name>` models.
     #[command(flatten)]
     pub remote: RemoteOptions,
+    /// The diffusion models served.
     #[command(flatten)]
     pub diffusion: DiffusionOptions,
 }
@@ -59,6 +61,7 @@ pub struct PipelineArgs {
 /// `renderq worker`: the pipeline's options, and whether it also fires schedules.
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
+    /// How the worker runs.
     #[command(flatten)]
     pub pipeline: PipelineArgs,
     /// Also fire due schedules (one worker at a time leads)

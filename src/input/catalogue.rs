@@ -89,7 +89,9 @@ impl Template {
 /// How rows become jobs.
 #[derive(Debug, Clone)]
 pub struct Catalogue {
+    /// The prompt over the row's columns (`--template`).
     pub template: Template,
+    /// The object key over the columns (`--key`), if any.
     pub key: Option<Template>,
     /// Variants per row and the defaults for fields the rows do not set.
     pub options: SubmitOptions,

@@ -6,9 +6,11 @@ use crate::job::FieldError;
 /// One refused line (of a JSON Lines or CSV file).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LineError {
+    /// The line's number, from 1.
     pub line: usize,
     /// The CSV column at fault, when it is a column rather than a job field.
     pub column: Option<String>,
+    /// The field at fault, and why.
     pub error: FieldError,
 }
 
@@ -32,12 +34,17 @@ pub enum InputError {
     /// Lines that are not valid jobs: the first 20, and how many in all.
     #[error("{}", invalid_summary(.errors, *.total))]
     Invalid {
+        /// The refused lines reported.
         errors: Vec<LineError>,
+        /// How many lines were refused in all.
         total: usize,
     },
+    /// The file could not be read.
     #[error("reading {path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// What the system said.
         source: std::io::Error,
     },
     /// The file or the batch is over a limit (bytes per submit, jobs per batch).
@@ -47,6 +54,7 @@ pub enum InputError {
     /// out of range, a CSV file without a template); the message names the flag.
     #[error("{0}")]
     Options(String),
+    /// The file holds no job.
     #[error("the file has no jobs")]
     Empty,
 }

@@ -8,9 +8,12 @@ use super::JobId;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
+    /// PNG, lossless (the default).
     #[default]
     Png,
+    /// WebP, lossless.
     Webp,
+    /// JPEG (`jpg` is accepted too).
     #[serde(alias = "jpg")]
     Jpeg,
 }
@@ -39,29 +42,42 @@ impl ImageFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
+    /// What to draw.
     pub prompt: String,
+    /// What to steer away from (diffusion models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub negative_prompt: Option<String>,
+    /// Width in pixels (512 by default).
     #[serde(default = "default_side")]
     pub width: u32,
+    /// Height in pixels (512 by default).
     #[serde(default = "default_side")]
     pub height: u32,
+    /// Denoising steps (the model's default if unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<u32>,
+    /// Classifier-free guidance scale (the model's default if unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance: Option<f64>,
+    /// The seed; without it one is derived from the job's id and recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// The model that renders it (`placeholder` by default).
     #[serde(default = "default_model")]
     pub model: String,
+    /// The image encoding.
     #[serde(default)]
     pub format: ImageFormat,
+    /// Higher is claimed first; 0 by default, within ±1000.
     #[serde(default)]
     pub priority: i32,
+    /// The producer's own id for the job; a repeated id makes no second job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<JobId>,
+    /// The object key under the store's prefix (the extension is added).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_key: Option<String>,
+    /// The producer's own data, kept with the job (CSV rows keep their columns here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -83,16 +99,27 @@ fn default_model() -> String {
 /// Limits enforced at the edge. Each error names the limit it broke.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Longest prompt, in characters.
     pub max_prompt_chars: usize,
+    /// Smallest width or height.
     pub min_side: u32,
+    /// Largest width or height.
     pub max_side: u32,
+    /// Most pixels in one image.
     pub max_pixels: u64,
+    /// Most denoising steps.
     pub max_steps: u32,
+    /// Largest guidance scale.
     pub max_guidance: f64,
+    /// Longest `output_key`, in bytes.
     pub max_output_key_len: usize,
+    /// Largest `metadata`, in bytes of JSON.
     pub max_metadata_bytes: usize,
+    /// Longest line of a submit file (one job), in bytes.
     pub max_line_bytes: usize,
+    /// Largest submit file, in bytes.
     pub max_file_bytes: u64,
+    /// Most jobs in one batch.
     pub max_jobs_per_batch: usize,
 }
 
@@ -118,7 +145,9 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("field `{field}`: {reason}")]
 pub struct FieldError {
+    /// The field at fault (`line` for the line as a whole).
     pub field: &'static str,
+    /// Why, naming the limit it broke.
     pub reason: String,
 }
 

@@ -84,7 +84,9 @@ pub const PROBE_AFTER: u32 = 64;
 /// calls have fitted since.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryLimit {
+    /// The smallest group size that ran out of memory, if one did.
     pub too_big: Option<usize>,
+    /// Calls that fitted since.
     pub fitted: u32,
 }
 

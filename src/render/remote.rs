@@ -45,8 +45,10 @@ pub enum Flavor {
 /// How an OpenAI-style endpoint returns the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ResponseFormat {
+    /// Images in the answer, base64-encoded.
     #[value(name = "b64_json")]
     B64Json,
+    /// URLs in the answer, then fetched (the key goes only to the endpoint's origin).
     Url,
 }
 
@@ -65,8 +67,11 @@ pub struct RemoteConfig {
     /// The API's base, e.g. `http://npu-host:30000/v1`; requests go to
     /// `{base}/images/generations`.
     pub base_url: String,
+    /// The bearer key (`RENDERQ_REMOTE_API_KEY`).
     pub api_key: Option<String>,
+    /// The API's dialect.
     pub flavor: Flavor,
+    /// How an openai-flavoured endpoint returns images.
     pub response_format: ResponseFormat,
     /// Requests in flight to this endpoint, across all jobs of this worker.
     pub concurrency: usize,
@@ -74,6 +79,7 @@ pub struct RemoteConfig {
     pub timeout: Duration,
     /// Tries per job within one render before the job's own retry takes over.
     pub attempts: u32,
+    /// The first wait before a retry (doubling).
     pub backoff: Duration,
     /// Largest response body read (an image as JSON base64, or fetched by URL).
     pub max_response_bytes: usize,

@@ -21,7 +21,9 @@ use candle_transformers::models::{
 /// CLIP; the generic CLIP config is the one whose sizes a test can choose.
 #[derive(Clone, Debug)]
 pub enum TextArch {
+    /// Stable Diffusion's CLIP text encoder (1.x, 2.x, the first of SDXL).
     Sd(SdClipConfig),
+    /// OpenCLIP's text encoder with projection (the second of SDXL).
     Clip(ClipTextConfig),
 }
 
@@ -46,6 +48,7 @@ impl TextArch {
 /// One text encoder: its shape and where its files live in the diffusers layout.
 #[derive(Clone, Debug)]
 pub struct TextEncoderArch {
+    /// Its shape.
     pub arch: TextArch,
     /// `text_encoder` or `text_encoder_2`.
     pub dir: &'static str,
@@ -59,14 +62,19 @@ pub struct TextEncoderArch {
 /// The shape of a Stable Diffusion model: its UNet, VAE, text encoders and schedule.
 #[derive(Clone, Debug)]
 pub struct Architecture {
+    /// The UNet's shape.
     pub unet: UNet2DConditionModelConfig,
+    /// The VAE's shape.
     pub vae: AutoEncoderKLConfig,
     /// Latents are divided by this before decoding.
     pub vae_scale: f64,
     /// One or two (SDXL); their outputs are concatenated.
     pub text: Vec<TextEncoderArch>,
+    /// The noise schedule.
     pub scheduler: Arc<DDIMSchedulerConfig>,
+    /// Steps of a job that sets none.
     pub default_steps: u32,
+    /// Guidance of a job that sets none.
     pub default_guidance: f64,
     /// Width and height must be multiples of this.
     pub size_multiple: u32,

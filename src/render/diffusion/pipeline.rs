@@ -33,8 +33,10 @@ pub enum PipelineError {
     /// A weight or tokenizer file that cannot be used; names the file.
     #[error("{0}")]
     File(String),
+    /// The device ran out of memory: try fewer images per call.
     #[error("{0}")]
     OutOfMemory(String),
+    /// Any other device or shape error.
     #[error("{0}")]
     Device(String),
 }
@@ -92,16 +94,22 @@ struct TextEncoder {
 /// One job of a batch.
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// What to draw.
     pub prompt: String,
+    /// What to steer away from ("" for none).
     pub negative_prompt: String,
+    /// The seed of its initial noise.
     pub seed: u64,
 }
 
 /// Time spent in each stage of one batch.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timings {
+    /// Time spent encoding prompts.
     pub text: Duration,
+    /// Time spent in the UNet.
     pub denoise: Duration,
+    /// Time spent decoding latents.
     pub decode: Duration,
     /// Distinct texts (prompts and negative prompts) put through the text encoders:
     /// a text that recurs in a batch (an empty negative prompt, most often) once.

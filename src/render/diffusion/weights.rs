@@ -11,7 +11,9 @@ use crate::render::RenderError;
 /// The files one model loads.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
+    /// The UNet's weights.
     pub unet: PathBuf,
+    /// The VAE's weights.
     pub vae: PathBuf,
     /// Per text encoder: (weights, tokenizer.json).
     pub text: Vec<(PathBuf, PathBuf)>,
