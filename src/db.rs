@@ -300,6 +300,9 @@ pub trait Attempts: Send + Sync {
     async fn placement(&self, ids: &[JobId]) -> Result<Vec<Placed>, DbError>;
     /// Current state and attempt of jobs (missing ids are left out).
     async fn states(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobState, i32)>, DbError>;
+    /// Up to `limit` `retrying` jobs of `queue` whose backoff is over, soonest first:
+    /// the due retries of database dispatch, where the row is the wait.
+    async fn due_retries(&self, queue: &str, limit: i64) -> Result<Vec<JobId>, DbError>;
     /// `retrying` → `queued` for `ids`; returns those now `queued`.
     async fn requeue_due(&self, ids: &[JobId]) -> Result<Vec<JobId>, DbError>;
     /// `running` → `queued` (fenced) for attempts a draining worker gives back.

@@ -1,8 +1,8 @@
 //! Dispatch: how jobs reach workers. The record says what a job is; dispatch only says
 //! "this one is yours now" and keeps that lease alive. Three dispatchers: Redis
 //! Streams, and the Postgres or SQLite record's own table. The core trait is what
-//! every one of them does; [`Reconcile`] is what only Redis needs (it can lose jobs the
-//! record still has).
+//! every one of them does; [`DelayedSet`] and [`Reconcile`] are what only Redis needs
+//! (it keeps retries outside the record, and can lose jobs the record still has).
 
 pub mod postgres;
 pub mod redis;
@@ -99,16 +99,13 @@ pub trait Dispatch: Send + Sync {
     ) -> Result<Vec<String>, DispatchError>;
     /// Forgets finished deliveries (acknowledged and deleted).
     async fn ack(&self, entries: &[String]) -> Result<(), DispatchError>;
-    /// Forgets a delivery and puts its job in the delayed set until `due_ms` (Unix ms).
-    async fn defer(&self, entry: &str, job: JobId, due_ms: i64) -> Result<(), DispatchError>;
-    /// Jobs in the delayed set whose time has come.
-    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<JobId>, DispatchError>;
-    /// Moves due jobs (already `queued` in the record) from the delayed set to the queue.
-    async fn move_due(&self, ids: &[JobId]) -> Result<usize, DispatchError>;
-    /// Forgets jobs in the delayed set that are no longer waiting (cancelled, finished).
-    async fn drop_due(&self, ids: &[JobId]) -> Result<(), DispatchError>;
     /// Gives a delivery back: acknowledged, and its job dispatched anew.
     async fn release(&self, entry: &str, job: JobId) -> Result<(), DispatchError>;
+    /// Where retries wait out their backoff; `None` when dispatch lives in the record,
+    /// whose `retrying` rows and their `run_at` are the wait.
+    fn delayed(&self) -> Option<&dyn DelayedSet> {
+        None
+    }
     /// What the reconciler compares with the record; `None` when dispatch lives in
     /// the record and cannot lose a job.
     fn reconcile(&self) -> Option<&dyn Reconcile> {
@@ -147,6 +144,20 @@ pub struct Snapshot {
     pub entries: u64,
     /// Pages copied so far.
     pub pages: u64,
+}
+
+/// Retries waiting out their backoff outside the record (a sorted set on Redis), so a
+/// dispatcher that keeps its own queue hands them out again when they are due.
+#[async_trait]
+pub trait DelayedSet: Send + Sync {
+    /// Forgets a delivery and puts its job in the delayed set until `due_ms` (Unix ms).
+    async fn defer(&self, entry: &str, job: JobId, due_ms: i64) -> Result<(), DispatchError>;
+    /// Jobs in the delayed set whose time has come.
+    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<JobId>, DispatchError>;
+    /// Moves due jobs (already `queued` in the record) from the delayed set to the queue.
+    async fn move_due(&self, ids: &[JobId]) -> Result<usize, DispatchError>;
+    /// Forgets jobs in the delayed set that are no longer waiting (cancelled, finished).
+    async fn drop_due(&self, ids: &[JobId]) -> Result<(), DispatchError>;
 }
 
 /// What a dispatch that can lose jobs (Redis) offers the reconciler. The snapshot of

@@ -77,9 +77,10 @@ async fn a_retry_keeps_its_priority_on_redis() {
     assert!(urgent.contains(&first[0].0));
     let (id, handle) = &first[0];
     let now = chrono::Utc::now().timestamp_millis();
-    env.dispatch.defer(handle, *id, now).await.unwrap();
-    assert_eq!(env.dispatch.due(now, 10).await.unwrap(), vec![*id]);
-    assert_eq!(env.dispatch.move_due(&[*id]).await.unwrap(), 1);
+    let delayed = env.dispatch.delayed().expect("Redis keeps a delayed set");
+    delayed.defer(handle, *id, now).await.unwrap();
+    assert_eq!(delayed.due(now, 10).await.unwrap(), vec![*id]);
+    assert_eq!(delayed.move_due(&[*id]).await.unwrap(), 1);
     let main: usize = redis::cmd("XLEN")
         .arg(env.stream())
         .query_async(&mut env.redis().await)

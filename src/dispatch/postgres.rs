@@ -1,8 +1,8 @@
 //! Dispatch through the Postgres record, for deployments without Redis: the
 //! `renderq.jobs` table is the queue. Work is leased with `FOR UPDATE SKIP LOCKED`, so
 //! workers never wait on each other's rows; heartbeats push the lease forward; rows
-//! whose lease ran out are taken over. Retries wait in the table (`retrying`, `run_at`).
-//! Higher `priority` is taken first; batches share each level fairly.
+//! whose lease ran out are taken over. Retries wait in the table (`retrying`, `run_at`),
+//! so there is no delayed set: the worker asks the record for due retries. Higher `priority` is taken first; batches share each level fairly.
 //!
 //! The lease columns (`lease_owner`, `lease_until`) belong to this dispatcher alone:
 //! the record never writes them, and a heartbeat extends only leases of running jobs.
@@ -186,31 +186,6 @@ impl Dispatch for PgDispatch {
     }
 
     async fn ack(&self, _entries: &[String]) -> Result<(), DispatchError> {
-        Ok(())
-    }
-
-    async fn defer(&self, _entry: &str, _job: JobId, _due_ms: i64) -> Result<(), DispatchError> {
-        Ok(())
-    }
-
-    async fn due(&self, _now_ms: i64, limit: usize) -> Result<Vec<JobId>, DispatchError> {
-        let rows = sqlx::query(
-            "SELECT id FROM renderq.jobs WHERE queue = $1 AND state = 'retrying' AND run_at <= now()
-             ORDER BY run_at LIMIT $2",
-        )
-        .bind(&self.queue)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
-    }
-
-    async fn move_due(&self, ids: &[JobId]) -> Result<usize, DispatchError> {
-        Ok(ids.len())
-    }
-
-    async fn drop_due(&self, _ids: &[JobId]) -> Result<(), DispatchError> {
         Ok(())
     }
 

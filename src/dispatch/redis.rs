@@ -19,6 +19,7 @@
 //! behind a big one. Finished entries are acknowledged and deleted at once: Redis
 //! holds only work in flight.
 
+mod delayed;
 mod queue;
 mod repair;
 
@@ -35,7 +36,7 @@ use redis::{
     streams::{StreamAutoClaimReply, StreamId, StreamReadReply},
 };
 
-use super::{Delivery, Dispatch, DispatchError, Payload, Reconcile, Snapshot};
+use super::{DelayedSet, Delivery, Dispatch, DispatchError, Payload, Reconcile, Snapshot};
 use crate::job::{BatchId, JobId};
 
 /// Functions shared by the scripts that add to a batch's stream.

@@ -1,8 +1,9 @@
 //! Dispatch through the SQLite record (the embedded default): the `jobs` table is the
 //! queue. Taking work is one atomic `UPDATE … RETURNING` that leases rows to this
 //! worker; heartbeats push the lease forward; rows whose lease ran out are taken over.
-//! Retries wait in the table (`state = 'retrying'`, `run_at`), so acknowledging,
-//! deferring and moving due retries need no work here.
+//! Retries wait in the table (`state = 'retrying'`, `run_at`): this dispatcher has no
+//! delayed set (the worker asks the record for due retries), and acknowledging needs
+//! no work.
 //!
 //! The lease columns (`lease_owner`, `lease_until`) belong to this dispatcher alone:
 //! the record never writes them, and a heartbeat extends only leases of running jobs.
@@ -220,34 +221,6 @@ impl Dispatch for SqliteDispatch {
 
     async fn ack(&self, _entries: &[String]) -> Result<(), DispatchError> {
         Ok(()) // a finished row is no longer `queued`: nothing to remove
-    }
-
-    async fn defer(&self, _entry: &str, _job: JobId, _due_ms: i64) -> Result<(), DispatchError> {
-        Ok(()) // the row is `retrying` with its `run_at`
-    }
-
-    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<JobId>, DispatchError> {
-        let rows = sqlx::query(
-            "SELECT id FROM jobs WHERE queue = ? AND state = 'retrying' AND run_at <= ? ORDER BY run_at LIMIT ?",
-        )
-        .bind(&self.queue)
-        .bind(now_ms)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| r.get::<String, _>(0).parse().ok())
-            .collect())
-    }
-
-    async fn move_due(&self, ids: &[JobId]) -> Result<usize, DispatchError> {
-        Ok(ids.len()) // `requeue_due` made them `queued`, which is all a row needs
-    }
-
-    async fn drop_due(&self, _ids: &[JobId]) -> Result<(), DispatchError> {
-        Ok(())
     }
 
     async fn release(&self, _entry: &str, job: JobId) -> Result<(), DispatchError> {

@@ -42,7 +42,15 @@ pub(crate) async fn move_due_retries(s: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
         let now = chrono::Utc::now().timestamp_millis();
-        let due = match s.dispatch.due(now, 500).await {
+        let delayed = s.dispatch.delayed();
+        let due = match delayed {
+            Some(set) => set.due(now, 500).await.map_err(|e| e.to_string()),
+            None => (s.record)
+                .due_retries(s.dispatch.queue(), 500)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        let due = match due {
             Ok(d) if d.is_empty() => continue,
             Ok(d) => d,
             Err(e) => {
@@ -57,13 +65,17 @@ pub(crate) async fn move_due_retries(s: Arc<Shared>, stop: CancellationToken) {
                 continue;
             }
         };
+        // On database dispatch `queued` is all a row needs; a delayed set hands them out.
+        let Some(set) = delayed else {
+            continue;
+        };
         let gone: Vec<_> = due
             .iter()
             .filter(|id| !queued.contains(id))
             .copied()
             .collect();
-        let moved = s.dispatch.move_due(&queued).await;
-        let dropped = s.dispatch.drop_due(&gone).await;
+        let moved = set.move_due(&queued).await;
+        let dropped = set.drop_due(&gone).await;
         if let Err(e) = moved.and(dropped) {
             warn!("moving due retries failed: {e}");
         }

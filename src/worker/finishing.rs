@@ -167,10 +167,13 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
         for ((item, outcome), rec) in batch.iter().zip(&recorded) {
             match rec {
                 Recorded::Moved(JobState::Retrying, run_at) => {
-                    let due = run_at.map(|t| t.timestamp_millis()).unwrap_or(0);
-                    if let Err(e) = s.dispatch.defer(&item.entry, item.job.id, due).await {
-                        // The delivery stays pending; after its lease it is taken over.
-                        warn!(job = %item.job.id, "could not schedule the retry: {e}");
+                    // On database dispatch the row (`retrying`, `run_at`) is the wait.
+                    if let Some(set) = s.dispatch.delayed() {
+                        let due = run_at.map(|t| t.timestamp_millis()).unwrap_or(0);
+                        if let Err(e) = set.defer(&item.entry, item.job.id, due).await {
+                            // The delivery stays pending; after its lease it is taken over.
+                            warn!(job = %item.job.id, "could not schedule the retry: {e}");
+                        }
                     }
                 }
                 Recorded::Moved(state, _) => {

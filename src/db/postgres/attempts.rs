@@ -222,6 +222,18 @@ impl Attempts for PgRecord {
 
     /// Moves due retries back to `queued`. Returns the jobs now `queued` among `ids`
     /// (including ones an earlier, interrupted move left queued).
+    async fn due_retries(&self, queue: &str, limit: i64) -> Result<Vec<JobId>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id FROM renderq.jobs WHERE queue = $1 AND state = 'retrying' AND run_at <= now()
+             ORDER BY run_at LIMIT $2",
+        )
+        .bind(queue)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
+    }
+
     async fn requeue_due(&self, ids: &[JobId]) -> Result<Vec<JobId>, DbError> {
         let ids: Vec<Uuid> = ids.iter().map(|j| j.0).collect();
         sqlx::query(

@@ -166,6 +166,19 @@ impl Attempts for SqliteRecord {
         Ok(out)
     }
 
+    async fn due_retries(&self, queue: &str, limit: i64) -> Result<Vec<JobId>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id FROM jobs WHERE queue = ? AND state = 'retrying' AND run_at <= ?
+             ORDER BY run_at LIMIT ?",
+        )
+        .bind(queue)
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(JobId(r.uuid(0)?))).collect()
+    }
+
     async fn requeue_due(&self, ids: &[JobId]) -> Result<Vec<JobId>, DbError> {
         let mut con = self.pool.acquire().await?;
         let mut tx = con.begin_with("BEGIN IMMEDIATE").await?;
