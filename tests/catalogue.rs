@@ -176,6 +176,16 @@ async fn bad_catalogues_are_refused_naming_line_and_column_with_nothing_queued()
         err.contains("`colour`") && err.contains("sku, name"),
         "{err}"
     );
+    // Options that cannot be used are refused input too, naming the flag.
+    for (args, says) in [
+        (&[][..], "--template"),
+        (&["--template", "photo of {name"][..], "--template:"),
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
     let out = run(&["--template", "photo of {name}", "--key", "{sku}"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 3: column `name`: is empty"), "{err}");
