@@ -2,6 +2,7 @@
 //! defaults) and calls the library.
 
 mod bench;
+mod listen;
 mod logging;
 mod manifest;
 mod run;
@@ -115,7 +116,7 @@ pub enum Command {
     #[command(subcommand)]
     Schedule(schedules::ScheduleCommand),
     /// Fire due schedules until SIGTERM / SIGINT
-    Scheduler,
+    Scheduler(listen::ListenArgs),
     /// Measure drain throughput and submit time (noop model, tiny images)
     Bench(BenchArgs),
 }
@@ -176,7 +177,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(args) => run::run(g, args).await,
         Command::Schedule(cmd) => schedules::command(g, cmd).await,
-        Command::Scheduler => schedules::scheduler(g).await,
+        Command::Scheduler(listen) => schedules::scheduler(g, listen).await,
         Command::Retry {
             batch,
             max_attempts,

@@ -227,6 +227,8 @@ pub struct WorkerInfo {
 pub trait Record: Batches + Attempts + Status + Schedules + Webhooks + Fleet {
     /// Applies this backend's migrations.
     async fn migrate(&self) -> Result<(), DbError>;
+    /// One round trip to the database, for readiness.
+    async fn ping(&self) -> Result<(), DbError>;
 }
 
 /// Writing batches and steering them: what producers and operators do.
@@ -402,6 +404,9 @@ pub trait Fleet: Send + Sync {
         silent_ms: i64,
         limit: i64,
     ) -> Result<Vec<(JobId, i32)>, DbError>;
+    /// A queue's unfinished jobs by state (`queued`, `running`, `retrying`), each read
+    /// through a partial index: the backlog metric and autoscalers ask it often.
+    async fn backlog(&self, queue: &str) -> Result<Vec<(JobState, i64)>, DbError>;
     /// Tries to become the one leader for `name` among all processes on this record.
     async fn lead(&self, name: &str) -> Result<Option<Leadership>, DbError>;
 }

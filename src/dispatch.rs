@@ -91,6 +91,8 @@ pub trait Dispatch: Send + Sync {
         lease_ms: u64,
         count: usize,
     ) -> Result<Vec<Delivery>, DispatchError>;
+    /// One round trip to the dispatcher, for readiness.
+    async fn ping(&self) -> Result<(), DispatchError>;
     /// Renews the leases of `entries`; returns those this consumer no longer holds.
     async fn heartbeat(
         &self,

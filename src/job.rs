@@ -38,6 +38,8 @@ pub struct ClaimedJob {
     pub seed: u64,
     /// What to render.
     pub spec: JobSpec,
+    /// When it was submitted (for the time from submit to claim).
+    pub submitted_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A job and where it waits: its batch (if any) and its priority.

@@ -7,6 +7,7 @@
 //! - [`job`]: ids, the lifecycle ([`job::JobState`]), the job JSON and its limits, and
 //!   the shapes a job takes on its way (new, placed in a lane, claimed).
 //! - [`redact`]: keeping secrets out of what is printed.
+//! - [`telemetry`]: Prometheus metrics, liveness and readiness, served on `--listen`.
 //! - [`input`]: a submit file (JSON Lines, or CSV through templates) read into
 //!   validated jobs, with the one [`input::SubmitOptions`].
 //! - [`schedule`]: cron schedules as stored, and when each is due.
@@ -42,6 +43,7 @@ pub mod scheduler;
 pub mod sheet;
 pub mod store;
 pub mod submit;
+pub mod telemetry;
 pub mod webhook;
 pub mod worker;
 

@@ -155,6 +155,12 @@ pub trait Renderer: Send + Sync {
     /// Renders every request of a batch (all share one `BatchKey`). Returns exactly one
     /// result per request, in order.
     async fn render(&self, batch: &[RenderRequest]) -> Vec<Result<RgbImage, RenderError>>;
+
+    /// Loads what the first call would need (weights), so a worker reports ready only
+    /// once it can render. Models with nothing to load have nothing to do.
+    async fn prepare(&self) -> Result<(), RenderError> {
+        Ok(())
+    }
 }
 
 /// The models a worker serves, by name.

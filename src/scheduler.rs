@@ -16,7 +16,7 @@ use crate::{
     job::{BatchId, Limits},
     schedule::Schedule,
     store::{Location, Store},
-    submit,
+    submit, telemetry,
 };
 
 /// Why a firing made no batch; the schedule stays and fires again next time.
@@ -145,10 +145,12 @@ pub async fn run(
 ) {
     let mut leadership = None;
     loop {
+        telemetry::idle_current();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.cancelled() => return,
         }
+        telemetry::tick_current();
         if lead && leadership.is_none() {
             match record.lead("renderq-scheduler").await {
                 Ok(Some(l)) => leadership = Some(l),
@@ -176,6 +178,7 @@ pub async fn tick(
             continue;
         };
         if skipped > 0 {
+            telemetry::metrics().fired("missed", skipped as u64);
             warn!(
                 schedule = schedule.name,
                 skipped, "the scheduler was down: firing only the most recent missed time, {at}"
@@ -183,10 +186,14 @@ pub async fn tick(
         }
         match fire(record, dispatch, &schedule, at).await {
             Ok(Some(batch)) => {
+                telemetry::metrics().fired("fired", 1);
                 info!(schedule = schedule.name, %batch, scheduled_for = %at, "fired")
             }
             Ok(None) => {} // another scheduler fired it
-            Err(e) => warn!(schedule = schedule.name, scheduled_for = %at, "firing failed: {e}"),
+            Err(e) => {
+                telemetry::metrics().fired("failed", 1);
+                warn!(schedule = schedule.name, scheduled_for = %at, "firing failed: {e}")
+            }
         }
     }
     Ok(())

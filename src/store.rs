@@ -54,6 +54,8 @@ const PUTS_AT_ONCE: usize = 16;
 /// Where images go: an S3-compatible bucket or a local directory.
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// Whether the store answers and its bucket or directory is there, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
     /// Writes the object; returns only once the store has acknowledged it.
     async fn put(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> Result<(), StoreError>;
     /// Writes several objects; one result per request, in order.
@@ -189,6 +191,7 @@ mod tests {
             attempt: 1,
             seed: 1,
             spec,
+            submitted_at: None,
         }
     }
 

@@ -241,6 +241,12 @@ pub async fn deliver(
     let id = format!("msg_{}_{finished}", batch.0.simple());
     let status = send(&url, &id, summary.to_string(), backoff, &settings).await;
     info!(%batch, url = %webhook_origin(&url), "webhook {status}");
+    let outcome = if status.starts_with("delivered") {
+        "delivered"
+    } else {
+        "failed"
+    };
+    crate::telemetry::metrics().webhook(outcome);
     if let Err(e) = record.set_webhook_status(batch, &status).await {
         warn!(%batch, "webhook status not recorded: {e}");
     }

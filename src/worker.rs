@@ -16,6 +16,7 @@
 //! `--concurrency` permits bound the jobs between intake and complete.
 
 mod background;
+pub use background::probe_record_and_dispatch;
 mod finishing;
 mod intake;
 mod reconcile;
@@ -41,6 +42,7 @@ use crate::{
     job::{BatchId, ClaimedJob, JobId, Limits},
     render::Renderers,
     store::Store,
+    telemetry::{Health, metrics, watched},
 };
 
 /// How a worker behaves. Every field has a flag and a variable (see the CLI).
@@ -141,7 +143,20 @@ pub(crate) struct Shared {
     pub jobs_done: AtomicU64,
     /// Wakes the webhook sender: this worker just finished a batch.
     pub webhooks_due: Notify,
+    /// Liveness of the loops, readiness of what the worker needs.
+    pub health: Arc<Health>,
 }
+
+impl Shared {
+    /// Publishes how many jobs are in flight.
+    fn count_in_flight(&self, n: usize) {
+        metrics().in_flight(self.dispatch.queue(), n);
+    }
+}
+
+/// A loop busy this long without progress is reported stuck on `/livez`, unless
+/// `--stall-secs` says otherwise: longer than a model's load or a device call takes.
+pub const DEFAULT_STALL: Duration = Duration::from_secs(600);
 
 /// What a worker did, returned when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -176,8 +191,17 @@ impl Worker {
                 in_flight: Mutex::new(HashMap::new()),
                 jobs_done: AtomicU64::new(0),
                 webhooks_due: Notify::new(),
+                health: Health::new(DEFAULT_STALL),
             }),
         }
+    }
+
+    /// Reports liveness and readiness into `health` (served by `--listen`).
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("a worker is given its health before it runs")
+            .health = health;
+        self
     }
 
     /// Runs until `shutdown` is cancelled, then drains: no new claims; jobs in flight
@@ -199,10 +223,22 @@ impl Worker {
         // Both JoinSets abort their tasks when dropped: a worker whose `run` future is
         // dropped stops heartbeating at once, like a dead process.
         let background = CancellationToken::new();
+        let h = &s.health;
+        background::probe_readiness(&s);
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(background::heartbeat(s.clone(), background.clone()));
-        tasks.spawn(background::move_due_retries(s.clone(), background.clone()));
-        tasks.spawn(reconcile::run(s.clone(), background.clone()));
+        tasks.spawn(background::prepare_models(s.clone(), background.clone()));
+        tasks.spawn(watched(
+            h.watch("heartbeat"),
+            background::heartbeat(s.clone(), background.clone()),
+        ));
+        tasks.spawn(watched(
+            h.watch("retries"),
+            background::move_due_retries(s.clone(), background.clone()),
+        ));
+        tasks.spawn(watched(
+            h.watch("reconciler"),
+            reconcile::run(s.clone(), background.clone()),
+        ));
         // Webhooks stop after the pipeline: its last completions may finish a batch.
         let webhooks_stop = CancellationToken::new();
         let webhooks = tokio::spawn(webhooks::run(s.clone(), webhooks_stop.clone()));
@@ -214,9 +250,18 @@ impl Worker {
             shutdown.clone(),
         ));
         let mut pipeline = tokio::task::JoinSet::new();
-        pipeline.spawn(rendering::render(s.clone(), claimed_rx, rendered_tx));
-        pipeline.spawn(finishing::finish(s.clone(), rendered_rx, outcome_tx));
-        pipeline.spawn(finishing::complete(s.clone(), outcome_rx));
+        pipeline.spawn(watched(
+            h.watch("render"),
+            rendering::render(s.clone(), claimed_rx, rendered_tx),
+        ));
+        pipeline.spawn(watched(
+            h.watch("finish"),
+            finishing::finish(s.clone(), rendered_rx, outcome_tx),
+        ));
+        pipeline.spawn(watched(
+            h.watch("complete"),
+            finishing::complete(s.clone(), outcome_rx),
+        ));
 
         // Intake ends on its own (a dropped `run` future aborts it through `guard`).
         let guard = AbortOnDrop(intake.abort_handle());
@@ -224,6 +269,7 @@ impl Worker {
             _ = shutdown.cancelled() => {}
             res = &mut intake => warn!("intake stopped before shutdown: {res:?}"),
         }
+        s.health.drain();
         info!(worker = %cfg.id, deadline_secs = cfg.shutdown_deadline.as_secs_f64(), "draining");
         let started = tokio::time::Instant::now();
         // Intake's last read (at most one BLOCK long) must end before anything is
@@ -283,6 +329,7 @@ impl Drop for AbortOnDrop {
 /// took over, or that finished meanwhile, is left alone).
 async fn release_in_flight(s: &Shared) -> usize {
     let held: Vec<(String, (JobId, i32))> = s.in_flight.lock().unwrap().drain().collect();
+    s.count_in_flight(0);
     if held.is_empty() {
         return 0;
     }

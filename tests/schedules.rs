@@ -220,8 +220,9 @@ async fn schedules_from_the_command_line_fire_from_s3_in_the_scheduler() {
     );
     let list = renderq().args(["schedule", "list"]).output().unwrap();
     assert!(String::from_utf8_lossy(&list.stdout).contains("s3nightly"));
+    let port = common::drill::free_port();
     let mut scheduler = renderq()
-        .arg("scheduler")
+        .args(["scheduler", "--listen", &format!("127.0.0.1:{port}")])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -233,6 +234,27 @@ async fn schedules_from_the_command_line_fire_from_s3_in_the_scheduler() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The scheduler serves its health and counts its firings.
+    let base = format!("http://127.0.0.1:{port}");
+    for path in ["/livez", "/readyz"] {
+        let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
+    let mut firings = 0.0;
+    for _ in 0..50 {
+        let text = reqwest::get(format!("{base}/metrics")).await.unwrap();
+        let text = text.text().await.unwrap();
+        firings = text
+            .lines()
+            .find_map(|l| l.strip_prefix("renderq_schedule_firings_total{outcome=\"fired\"} "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if firings >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(firings >= 1.0, "the firing is counted");
     Command::new("kill")
         .args(["-TERM", &scheduler.id().to_string()])
         .status()

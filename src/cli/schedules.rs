@@ -44,12 +44,19 @@ pub struct AddArgs {
 }
 
 /// `renderq scheduler`: fires due schedules until SIGTERM / SIGINT.
-pub async fn scheduler(g: &Global) -> Result<ExitCode> {
+pub async fn scheduler(g: &Global, listen: super::listen::ListenArgs) -> Result<ExitCode> {
+    let health = listen.start().await?;
     let (record, dispatch) = connect(g, WorkerConfig::default().lease).await?;
+    crate::worker::probe_record_and_dispatch(&health, record.clone(), dispatch.clone());
     let stop = CancellationToken::new();
     tokio::spawn(signal_shutdown(stop.clone()));
     eprintln!("scheduler: firing the schedules of queue `{}`", g.queue);
-    crate::scheduler::run(record, dispatch, stop, false).await;
+    let firing = crate::scheduler::run(record, dispatch, stop.clone(), false);
+    let beat = health.watch("scheduler");
+    tokio::select! {
+        _ = crate::telemetry::watched(beat, firing) => {}
+        _ = stop.cancelled() => health.drain(),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -70,6 +70,9 @@ pub struct WorkerArgs {
     /// Attempts of jobs that arrive as raw stream messages
     #[arg(long, env = "RENDERQ_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: i32,
+    /// The health and metrics endpoints.
+    #[command(flatten)]
+    pub listen: super::listen::ListenArgs,
 }
 
 impl PipelineArgs {
@@ -119,6 +122,8 @@ impl PipelineArgs {
 
 pub async fn command(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
     let cfg = args.pipeline.config(args.max_attempts)?;
+    // Listening first: /livez answers while the record and models are reached.
+    let health = args.listen.start().await?;
     let (record, dispatch) = connect(g, cfg.lease).await?;
     let (scheduler_record, scheduler_dispatch) = (record.clone(), dispatch.clone());
     let store = store::open(&g.store).await?;
@@ -128,15 +133,14 @@ pub async fn command(g: &Global, args: WorkerArgs) -> Result<ExitCode> {
         dispatch,
         Arc::from(store),
         args.pipeline.renderers()?,
-    );
+    )
+    .with_health(health.clone());
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     let scheduler = args.scheduler.then(|| {
-        tokio::spawn(crate::scheduler::run(
-            scheduler_record,
-            scheduler_dispatch,
-            shutdown.clone(),
-            true,
+        tokio::spawn(crate::telemetry::watched(
+            health.watch("scheduler"),
+            crate::scheduler::run(scheduler_record, scheduler_dispatch, shutdown.clone(), true),
         ))
     });
     worker.run(shutdown).await;

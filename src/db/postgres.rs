@@ -84,6 +84,11 @@ impl Record for PgRecord {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
+
+    async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
 }
 
 impl PgRecord {

@@ -149,6 +149,11 @@ impl Record for SqliteRecord {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
+
+    async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
 }
 
 impl SqliteRecord {

@@ -163,6 +163,14 @@ impl Dispatch for SqliteDispatch {
         &self.queue
     }
 
+    async fn ping(&self) -> Result<(), DispatchError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     async fn enqueue(&self, _ids: &[JobId]) -> Result<(), DispatchError> {
         Ok(()) // a committed `queued` row is already on the queue
     }

@@ -165,12 +165,18 @@ impl DiffusionRenderer {
             self.model.clone(),
         );
         tracing::info!(model, ?files, "loading weights");
+        let started = std::time::Instant::now();
         let pipeline = tokio::task::spawn_blocking(move || {
             Pipeline::load(arch, &files, device, dtype)
                 .map_err(|e| RenderError::Abort(format!("model `{model}`: {e}")))
         })
         .await
         .map_err(|e| RenderError::Abort(format!("loading weights panicked: {e}")))??;
+        tracing::info!(
+            model = self.model,
+            secs = started.elapsed().as_secs_f64(),
+            "model loaded"
+        );
         let pipeline = Arc::new(pipeline);
         *slot = Some(pipeline.clone());
         Ok(pipeline)
@@ -226,6 +232,7 @@ where
                  shape start smaller: {e}"
             );
             limit.ran_out(samples.len());
+            crate::telemetry::metrics().oom_split();
             halves(limit)
         }
         Err(PipelineError::OutOfMemory(e)) => samples
@@ -245,6 +252,10 @@ where
 
 #[async_trait]
 impl Renderer for DiffusionRenderer {
+    async fn prepare(&self) -> Result<(), RenderError> {
+        self.pipeline().await.map(|_| ())
+    }
+
     async fn render(&self, batch: &[RenderRequest]) -> Vec<Result<RgbImage, RenderError>> {
         let Some(first) = batch.first() else {
             return Vec::new();

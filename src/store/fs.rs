@@ -213,6 +213,21 @@ fn write_at(dir: &OwnedFd, name: &OsStr, body: &[u8]) -> std::io::Result<()> {
 
 #[async_trait]
 impl Store for DirStore {
+    /// The root is made on the first write; the probe makes it, so a read-only or
+    /// misplaced root is reported before jobs fail on it.
+    async fn ping(&self) -> Result<(), StoreError> {
+        let fail = |e: std::io::Error| StoreError {
+            message: format!("the directory {}: {e}", self.root.display()),
+            retry: true,
+        };
+        tokio::fs::create_dir_all(&self.root).await.map_err(fail)?;
+        let meta = tokio::fs::metadata(&self.root).await.map_err(fail)?;
+        if meta.permissions().readonly() {
+            return Err(fail(std::io::Error::other("read-only")));
+        }
+        Ok(())
+    }
+
     /// One write (see `write_one`), one trip to the blocking pool.
     async fn put(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> Result<(), StoreError> {
         let put = PutRequest {

@@ -199,6 +199,16 @@ where
 
 #[async_trait]
 impl Store for S3Store {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| store_error(&format!("bucket `{}`", self.bucket), e))?;
+        Ok(())
+    }
+
     async fn put(&self, key: &str, body: Bytes, meta: &ObjectMeta) -> Result<(), StoreError> {
         if body.len() > MULTIPART_THRESHOLD {
             return self.put_multipart(key, body, meta).await;

@@ -19,6 +19,7 @@ use crate::{
 };
 
 use super::rendering::Rendered;
+use crate::telemetry::{idle_current, metrics, tick_current};
 
 /// Rendered images taken together for encoding and one `put_many`.
 const FINISH_CHUNK: usize = 64;
@@ -34,7 +35,9 @@ pub(crate) async fn finish(
     tx: mpsc::Sender<(InFlight, Outcome)>,
 ) {
     let chunks = futures::stream::unfold(rx, |mut rx| async move {
+        idle_current();
         let mut chunk = vec![rx.recv().await?];
+        tick_current();
         while chunk.len() < FINISH_CHUNK {
             match rx.try_recv() {
                 Ok(more) => chunk.push(more),
@@ -83,7 +86,12 @@ async fn finish_chunk(s: &Shared, chunk: Vec<Rendered>) -> Vec<(InFlight, Outcom
         }
     }
     let puts: Vec<PutRequest> = uploads.iter().map(|(_, p)| p.clone()).collect();
+    let started = std::time::Instant::now();
     let results = s.store.put_many(&puts).await;
+    if !puts.is_empty() {
+        metrics().uploaded(started.elapsed().as_secs_f64());
+    }
+    tick_current();
     for ((item, put), result) in uploads.into_iter().zip(results) {
         let outcome = match result {
             Ok(()) => Outcome::Stored { key: put.key },
@@ -98,6 +106,7 @@ async fn finish_chunk(s: &Shared, chunk: Vec<Rendered>) -> Vec<(InFlight, Outcom
 async fn encode_for(prefix: &str, item: &InFlight, image: RgbImage) -> Result<PutRequest, String> {
     let job = &item.job;
     let format = job.spec.format;
+    let started = std::time::Instant::now();
     let encoded = if image.width() * image.height() <= INLINE_ENCODE_PIXELS {
         encode(&image, format).map_err(|e| e.to_string())
     } else {
@@ -106,6 +115,7 @@ async fn encode_for(prefix: &str, item: &InFlight, image: RgbImage) -> Result<Pu
             .unwrap_or_else(|e| Err(format!("encoder panicked: {e}")))
     };
     let body = encoded.map_err(|e| format!("encoding {format:?}: {e}"))?;
+    metrics().encoded(started.elapsed().as_secs_f64());
     Ok(PutRequest {
         key: object_key(prefix, job),
         body: Bytes::from(body),
@@ -130,6 +140,7 @@ async fn retry_upload(s: &Shared, item: &InFlight, put: PutRequest, first: Store
         }
         warn!(job = %item.job.id, "upload failed (retrying in {wait:?}): {last}");
         tokio::time::sleep(wait).await;
+        tick_current();
         wait = (wait * 2).min(Duration::from_secs(5));
         match s.store.put(&put.key, put.body.clone(), &put.meta).await {
             Ok(()) => return Outcome::Stored { key: put.key },
@@ -145,7 +156,13 @@ const COMPLETE_CHUNK: usize = 1024;
 pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, Outcome)>) {
     // Completions are written even while draining; only the drain deadline stops them.
     let never = CancellationToken::new();
-    while let Some(first) = rx.recv().await {
+    let queue = s.dispatch.queue().to_string();
+    loop {
+        idle_current();
+        let Some(first) = rx.recv().await else {
+            break;
+        };
+        tick_current();
         let mut batch = vec![first];
         while batch.len() < COMPLETE_CHUNK {
             match rx.try_recv() {
@@ -165,8 +182,10 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
         let mut done = 0;
         let mut touched = std::collections::HashSet::new();
         for ((item, outcome), rec) in batch.iter().zip(&recorded) {
+            let model = item.job.spec.model.as_str();
             match rec {
                 Recorded::Moved(JobState::Retrying, run_at) => {
+                    metrics().finished(&queue, model, "retried");
                     // On database dispatch the row (`retrying`, `run_at`) is the wait.
                     if let Some(set) = s.dispatch.delayed() {
                         let due = run_at.map(|t| t.timestamp_millis()).unwrap_or(0);
@@ -177,6 +196,7 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
                     }
                 }
                 Recorded::Moved(state, _) => {
+                    metrics().finished(&queue, model, state.as_str());
                     done += 1;
                     touched.extend(item.job.batch_id);
                     ack.push(item.entry.clone());
@@ -191,7 +211,23 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
             // Cancelled or finished meanwhile: forget the delivery. Taken over by a
             // live worker: leave it to that worker.
             debug!(n = stale.len(), "stale attempts discarded");
-            if let Ok(states) = s.record.states(&stale).await {
+            let states = s.record.states(&stale).await;
+            for id in &stale {
+                let state = states
+                    .as_ref()
+                    .ok()
+                    .and_then(|all| all.iter().find(|st| st.0 == *id));
+                let outcome = match state {
+                    Some((_, JobState::Cancelled, _)) => "cancelled",
+                    _ => "stale",
+                };
+                let model = batch
+                    .iter()
+                    .find(|(i, _)| i.job.id == *id)
+                    .map(|(i, _)| i.job.spec.model.as_str());
+                metrics().finished(&queue, model.unwrap_or("unknown"), outcome);
+            }
+            if let Ok(states) = states {
                 for (id, state, _) in states {
                     if state.is_terminal()
                         && let Some((item, _)) = batch.iter().find(|(i, _)| i.job.id == id)
@@ -210,6 +246,7 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
             for (item, _) in &batch {
                 in_flight.remove(&item.entry);
             }
+            s.count_in_flight(in_flight.len());
         }
         s.jobs_done.fetch_add(done, Ordering::Relaxed);
         // Dropping `batch` returns the concurrency permits.

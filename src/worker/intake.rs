@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{InFlight, Shared};
+use crate::telemetry::{idle_current, metrics, tick_current, watched};
 use crate::{
     db::{ClaimRequest, Outcome},
     dispatch::{Delivery, Payload},
@@ -31,8 +32,11 @@ pub(crate) async fn run(
 ) {
     // One chunk waits while another is claimed: enough to keep both busy.
     let (tx, rx) = mpsc::channel(1);
-    let claimer = tokio::spawn(claim_chunks(s.clone(), rx, out, shutdown.clone()));
-    read(s, permits, tx, shutdown).await;
+    let claimer = tokio::spawn(watched(
+        s.health.watch("claim"),
+        claim_chunks(s.clone(), rx, out, shutdown.clone()),
+    ));
+    watched(s.health.watch("intake"), read(s, permits, tx, shutdown)).await;
     // The reader has stopped; chunks it read are still claimed and handed on.
     let _ = claimer.await;
 }
@@ -49,10 +53,12 @@ async fn read(
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         // Wait for room before taking anything: a job is only read when it can be held.
+        idle_current();
         let first = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
             _ = shutdown.cancelled() => break,
         };
+        tick_current();
         let mut held = vec![first];
         while held.len() < READ_CHUNK {
             match permits.clone().try_acquire_owned() {
@@ -80,6 +86,7 @@ async fn read(
                 failures += 1;
                 let wait = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
                 warn!("reading the queue failed (retrying in {wait:?}): {e}");
+                tick_current();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue,
                     _ = shutdown.cancelled() => break,
@@ -102,15 +109,24 @@ async fn claim_chunks(
     out: mpsc::Sender<InFlight>,
     shutdown: CancellationToken,
 ) {
-    while let Some((deliveries, held)) = rx.recv().await {
+    let queue = s.dispatch.queue().to_string();
+    loop {
+        idle_current();
+        let Some((deliveries, held)) = rx.recv().await else {
+            break;
+        };
+        tick_current();
         let claimed = claim(&s, deliveries, &shutdown).await;
+        count_claims(&queue, &claimed);
         let mut held = held.into_iter();
         for (job, entry) in claimed {
             let Some(permit) = held.next() else { break };
-            s.in_flight
-                .lock()
-                .unwrap()
-                .insert(entry.clone(), (job.id, job.attempt));
+            let n = {
+                let mut in_flight = s.in_flight.lock().unwrap();
+                in_flight.insert(entry.clone(), (job.id, job.attempt));
+                in_flight.len()
+            };
+            s.count_in_flight(n);
             let item = InFlight {
                 job,
                 entry,
@@ -122,6 +138,22 @@ async fn claim_chunks(
             }
         }
         // Permits left in `held` return to the semaphore here.
+    }
+}
+
+/// Counts claims by model, and each first attempt's wait since its submit.
+fn count_claims(queue: &str, claimed: &[(crate::job::ClaimedJob, String)]) {
+    let mut by_model: std::collections::HashMap<&str, u64> = Default::default();
+    let now = chrono::Utc::now();
+    for (job, _) in claimed {
+        *by_model.entry(job.spec.model.as_str()).or_default() += 1;
+        if let (1, Some(at)) = (job.attempt, job.submitted_at) {
+            let waited = (now - at).num_microseconds().unwrap_or(0).max(0);
+            metrics().claim_wait(queue, waited as f64 / 1e6);
+        }
+    }
+    for (model, n) in by_model {
+        metrics().claimed(queue, model, n);
     }
 }
 
@@ -214,6 +246,9 @@ async fn claim(
     if let Some(claimed) = claimed {
         let mut ended: Vec<BatchId> = claimed.failed.iter().filter_map(|f| f.1).collect();
         if !claimed.failed.is_empty() {
+            for _ in &claimed.failed {
+                metrics().finished(&queue, "unknown", "failed");
+            }
             warn!(
                 n = claimed.failed.len(),
                 "jobs failed at claim (attempts used up by dead workers, or an unreadable spec)"
@@ -231,6 +266,7 @@ async fn claim(
                 Err(e) => {
                     ended.extend(job.batch_id);
                     let error = format!("refused at claim: {e}");
+                    metrics().finished(&queue, &job.spec.model, "failed");
                     warn!(job = %job.id, "{error}");
                     refused.push((
                         job.id,
@@ -274,6 +310,8 @@ where
 {
     let mut wait = Duration::from_millis(100);
     loop {
+        // A retry is progress: a loop waiting out a database restart is not stuck.
+        tick_current();
         match f().await {
             Ok(v) => return Some(v),
             Err(e) => {

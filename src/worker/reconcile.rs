@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Shared;
+use crate::telemetry::{idle_current, metrics, tick_current};
 use crate::{
     db::Leadership,
     dispatch::{Reconcile, Snapshot},
@@ -69,7 +70,9 @@ struct Round {
 
 pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
     if s.dispatch.reconcile().is_none() {
-        return; // dispatch lives in the record: nothing can be lost
+        // Dispatch lives in the record: nothing can be lost, but the backlog is still
+        // published by one leader.
+        return publish_backlog(s, stop).await;
     }
     let name = format!("renderq-reconciler:{}", s.dispatch.queue());
     let mut lead: Option<Leadership> = None;
@@ -81,10 +84,12 @@ pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
         } else {
             s.cfg.reconcile_every
         };
+        idle_current();
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = stop.cancelled() => return,
         }
+        tick_current();
         if lead.is_none() {
             match s.record.lead(&name).await {
                 Ok(Some(l)) => {
@@ -116,12 +121,50 @@ pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
             Ok(Step::Continue(r)) => round = Some(r),
             Ok(Step::Done(r)) => {
                 report(&s, &r);
+                backlog(&s).await;
                 previous = r.suspects;
             }
             Err(e) => {
                 warn!("reconciler round failed: {e}");
                 lead = None; // the lock's connection may be gone; take it again
             }
+        }
+    }
+}
+
+/// The leader's other duty on database dispatch: the backlog metric.
+async fn publish_backlog(s: Arc<Shared>, stop: CancellationToken) {
+    let name = format!("renderq-backlog:{}", s.dispatch.queue());
+    let mut lead: Option<Leadership> = None;
+    loop {
+        idle_current();
+        tokio::select! {
+            _ = tokio::time::sleep(s.cfg.reconcile_every) => {}
+            _ = stop.cancelled() => return,
+        }
+        tick_current();
+        if lead.is_none() {
+            lead = s.record.lead(&name).await.ok().flatten();
+        }
+        if lead.is_some() && !backlog(&s).await {
+            lead = None; // the lock's connection may be gone; take it again
+        }
+    }
+}
+
+/// Reads the queue's unfinished jobs by state from the record into the metric.
+async fn backlog(s: &Shared) -> bool {
+    let queue = s.dispatch.queue();
+    match s.record.backlog(queue).await {
+        Ok(counts) => {
+            for (state, n) in counts {
+                metrics().backlog(queue, state.as_str(), n);
+            }
+            true
+        }
+        Err(e) => {
+            debug!("reading the backlog failed: {e}");
+            false
         }
     }
 }
@@ -270,6 +313,15 @@ fn report(s: &Shared, r: &Round) {
     let Phase::Orphans = r.phase else { return };
     let repaired = r.redispatched + r.rescheduled + r.rescued + r.failed;
     let took = r.started.elapsed();
+    let queue = s.dispatch.queue();
+    for (kind, n) in [
+        ("redispatched", r.redispatched),
+        ("rescheduled", r.rescheduled),
+        ("rescued", r.rescued),
+        ("failed", r.failed),
+    ] {
+        metrics().repaired(queue, kind, n);
+    }
     if repaired > 0 {
         info!(
             queue = s.dispatch.queue(),

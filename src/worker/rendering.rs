@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::{InFlight, Shared};
+use crate::telemetry::{idle_current, metrics, tick_current};
 use crate::{
     job::JobState,
     render::{BatchKey, RenderError, RenderRequest},
@@ -23,7 +24,11 @@ pub(crate) async fn render(
     tx: mpsc::Sender<Rendered>,
 ) {
     let max_batch = s.cfg.max_batch.max(1);
-    while let Some(first) = rx.recv().await {
+    loop {
+        idle_current();
+        let Some(first) = rx.recv().await else {
+            break;
+        };
         let mut pending = vec![first];
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
@@ -43,6 +48,7 @@ pub(crate) async fn render(
             }
         }
         for (key, group) in groups {
+            tick_current();
             let results = render_group(&s, &key.model, &group).await;
             for (item, result) in group.into_iter().zip(results) {
                 if tx.send((item, result)).await.is_err() {
@@ -131,8 +137,11 @@ async fn render_requests(
         let r = renderer.clone();
         async move {
             let n = reqs.len();
+            let started = std::time::Instant::now();
             // Its own task: a panic ends that task, not this stage.
-            match tokio::spawn(async move { r.render(&reqs).await }).await {
+            let rendered = tokio::spawn(async move { r.render(&reqs).await }).await;
+            metrics().device_call(model, n, started.elapsed().as_secs_f64());
+            match rendered {
                 Ok(out) if out.len() == n => Ok(out),
                 Ok(out) => Err(format!(
                     "renderer returned {} images for {n} requests",

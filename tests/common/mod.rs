@@ -2,6 +2,8 @@
 //! Redis keys) and its own bucket, on the real servers `scripts/services.sh` starts.
 #![allow(dead_code)]
 
+pub mod drill;
+
 use std::{sync::Arc, time::Duration};
 
 use renderq::{

@@ -41,7 +41,7 @@ impl Attempts for PgRecord {
                    FROM unnest($1::uuid[], $2::bool[]) AS u(id, takeover) OFFSET 0) AS c
              WHERE j.id = c.id
                AND (j.state = c.from_state OR (c.takeover AND j.state IN ('running', 'retrying')))
-             RETURNING j.id, j.batch_id, j.attempt, j.seed, j.spec",
+             RETURNING j.id, j.batch_id, j.attempt, j.seed, j.spec, j.created_at",
         )
         .bind(&ids)
         .bind(&takeover)
@@ -61,6 +61,7 @@ impl Attempts for PgRecord {
                     attempt,
                     seed: r.get::<i64, _>(3) as u64,
                     spec: spec.0,
+                    submitted_at: r.try_get(5).ok(),
                 }),
                 Err(sqlx::Error::ColumnDecode { source, .. }) => {
                     unreadable.push((id, batch_id, attempt, crate::db::unreadable_spec(source)))

@@ -33,7 +33,7 @@ impl Attempts for SqliteRecord {
             let row = sqlx::query(
                 "UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = ?, worker = ?, run_at = NULL
                  WHERE id = ? AND (state = 'queued' OR (? AND state IN ('running', 'retrying')))
-                 RETURNING batch_id, attempt, seed, spec",
+                 RETURNING batch_id, attempt, seed, spec, created_at",
             )
             .bind(now)
             .bind(worker)
@@ -51,6 +51,7 @@ impl Attempts for SqliteRecord {
                     attempt,
                     seed: row.get::<i64, _>(2) as u64,
                     spec,
+                    submitted_at: chrono::DateTime::from_timestamp_millis(row.get(4)),
                 }),
                 Err(e) => {
                     // Only this row fails; the rest of the chunk is claimed.

@@ -9,6 +9,12 @@ impl Dispatch for RedisDispatch {
         &self.queue
     }
 
+    async fn ping(&self) -> Result<(), DispatchError> {
+        let mut con = self.con.clone();
+        redis::cmd("PING").query_async::<()>(&mut con).await?;
+        Ok(())
+    }
+
     async fn enqueue(&self, ids: &[JobId]) -> Result<(), DispatchError> {
         let mut con = self.con.clone();
         for chunk in ids.chunks(XADD_CHUNK) {

@@ -1,0 +1,502 @@
+//! Servers a test owns (Redis, s3s-fs, a Postgres cluster), so it may kill and restart
+//! them, and the drill: a database, a queue, those servers and `renderq worker`
+//! processes, with the checks every drill ends with.
+
+use std::{
+    collections::HashMap,
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use renderq::{backend::Database, db::Record, store::S3Store};
+
+use super::*;
+
+pub const ACCESS: &str = "drill-access";
+pub const SECRET: &str = "drill-secret-key";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn wait_port(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing answers on port {port}");
+}
+
+pub fn sh(cmd: &str, args: &[&str]) {
+    let ok = Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "{cmd} {args:?}");
+}
+
+/// A server process of the drill's own on a free port: the drill kills it and starts it
+/// again on the same port (and the same data), and dropping it stops it.
+pub struct Server {
+    pub port: u16,
+    pub command: Box<dyn Fn(u16) -> Command + Send + Sync>,
+    pub child: Option<Child>,
+}
+
+impl Server {
+    pub async fn start(command: impl Fn(u16) -> Command + Send + Sync + 'static) -> Self {
+        let mut s = Server {
+            port: free_port(),
+            command: Box::new(command),
+            child: None,
+        };
+        s.up().await;
+        s
+    }
+    pub async fn up(&mut self) {
+        let mut command = (self.command)(self.port);
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+        self.child = Some(child);
+        wait_port(self.port).await;
+    }
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis server of the drill's own, without persistence.
+pub struct PrivateRedis(pub Server);
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        PrivateRedis(
+            Server::start(|port| {
+                let mut c = Command::new("redis-server");
+                c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"]);
+                c
+            })
+            .await,
+        )
+    }
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.0.port)
+    }
+}
+
+/// An s3s-fs server of the drill's own, on a directory that survives restarts (the
+/// server is declared first, so it stops before the directory goes).
+pub struct PrivateS3 {
+    pub server: Server,
+    pub _dir: tempfile::TempDir,
+}
+
+impl PrivateS3 {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let bin = std::env::var("RENDERQ_TEST_S3S_BIN").unwrap_or_else(|_| "s3s-fs".into());
+        let server = Server::start(move |port| {
+            let mut c = Command::new(&bin);
+            c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", ACCESS, "--secret-key", SECRET])
+                .arg(&root);
+            c
+        })
+        .await;
+        PrivateS3 { server, _dir: dir }
+    }
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.server.port)
+    }
+}
+
+/// One drill: a database, a queue, a Redis, an S3 server with a bucket, workers.
+pub struct Drill {
+    pub db_url: String,
+    pub record: Arc<dyn Record>,
+    pub queue: String,
+    pub redis: PrivateRedis,
+    pub s3: PrivateS3,
+    pub store: S3Store,
+    pub workers: Vec<(String, Child)>,
+    /// Workers dispatch through Redis; false: through the Postgres record.
+    pub use_redis: bool,
+    /// `succeeded` events seen per job (NOTIFY renderq_events).
+    pub succeeded_events: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drill {
+    pub async fn new(db_url: Option<String>) -> Drill {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let db_url = match db_url {
+            Some(u) => u,
+            None => {
+                let name = unique("rq_t_");
+                let admin = sqlx::PgPool::connect(&admin_url()).await.unwrap();
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                format!("{}/{name}", admin_url().rsplit_once('/').unwrap().0)
+            }
+        };
+        let record = Database::open(Some(&db_url), true).await.unwrap().record();
+        let redis = PrivateRedis::start().await;
+        let s3 = PrivateS3::start().await;
+        let store = S3Store::from_parts(&s3.endpoint(), ACCESS, SECRET, "drill", "out");
+        store
+            .client()
+            .create_bucket()
+            .bucket("drill")
+            .send()
+            .await
+            .unwrap();
+        let succeeded_events = Arc::new(Mutex::new(HashMap::new()));
+        let mut listener = sqlx::postgres::PgListener::connect(&db_url).await.unwrap();
+        listener.listen("renderq_events").await.unwrap();
+        let events = succeeded_events.clone();
+        tokio::spawn(async move {
+            while let Ok(n) = listener.recv().await {
+                let v: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
+                if v["state"] == "succeeded" {
+                    *events
+                        .lock()
+                        .unwrap()
+                        .entry(v["job_id"].as_str().unwrap().to_string())
+                        .or_default() += 1;
+                }
+            }
+        });
+        Drill {
+            db_url,
+            record,
+            queue: unique("d"),
+            redis,
+            s3,
+            store,
+            workers: Vec::new(),
+            use_redis: true,
+            succeeded_events,
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_renderq"));
+        c.args(args).env("DATABASE_URL", &self.db_url);
+        if self.use_redis {
+            c.env("REDIS_URL", self.redis.url());
+        } else {
+            c.env_remove("REDIS_URL");
+        }
+        c.env("RENDERQ_QUEUE", &self.queue)
+            .env("RENDERQ_STORE", "s3://drill/out")
+            .env("AWS_ENDPOINT_URL", self.s3.endpoint())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", ACCESS)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("RENDERQ_RECONCILE_SECS", "1")
+            .env("RENDERQ_LOG", "renderq=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    }
+
+    /// Submits `n` noop jobs through the real CLI.
+    pub fn submit(&self, n: usize, poison: Option<usize>) {
+        self.submit_with(n, poison, 3)
+    }
+
+    pub fn submit_with(&self, n: usize, poison: Option<usize>, max_attempts: i32) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jobs.jsonl");
+        let lines: Vec<String> = (0..n)
+            .map(|i| {
+                let prompt = if Some(i) == poison {
+                    format!("POISON {i}")
+                } else {
+                    format!("job {i}")
+                };
+                format!(r#"{{"prompt":"{prompt}","model":"noop","width":8,"height":8}}"#)
+            })
+            .collect();
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        let ok = self
+            .command(&["submit", "--max-attempts", &max_attempts.to_string()])
+            .arg(&file)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn spawn_worker(&mut self, extra: &[&str], delay_ms: u64) -> String {
+        let id = unique("w-");
+        let mut args = vec![
+            "worker",
+            "--worker-id",
+            &id,
+            "--concurrency",
+            "4",
+            "--max-batch",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let child = self
+            .command(&args)
+            .env("RENDERQ_NOOP_DELAY_MS", delay_ms.to_string())
+            .env("RENDERQ_PANIC_ON", "POISON")
+            .spawn()
+            .unwrap();
+        self.workers.push((id.clone(), child));
+        id
+    }
+
+    pub fn pid(&self, id: &str) -> u32 {
+        self.workers.iter().find(|(w, _)| w == id).unwrap().1.id()
+    }
+
+    pub fn signal(&self, id: &str, sig: &str) {
+        sh("kill", &[&format!("-{sig}"), &self.pid(id).to_string()]);
+    }
+
+    pub async fn rows(&self) -> Vec<renderq::db::JobRow> {
+        loop {
+            match self.record.jobs_of_queue(&self.queue).await {
+                Ok(rows) => return rows,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await, // Postgres restarting
+            }
+        }
+    }
+
+    /// Waits until `pred` holds for the rows.
+    pub async fn until(
+        &self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&[renderq::db::JobRow]) -> bool,
+    ) {
+        let end = Instant::now() + within;
+        loop {
+            let rows = self.rows().await;
+            if pred(&rows) {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "{what}: not within {within:?}: {rows:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Every job succeeded once, with one object at its key; returns (lost, duplicates).
+    pub async fn verify(&mut self, n: usize, check_events: bool) -> (usize, usize) {
+        self.until(Duration::from_secs(120), "all jobs finished", |rows| {
+            rows.len() == n && rows.iter().all(|r| r.state.is_terminal())
+        })
+        .await;
+        let rows = self.rows().await;
+        // Every success committed is announced: wait for its event to arrive. (A
+        // stale worker's late completion is fenced out in the record and announces
+        // nothing, so there is nothing else to wait for.)
+        let succeeded = rows
+            .iter()
+            .filter(|r| r.state == renderq::job::JobState::Succeeded)
+            .count();
+        let end = Instant::now() + Duration::from_secs(10);
+        while check_events
+            && self.succeeded_events.lock().unwrap().len() < succeeded
+            && Instant::now() < end
+        {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let lost = rows
+            .iter()
+            .filter(|r| r.state != renderq::job::JobState::Succeeded)
+            .count();
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .store
+                .client()
+                .list_objects_v2()
+                .bucket("drill")
+                .set_continuation_token(token)
+                .send()
+                .await
+                .unwrap();
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        assert_eq!(keys.len(), n, "exactly one object per job");
+        for r in &rows {
+            assert!(
+                keys.contains(r.output_key.as_ref().unwrap()),
+                "{:?} has no object",
+                r.id
+            );
+        }
+        let events = self.succeeded_events.lock().unwrap().clone();
+        let duplicates = events.values().filter(|&&c| c > 1).count();
+        if check_events {
+            assert_eq!(events.len(), n, "one succeeded event per job");
+        }
+        assert_eq!(duplicates, 0, "a job succeeded twice");
+        assert_eq!(
+            lost,
+            0,
+            "lost jobs: {:?}",
+            rows.iter()
+                .filter(|r| r.state != renderq::job::JobState::Succeeded)
+                .collect::<Vec<_>>()
+        );
+        (lost, duplicates)
+    }
+
+    pub async fn stop_workers(&mut self) {
+        for (id, _) in &self.workers {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid(id).to_string()])
+                .status();
+        }
+        for (_, mut c) in self.workers.drain(..) {
+            let _ = tokio::task::spawn_blocking(move || c.wait()).await;
+        }
+    }
+}
+
+impl Drop for Drill {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.workers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A Postgres cluster of the drill's own, so it can be restarted.
+pub struct PrivatePg {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl PrivatePg {
+    pub fn as_postgres(&self, program: &str, args: &[&str]) -> Command {
+        let program = self.bin.join(program);
+        let mut c = if unsafe_is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        c.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    }
+    pub fn pg_ctl(&self, action: &str) {
+        let opts = format!("-p {} -k /tmp -c listen_addresses=127.0.0.1", self.port);
+        let dir = self.dir.display().to_string();
+        let log = format!("{dir}/log");
+        let ok = self
+            .as_postgres(
+                "pg_ctl",
+                &[
+                    "-D", &dir, "-o", &opts, "-l", &log, "-w", "-m", "fast", action,
+                ],
+            )
+            .status()
+            .unwrap();
+        assert!(ok.success(), "pg_ctl {action}");
+    }
+    pub fn start() -> Self {
+        let bin = PathBuf::from(
+            std::env::var("RENDERQ_TEST_PG_BIN")
+                .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
+        );
+        let dir = std::env::temp_dir().join(unique("rq-pg-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        if unsafe_is_root() {
+            sh("chown", &["postgres", &dir.display().to_string()]);
+        }
+        let pg = PrivatePg {
+            bin,
+            dir,
+            port: free_port(),
+        };
+        let ok = pg
+            .as_postgres(
+                "initdb",
+                &[
+                    "-D",
+                    &pg.dir.display().to_string(),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                ],
+            )
+            .status()
+            .unwrap();
+        assert!(ok.success(), "initdb");
+        pg.pg_ctl("start");
+        pg
+    }
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let dir = self.dir.display().to_string();
+        let _ = self
+            .as_postgres("pg_ctl", &["-D", &dir, "-m", "immediate", "stop"])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn unsafe_is_root() -> bool {
+    // `id -u` rather than libc: the crate forbids unsafe code.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
