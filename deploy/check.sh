@@ -102,7 +102,7 @@ image() {
         /usr/local/bin/renderq run /usr/share/renderq/examples/catalogue.jsonl
     local want; want=$(grep -c . examples/catalogue.jsonl)
     local got; got=$(buildah run --isolation chroot --user 10001 "$c" -- \
-        bash -c 'find /var/lib/renderq/renderq-out -name "*.png" | wc -l')
+        bash -c 'find /var/lib/renderq/renderq-out -type f -size +100c \( -name "*.png" -o -name "*.webp" -o -name "*.jpg" \) | wc -l')
     [ "$got" -eq "$want" ] || fail "the image wrote $got images for $want jobs"
     local user; user=$(buildah inspect --format '{{.OCIv1.Config.User}}' renderq:cpu)
     [ "$user" = 10001 ] || fail "the image runs as '$user', not the unprivileged user"
