@@ -86,6 +86,8 @@ image() {
     fi
     local ctx; ctx=$(mktemp -d)
     cp "$bin" "$ctx/renderq"
+    # As the Dockerfile's build does: no line tables in the image.
+    strip --strip-debug "$ctx/renderq"
     if ! podman image exists docker.io/library/debian:bookworm-slim; then
         say "making debian:bookworm-slim with mmdebstrap"
         mmdebstrap --quiet --variant=apt --include=ca-certificates,bash bookworm "$ctx/base.tar"
