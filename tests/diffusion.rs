@@ -265,6 +265,104 @@ async fn a_hugging_face_cache_entry_loads() {
     assert_eq!(out[0].dimensions(), (32, 24));
 }
 
+/// A copy of the model in `from`: the same random weights in another directory.
+fn copy_of(from: &Path) -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            if path.is_dir() {
+                copy(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(from, dir.path());
+    dir
+}
+
+/// Rewrites the safetensors file `path` with `rename` applied to every key.
+fn rewrite_keys(path: &Path, rename: impl Fn(&str) -> String) {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let renamed: std::collections::HashMap<String, candle_core::Tensor> =
+        tensors.into_iter().map(|(k, t)| (rename(&k), t)).collect();
+    candle_core::safetensors::save(&renamed, path).unwrap();
+}
+
+#[tokio::test]
+async fn a_text_encoder_without_the_text_model_prefix_renders_the_same() {
+    let reference = model_dir();
+    let unprefixed = copy_of(reference.path());
+    let encoder = unprefixed.path().join("text_encoder/model.safetensors");
+    rewrite_keys(&encoder, |k| {
+        k.strip_prefix("text_model.").unwrap().to_string()
+    });
+    let job = [request("a teal armchair", "", 5)];
+    let a = render(&renderer(reference.path()), &job).await;
+    let b = render(&renderer(unprefixed.path()), &job).await;
+    assert!(a[0] == b[0], "the same weights under either key layout");
+}
+
+/// Splits `dir/<name>` into two shards beside an index, as diffusers writes them.
+fn shard(dir: &Path, name: &str) {
+    let path = dir.join(name);
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let mut keys: Vec<&String> = tensors.keys().collect();
+    keys.sort();
+    let stem = name.trim_end_matches(".safetensors");
+    let mut weight_map = serde_json::Map::new();
+    for (i, half) in keys.chunks(keys.len().div_ceil(2)).enumerate() {
+        let file = format!("{stem}-{:05}-of-00002.safetensors", i + 1);
+        let part: std::collections::HashMap<&String, candle_core::Tensor> =
+            half.iter().map(|k| (*k, tensors[*k].clone())).collect();
+        candle_core::safetensors::save(&part, dir.join(&file)).unwrap();
+        for k in half {
+            weight_map.insert(k.to_string(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.join(format!("{name}.index.json")), index.to_string()).unwrap();
+    std::fs::remove_file(path).unwrap();
+}
+
+#[tokio::test]
+async fn sharded_weights_render_the_same_and_a_bad_index_is_named() {
+    let reference = model_dir();
+    let sharded = copy_of(reference.path());
+    shard(
+        &sharded.path().join("unet"),
+        "diffusion_pytorch_model.safetensors",
+    );
+    shard(&sharded.path().join("text_encoder"), "model.safetensors");
+    let job = [request("a brass floor lamp", "", 9)];
+    let a = render(&renderer(reference.path()), &job).await;
+    let b = render(&renderer(sharded.path()), &job).await;
+    assert!(a[0] == b[0], "shards load the same tensors");
+
+    // An index naming a shard outside its directory, or a missing shard, is refused.
+    let index = sharded
+        .path()
+        .join("unet/diffusion_pytorch_model.safetensors.index.json");
+    let good = std::fs::read_to_string(&index).unwrap();
+    let escaping = good.replacen("diffusion_pytorch_model-00001", "../escape-00001", 1);
+    std::fs::write(&index, escaping).unwrap();
+    let m = abort_message(&renderer(sharded.path()).render(&job).await[0]);
+    assert!(
+        m.contains("not a file name") && m.contains("index.json"),
+        "{m}"
+    );
+    std::fs::write(&index, &good).unwrap();
+    let second = sharded
+        .path()
+        .join("unet/diffusion_pytorch_model-00002-of-00002.safetensors");
+    std::fs::remove_file(&second).unwrap();
+    let m = abort_message(&renderer(sharded.path()).render(&job).await[0]);
+    assert!(m.contains(&second.display().to_string()), "{m}");
+}
+
 /// Through the worker: jobs of different sizes and formats, grouped by shape,
 /// rendered, encoded and stored.
 #[tokio::test]

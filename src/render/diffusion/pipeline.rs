@@ -24,7 +24,7 @@ use tokenizers::Tokenizer;
 
 use super::{
     arch::{Architecture, TextArch},
-    weights::ModelFiles,
+    weights::{ModelFiles, Weights},
 };
 
 /// Why a batch failed, before it is mapped to Retry/Abort.
@@ -128,28 +128,51 @@ pub struct Pipeline {
 
 /// Reads a safetensors file; a missing or corrupt one is an error naming it.
 fn weights(
-    path: &Path,
+    files: &Weights,
     dtype: DType,
     device: &Device,
 ) -> Result<VarBuilder<'static>, PipelineError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| PipelineError::File(format!("cannot read {}: {e}", path.display())))?;
-    VarBuilder::from_buffered_safetensors(bytes, dtype, device).map_err(|e| {
-        PipelineError::File(format!(
-            "{} is not a valid safetensors file: {e}",
-            path.display()
-        ))
-    })
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| PipelineError::File(format!("cannot read {}: {e}", path.display())))
+    };
+    let invalid = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: candle_core::Error| {
+            PipelineError::File(format!("{path} is not a valid safetensors file: {e}"))
+        }
+    };
+    if let [one] = files.files.as_slice() {
+        return VarBuilder::from_buffered_safetensors(read(one)?, dtype, device)
+            .map_err(invalid(one));
+    }
+    // Shards: every tensor of every file, under its own name.
+    let mut tensors = std::collections::HashMap::new();
+    for shard in &files.files {
+        let loaded = candle_core::safetensors::load_buffer(&read(shard)?, &Device::Cpu)
+            .map_err(invalid(shard))?;
+        tensors.extend(loaded);
+    }
+    Ok(VarBuilder::from_tensors(tensors, dtype, device))
 }
 
 /// Tensors missing from a file, or of the wrong shape, mean the file is not this model's.
-fn does_not_fit(path: &Path) -> impl Fn(candle_core::Error) -> PipelineError + '_ {
+fn does_not_fit(files: &Weights) -> impl Fn(candle_core::Error) -> PipelineError + '_ {
     move |e| {
         PipelineError::File(format!(
-            "{} does not fit this model's architecture: {e}",
-            path.display()
+            "{files} does not fit this model's architecture: {e}"
         ))
     }
+}
+
+/// transformers 5.x writes a text encoder's keys without the `text_model.` prefix
+/// that hub checkpoints (and candle's encoders) have: read either layout.
+fn text_model_keys(vb: VarBuilder<'static>) -> VarBuilder<'static> {
+    const PREFIXED: &str = "text_model.embeddings.token_embedding.weight";
+    if vb.contains_tensor(PREFIXED) || !vb.contains_tensor("embeddings.token_embedding.weight") {
+        return vb;
+    }
+    vb.rename_f(|name| name.strip_prefix("text_model.").unwrap_or(name).to_string())
 }
 
 impl Pipeline {
@@ -162,7 +185,7 @@ impl Pipeline {
     ) -> Result<Self, PipelineError> {
         let mut text = Vec::new();
         for (enc, (weights_path, tokenizer_path)) in arch.text.iter().zip(&files.text) {
-            let vb = weights(weights_path, dtype, &device)?;
+            let vb = text_model_keys(weights(weights_path, dtype, &device)?);
             let model = match &enc.arch {
                 TextArch::Sd(c) => SdClipTextTransformer::new(vb, c).map(TextModel::Sd),
                 TextArch::Clip(c) => {

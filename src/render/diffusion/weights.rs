@@ -1,9 +1,15 @@
 //! Where a model's files are: a local directory in the diffusers layout (`unet/`,
 //! `vae/`, `text_encoder/`, `tokenizer/`), a Hugging Face cache (`models--org--name/
 //! snapshots/<rev>/…`), or, with `--hub`, downloaded into that cache. A file that is
-//! missing is an error naming it.
+//! missing is an error naming it. A component too big for one file (diffusers writes
+//! shards above 10 GB, as for an f32 SDXL UNet) is read through its
+//! `*.safetensors.index.json`.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use super::arch::Architecture;
 use crate::render::RenderError;
@@ -12,11 +18,40 @@ use crate::render::RenderError;
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     /// The UNet's weights.
-    pub unet: PathBuf,
+    pub unet: Weights,
     /// The VAE's weights.
-    pub vae: PathBuf,
+    pub vae: Weights,
     /// Per text encoder: (weights, tokenizer.json).
-    pub text: Vec<(PathBuf, PathBuf)>,
+    pub text: Vec<(Weights, PathBuf)>,
+}
+
+/// One component's weights: a safetensors file, or the shards an index names.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    /// The files, every tensor in exactly one.
+    pub files: Vec<PathBuf>,
+    /// The `*.safetensors.index.json` that named them, when sharded.
+    pub index: Option<PathBuf>,
+}
+
+impl Weights {
+    /// One file.
+    pub fn single(path: PathBuf) -> Self {
+        Weights {
+            files: vec![path],
+            index: None,
+        }
+    }
+}
+
+impl fmt::Display for Weights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.index, self.files.as_slice()) {
+            (Some(index), files) => write!(f, "{} ({} shards)", index.display(), files.len()),
+            (None, [one]) => write!(f, "{}", one.display()),
+            (None, files) => write!(f, "{files:?}"),
+        }
+    }
 }
 
 /// Where to look.
@@ -65,12 +100,55 @@ fn missing(model: &str, path: &Path) -> RenderError {
     RenderError::Abort(missing_text(model, path))
 }
 
-fn first_existing(model: &str, dir: &Path, names: &[&str]) -> Result<PathBuf, RenderError> {
-    names
-        .iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
-        .ok_or_else(|| missing(model, &dir.join(names[0])))
+/// The first of `names` present in `dir`, as one file or as the shards of its index.
+fn first_existing(model: &str, dir: &Path, names: &[&str]) -> Result<Weights, RenderError> {
+    for name in names {
+        let single = dir.join(name);
+        if single.is_file() {
+            return Ok(Weights::single(single));
+        }
+        let index = dir.join(format!("{name}.index.json"));
+        if index.is_file() {
+            return shards(model, dir, index);
+        }
+    }
+    Err(missing(model, &dir.join(names[0])))
+}
+
+/// The shards a `*.safetensors.index.json` maps tensors to, each a file beside it.
+fn shards(model: &str, dir: &Path, index: PathBuf) -> Result<Weights, RenderError> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let bad = |why: String| {
+        RenderError::Abort(format!(
+            "model `{model}`: {} is not a safetensors index: {why}",
+            index.display()
+        ))
+    };
+    let text = std::fs::read_to_string(&index).map_err(|e| bad(e.to_string()))?;
+    let parsed: Index = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let names: BTreeSet<&String> = parsed.weight_map.values().collect();
+    if names.is_empty() {
+        return Err(bad("its weight_map is empty".into()));
+    }
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        // A shard is a file beside its index, never a path elsewhere.
+        if name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(bad(format!("shard `{name}` is not a file name")));
+        }
+        let file = dir.join(name);
+        if !file.is_file() {
+            return Err(missing(model, &file));
+        }
+        files.push(file);
+    }
+    Ok(Weights {
+        files,
+        index: Some(index),
+    })
 }
 
 /// The files of `model` under `dir`.
@@ -115,11 +193,11 @@ pub async fn hub(model: &str, arch: &Architecture) -> Result<ModelFiles, RenderE
     for enc in &arch.text {
         let weights = fetch(arch.repo, format!("{}/{}", enc.dir, TEXT[0])).await?;
         let tokenizer = fetch(enc.tokenizer_repo, "tokenizer.json".into()).await?;
-        text.push((weights, tokenizer));
+        text.push((Weights::single(weights), tokenizer));
     }
     Ok(ModelFiles {
-        unet: fetch(arch.repo, format!("unet/{}", UNET_VAE[0])).await?,
-        vae: fetch(arch.repo, format!("vae/{}", UNET_VAE[0])).await?,
+        unet: Weights::single(fetch(arch.repo, format!("unet/{}", UNET_VAE[0])).await?),
+        vae: Weights::single(fetch(arch.repo, format!("vae/{}", UNET_VAE[0])).await?),
         text,
     })
 }
