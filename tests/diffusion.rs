@@ -173,27 +173,69 @@ async fn the_same_seed_gives_the_same_bytes_and_another_seed_another_image() {
 /// A stock diffusers download has vocab.json and merges.txt but no tokenizer.json:
 /// the error names the missing file and the repository that has one.
 #[test]
-fn a_missing_tokenizer_json_says_where_one_comes_from() {
+fn a_tokenizer_is_tokenizer_json_or_vocab_and_merges() {
     let dir = tempfile::tempdir().unwrap();
     for file in [
         "unet/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.safetensors",
         "text_encoder/model.safetensors",
         "tokenizer/vocab.json",
-        "tokenizer/merges.txt",
     ] {
         let path = dir.path().join(file);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, b"").unwrap();
     }
     let arch = Architecture::preset("sd-1.5", None).unwrap();
-    let repo = arch.text[0].tokenizer_repo;
-    assert!(!repo.is_empty());
     let Err(RenderError::Abort(m)) = weights::local("sd-1.5", &arch, dir.path()) else {
-        panic!("expected an Abort for the missing tokenizer.json");
+        panic!("expected an Abort for a tokenizer with no merges");
     };
-    assert!(m.contains("tokenizer/tokenizer.json"), "{m}");
-    assert!(m.contains(repo), "{m}");
+    assert!(
+        m.contains("tokenizer/tokenizer.json") && m.contains("merges.txt"),
+        "{m}"
+    );
+    // As diffusers repositories ship it: vocab.json and merges.txt.
+    std::fs::write(dir.path().join("tokenizer/merges.txt"), b"").unwrap();
+    let files = weights::local("sd-1.5", &arch, dir.path()).expect("vocab.json and merges.txt do");
+    assert_eq!(files.text[0].1, dir.path().join("tokenizer"));
+}
+
+/// CLIP's tokenizer built from vocab.json and merges.txt gives the ids transformers
+/// gives (expected.json, made by tests/data/clip-tokenizer/make.py), and so does the
+/// tokenizer.json transformers wrote from the same files: punctuation, Unicode,
+/// whitespace and a prompt longer than the 77 tokens, cut before its end token.
+#[test]
+fn clip_tokenizer_from_vocab_and_merges_matches_transformers() {
+    use renderq::render::diffusion::tokenizer;
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/clip-tokenizer");
+    let built =
+        tokenizer::clip_from_files(&data.join("vocab.json"), &data.join("merges.txt")).unwrap();
+    let from_json = tokenizers::Tokenizer::from_file(data.join("tokenizer.json")).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("expected.json")).unwrap())
+            .unwrap();
+    let pad = built.token_to_id("<|endoftext|>").unwrap();
+    let prompts = expected["prompts"].as_array().unwrap();
+    assert!(prompts.len() >= 8);
+    let mut cut = false;
+    for (prompt, want) in prompts.iter().zip(expected["ids"].as_array().unwrap()) {
+        let prompt = prompt.as_str().unwrap();
+        let mut want: Vec<u32> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        cut |= want.len() == 77;
+        want.resize(77, pad);
+        let ours = tokenizer::prompt_ids(&built, prompt, 77, pad).unwrap();
+        assert_eq!(
+            ours, want,
+            "built from vocab.json and merges.txt: {prompt:?}"
+        );
+        let json = tokenizer::prompt_ids(&from_json, prompt, 77, pad).unwrap();
+        assert_eq!(json, want, "transformers' tokenizer.json: {prompt:?}");
+    }
+    assert!(cut, "one prompt is longer than the encoder takes");
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 pub mod arch;
 pub mod pipeline;
 pub mod tiny;
+pub mod tokenizer;
 pub mod weights;
 
 use std::{collections::HashMap, sync::Arc};

@@ -193,12 +193,7 @@ impl Pipeline {
                 }
             }
             .map_err(does_not_fit(weights_path))?;
-            let tokenizer = Tokenizer::from_file(tokenizer_path).map_err(|e| {
-                PipelineError::File(format!(
-                    "{} is not a tokenizer.json: {e}",
-                    tokenizer_path.display()
-                ))
-            })?;
+            let tokenizer = super::tokenizer::load(tokenizer_path).map_err(PipelineError::File)?;
             let pad = enc.arch.pad_with().unwrap_or("<|endoftext|>");
             let pad_id = tokenizer.token_to_id(pad).ok_or_else(|| {
                 PipelineError::File(format!(
@@ -239,15 +234,11 @@ impl Pipeline {
     fn embed(&self, prompt: &str) -> Result<Tensor, PipelineError> {
         let mut parts = Vec::new();
         for enc in &self.text {
-            let mut ids = enc
-                .tokenizer
-                .encode(prompt, true)
-                .map_err(|e| PipelineError::Device(format!("tokenizing: {e}")))?
-                .get_ids()
-                .to_vec();
-            // Longer prompts are cut, as diffusers does; shorter ones padded.
-            ids.truncate(enc.max_tokens);
-            ids.resize(enc.max_tokens, enc.pad_id);
+            // Longer prompts are cut before their end token, as diffusers does; shorter
+            // ones padded.
+            let ids =
+                super::tokenizer::prompt_ids(&enc.tokenizer, prompt, enc.max_tokens, enc.pad_id)
+                    .map_err(PipelineError::Device)?;
             let tokens = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
             parts.push(enc.model.forward(&tokens)?.to_dtype(self.dtype)?);
         }

@@ -21,7 +21,7 @@ pub struct ModelFiles {
     pub unet: Weights,
     /// The VAE's weights.
     pub vae: Weights,
-    /// Per text encoder: (weights, tokenizer.json).
+    /// Per text encoder: (weights, the directory of its tokenizer).
     pub text: Vec<(Weights, PathBuf)>,
 }
 
@@ -91,7 +91,7 @@ fn snapshot(dir: &Path) -> PathBuf {
 fn missing_text(model: &str, path: &Path) -> String {
     format!(
         "model `{model}`: missing weight file {} (expected the diffusers layout: unet/, vae/, \
-         text_encoder/, tokenizer/tokenizer.json)",
+         text_encoder/, tokenizer/ with tokenizer.json or vocab.json and merges.txt)",
         path.display()
     )
 }
@@ -157,14 +157,15 @@ pub fn local(model: &str, arch: &Architecture, dir: &Path) -> Result<ModelFiles,
     let mut text = Vec::new();
     for enc in &arch.text {
         let weights = first_existing(model, &root.join(enc.dir), &TEXT)?;
-        let tokenizer = root.join(enc.tokenizer_dir).join("tokenizer.json");
-        if !tokenizer.is_file() {
-            // A diffusers download has only vocab.json and merges.txt there.
-            let hint = match enc.tokenizer_repo {
-                "" => String::new(),
-                repo => format!("; diffusers repositories ship none: take {repo}'s tokenizer.json"),
-            };
-            return Err(RenderError::Abort(missing_text(model, &tokenizer) + &hint));
+        // tokenizer.json, or vocab.json and merges.txt as diffusers repositories ship.
+        let tokenizer = root.join(enc.tokenizer_dir);
+        let has = |f: &str| tokenizer.join(f).is_file();
+        let found = has("tokenizer.json") || (has("vocab.json") && has("merges.txt"));
+        if !found {
+            return Err(RenderError::Abort(format!(
+                "{} (or vocab.json and merges.txt beside it)",
+                missing_text(model, &tokenizer.join("tokenizer.json"))
+            )));
         }
         text.push((weights, tokenizer));
     }
@@ -193,7 +194,11 @@ pub async fn hub(model: &str, arch: &Architecture) -> Result<ModelFiles, RenderE
     for enc in &arch.text {
         let weights = fetch(arch.repo, format!("{}/{}", enc.dir, TEXT[0])).await?;
         let tokenizer = fetch(enc.tokenizer_repo, "tokenizer.json".into()).await?;
-        text.push((Weights::single(weights), tokenizer));
+        let dir = tokenizer
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        text.push((Weights::single(weights), dir));
     }
     Ok(ModelFiles {
         unet: Weights::single(fetch(arch.repo, format!("unet/{}", UNET_VAE[0])).await?),
