@@ -285,6 +285,32 @@ async fn missing_and_corrupt_files_are_named() {
     );
 }
 
+/// An error inside a device call names the model, the shape of the call and the
+/// stage it happened in, not only candle's words.
+#[tokio::test]
+async fn an_error_inside_the_device_call_names_the_model_and_the_stage() {
+    let dir = model_dir();
+    // candle 0.11's sliced attention joins its slices with the wrong rank: the weights
+    // load and the UNet fails inside its first step (the reason slicing is not used
+    // until renderq has a sliced attention of its own).
+    let mut arch = tiny::architecture(1);
+    arch.unet.sliced_attention_size = Some(1);
+    let r = DiffusionRenderer::new(
+        "sd-turbo",
+        arch,
+        WeightSource::Local(dir.path().to_path_buf()),
+        device(),
+        DType::F32,
+    );
+    let out = r.render(&[request("x", "", 1)]).await;
+    let m = abort_message(&out[0]);
+    assert!(
+        m.contains("model `sd-turbo`, 32x24, 3 steps, batch of 1"),
+        "{m}"
+    );
+    assert!(m.contains("UNet, step 1 of 3"), "{m}");
+}
+
 #[tokio::test]
 async fn sizes_off_the_latent_grid_are_refused() {
     let dir = model_dir();
@@ -514,6 +540,12 @@ async fn the_binary_reports_missing_weights_and_bad_settings() {
     assert_eq!(code, Some(2), "{output}");
     assert!(
         output.contains("unknown model `sd-9`") && output.contains("sdxl-turbo"),
+        "{output}"
+    );
+    let (code, output) = run(&["--diffusion", "sd-turbo", "--attention-slice", "2"]);
+    assert_eq!(code, Some(2), "{output}");
+    assert!(
+        output.contains("--attention-slice 2: sliced attention is not available"),
         "{output}"
     );
     if !cfg!(feature = "cuda") {

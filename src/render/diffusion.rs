@@ -286,6 +286,7 @@ impl Renderer for DiffusionRenderer {
         let memory_shape = (width, height, guidance > 1.0);
         let limits = self.limits.clone();
         let poison = self.panic_on.clone();
+        let model = self.model.clone();
         // A panic in here (candle, a native library) reaches the worker, which renders
         // the batch again one job at a time so only the job that causes it fails.
         super::on_blocking_pool(move || {
@@ -297,9 +298,22 @@ impl Renderer for DiffusionRenderer {
                 .unwrap_or_default();
             let images = render_splitting(&samples, &mut limit, &|s: &[Sample]| {
                 poison.check(s.iter().map(|s| s.prompt.as_str()));
-                pipeline
-                    .render(s, width, height, steps, guidance)
-                    .map(|(images, _)| images)
+                let rendered = pipeline.render(s, width, height, steps, guidance);
+                let (images, t) = rendered.map_err(|e| {
+                    e.context(&format!(
+                        "model `{model}`, {width}x{height}, {steps} steps, batch of {}",
+                        s.len()
+                    ))
+                })?;
+                tracing::debug!(
+                    model,
+                    jobs = s.len(),
+                    text_secs = t.text.as_secs_f64(),
+                    unet_secs = t.denoise.as_secs_f64(),
+                    decode_secs = t.decode.as_secs_f64(),
+                    "device call"
+                );
+                Ok(images)
             });
             if limit.too_big.is_some() {
                 limits.lock().unwrap().insert(memory_shape, limit);

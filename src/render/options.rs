@@ -30,8 +30,8 @@ pub struct DiffusionOptions {
     /// f32, f16 or bf16 (default: f32 on CPU, f16 on GPUs)
     #[arg(long, env = "RENDERQ_DTYPE")]
     pub dtype: Option<String>,
-    /// Attention slice size (smaller: less memory, slower); 0 turns slicing off
-    /// (default: 1 on CPU, off on GPUs)
+    /// Attention slice size; 0 (the default) is the only value served: candle 0.11's
+    /// sliced attention fails on every model, so a slice size is refused at start
     #[arg(long, env = "RENDERQ_ATTENTION_SLICE")]
     pub attention_slice: Option<usize>,
 }
@@ -47,11 +47,17 @@ impl DiffusionOptions {
             Some(d) => diffusion::dtype(d, &device)?,
             None => diffusion::default_dtype(&device),
         };
-        let slice = match self.attention_slice {
-            Some(0) => None,
-            Some(n) => Some(n),
-            None if device.is_cpu() => Some(1),
-            None => None,
+        // candle 0.11 joins attention slices with the wrong rank ("unexpected rank,
+        // expected: 3, got: 4") on every real model: refused here rather than failing
+        // every job. Unsliced attention of a 512x512 image needs a few hundred MB.
+        let slice: Option<usize> = match self.attention_slice {
+            None | Some(0) => None,
+            Some(n) => {
+                return Err(format!(
+                    "--attention-slice {n}: sliced attention is not available (candle 0.11's \
+                     fails on every model); leave it unset or 0"
+                ));
+            }
         };
         for model in &self.diffusion {
             let model = model.trim();

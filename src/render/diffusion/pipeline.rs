@@ -41,6 +41,18 @@ pub enum PipelineError {
     Device(String),
 }
 
+impl PipelineError {
+    /// The same error, saying where it happened (`what`: the stage, the model).
+    /// Out of memory stays out of memory, so the batch is still split.
+    pub fn context(self, what: &str) -> Self {
+        match self {
+            PipelineError::File(m) => PipelineError::File(format!("{what}: {m}")),
+            PipelineError::OutOfMemory(m) => PipelineError::OutOfMemory(format!("{what}: {m}")),
+            PipelineError::Device(m) => PipelineError::Device(format!("{what}: {m}")),
+        }
+    }
+}
+
 impl From<candle_core::Error> for PipelineError {
     fn from(e: candle_core::Error) -> Self {
         let text = e.to_string();
@@ -279,18 +291,22 @@ impl Pipeline {
             embedded.insert(text.to_string(), t.clone());
             Ok(t)
         };
-        let cond: Vec<Tensor> = samples
-            .iter()
-            .map(|s| embed(&s.prompt))
-            .collect::<Result<_, _>>()?;
-        let mut context = Tensor::cat(&cond, 0)?;
-        if guided {
-            let uncond: Vec<Tensor> = samples
+        let mut texts = || -> Result<Tensor, PipelineError> {
+            let cond: Vec<Tensor> = samples
                 .iter()
-                .map(|s| embed(&s.negative_prompt))
+                .map(|s| embed(&s.prompt))
                 .collect::<Result<_, _>>()?;
-            context = Tensor::cat(&[Tensor::cat(&uncond, 0)?, context], 0)?;
-        }
+            let mut context = Tensor::cat(&cond, 0)?;
+            if guided {
+                let uncond: Vec<Tensor> = samples
+                    .iter()
+                    .map(|s| embed(&s.negative_prompt))
+                    .collect::<Result<_, _>>()?;
+                context = Tensor::cat(&[Tensor::cat(&uncond, 0)?, context], 0)?;
+            }
+            Ok(context)
+        };
+        let context = texts().map_err(|e| e.context("text encoder"))?;
         timings.texts_encoded = encoded;
         timings.text = started.elapsed();
 
@@ -304,32 +320,39 @@ impl Pipeline {
             .collect::<Result<_, _>>()?;
         let mut latents = (Tensor::cat(&noise, 0)? * scheduler.init_noise_sigma())?;
         let timesteps = scheduler.timesteps().to_vec();
-        for t in timesteps {
-            let input = if guided {
-                Tensor::cat(&[&latents, &latents], 0)?
-            } else {
-                latents.clone()
+        let total = timesteps.len();
+        for (i, t) in timesteps.into_iter().enumerate() {
+            let mut step = || -> Result<Tensor, PipelineError> {
+                let input = if guided {
+                    Tensor::cat(&[&latents, &latents], 0)?
+                } else {
+                    latents.clone()
+                };
+                let input = scheduler.scale_model_input(input, t)?;
+                let predicted = self.unet.forward(&input, t as f64, &context)?;
+                let predicted = if guided {
+                    let halves = predicted.chunk(2, 0)?;
+                    let (uncond, cond) = (&halves[0], &halves[1]);
+                    (uncond + ((cond - uncond)? * guidance)?)?
+                } else {
+                    predicted
+                };
+                Ok(scheduler.step(&predicted, t, &latents)?)
             };
-            let input = scheduler.scale_model_input(input, t)?;
-            let predicted = self.unet.forward(&input, t as f64, &context)?;
-            let predicted = if guided {
-                let halves = predicted.chunk(2, 0)?;
-                let (uncond, cond) = (&halves[0], &halves[1]);
-                (uncond + ((cond - uncond)? * guidance)?)?
-            } else {
-                predicted
-            };
-            latents = scheduler.step(&predicted, t, &latents)?;
+            latents = step().map_err(|e| e.context(&format!("UNet, step {} of {total}", i + 1)))?;
         }
         timings.denoise = started.elapsed();
 
         let started = Instant::now();
-        let decoded = self.vae.decode(&(latents / self.arch.vae_scale)?)?;
-        let pixels = ((decoded.to_dtype(DType::F32)? / 2.)? + 0.5)?
-            .clamp(0f32, 1f32)?
-            .affine(255., 0.)?
-            .to_dtype(DType::U8)?
-            .to_device(&Device::Cpu)?;
+        let decode = || -> Result<Tensor, PipelineError> {
+            let decoded = self.vae.decode(&(latents / self.arch.vae_scale)?)?;
+            Ok(((decoded.to_dtype(DType::F32)? / 2.)? + 0.5)?
+                .clamp(0f32, 1f32)?
+                .affine(255., 0.)?
+                .to_dtype(DType::U8)?
+                .to_device(&Device::Cpu)?)
+        };
+        let pixels = decode().map_err(|e| e.context("VAE decoder"))?;
         let mut images = Vec::with_capacity(samples.len());
         for i in 0..samples.len() {
             // (3, h, w) -> (h, w, 3), the image crate's layout.
