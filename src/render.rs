@@ -161,6 +161,13 @@ pub trait Renderer: Send + Sync {
     async fn prepare(&self) -> Result<(), RenderError> {
         Ok(())
     }
+
+    /// Device calls this renderer takes at once. A device that runs one batch at a
+    /// time takes 1; an endpoint that serves many requests takes as many as it is
+    /// allowed, and a new call starts as soon as any one ends.
+    fn lanes(&self) -> usize {
+        1
+    }
 }
 
 /// The models a worker serves, by name.

@@ -462,6 +462,83 @@ async fn remote_jobs_go_through_the_worker() {
     }
 }
 
+/// The worker keeps the endpoint's permits busy across device calls: with one job
+/// per call and four permits, four requests are in flight at once (calls run side by
+/// side, not one after another).
+#[tokio::test]
+async fn the_worker_keeps_every_permit_of_the_endpoint_busy() {
+    let env = Env::with(Kind::Sqlite).await;
+    let (addr, seen) = server().await;
+    let lines: Vec<String> = (0..12)
+        .map(|i| format!(r#"{{"prompt":"p{i}","model":"remote/m","width":8,"height":8}}"#))
+        .collect();
+    env.submit(&lines.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let mut cfg = config(&format!("{addr}/slowly/v1"));
+    cfg.concurrency = 4;
+    let mut renderers = Renderers::builtin(0);
+    renderers.insert_remote(RemoteRenderer::new(cfg).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let worker = renderq::worker::WorkerConfig {
+        max_batch: 1,
+        ..fast_config()
+    };
+    let (stop, handle) = env.spawn_worker(
+        worker,
+        Arc::new(renderq::store::DirStore::new(dir.path())),
+        renderers,
+    );
+    let rows = env.wait_terminal(12, Duration::from_secs(30)).await;
+    stop.cancel();
+    handle.await.unwrap();
+    assert!(
+        rows.iter().all(|r| r.state == JobState::Succeeded),
+        "{rows:?}"
+    );
+    assert_eq!(seen.most_in_flight.load(Ordering::SeqCst), 4);
+}
+
+/// A lane whose endpoint hangs holds up no other lane: the built-in model's jobs
+/// finish while the remote ones are still waiting for their answers.
+#[tokio::test]
+async fn a_hanging_endpoint_holds_up_no_other_model() {
+    let env = Env::with(Kind::Sqlite).await;
+    let (addr, _) = server().await;
+    env.submit(&[
+        r#"{"prompt":"stuck","model":"remote/m","width":8,"height":8}"#,
+        r#"{"prompt":"a","model":"placeholder","width":8,"height":8}"#,
+        r#"{"prompt":"b","model":"placeholder","width":8,"height":8}"#,
+    ])
+    .await;
+    let mut cfg = config(&format!("{addr}/hangs/v1"));
+    cfg.timeout = Duration::from_secs(60);
+    let mut renderers = Renderers::builtin(0);
+    renderers.insert_remote(RemoteRenderer::new(cfg).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, handle) = env.spawn_worker(
+        fast_config(),
+        Arc::new(renderq::store::DirStore::new(dir.path())),
+        renderers,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = env.rows().await;
+        let placeholders_done = rows
+            .iter()
+            .filter(|r| r.prompt != "stuck" && r.state == JobState::Succeeded)
+            .count();
+        let stuck = rows.iter().find(|r| r.prompt == "stuck").unwrap();
+        if placeholders_done == 2 {
+            assert_eq!(stuck.state, JobState::Running, "the remote job still waits");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    handle.abort();
+}
+
 /// The binary reads the endpoint from `RENDERQ_REMOTE_URL` and the key from
 /// `RENDERQ_REMOTE_API_KEY`; a wrong key fails the job with the server's words and
 /// appears nowhere in the output or the record.

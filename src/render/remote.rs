@@ -330,6 +330,12 @@ impl Renderer for RemoteRenderer {
     async fn render(&self, batch: &[RenderRequest]) -> Vec<Result<RgbImage, RenderError>> {
         futures::future::join_all(batch.iter().map(|r| self.render_one(r))).await
     }
+
+    /// Requests are bounded by the endpoint's permits, not by calls: as many calls as
+    /// permits keep every permit busy, each freed permit taken by a waiting request.
+    fn lanes(&self) -> usize {
+        self.cfg.concurrency.max(1)
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The render stage: claimed jobs grouped by what can share a device call, each
 //! call run with its panics contained.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
+use futures::{StreamExt, stream::FuturesUnordered};
 use image::RgbImage;
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -17,45 +18,101 @@ use crate::{
 /// A rendered job: its image, or why there is none.
 pub(crate) type Rendered = (InFlight, Result<RgbImage, RenderError>);
 
-/// Renders claimed jobs, grouping those that can share a device call.
+/// One device call in flight: its lane, its jobs, and then their results.
+type Call = Pin<Box<dyn Future<Output = (usize, Vec<InFlight>, Vec<RenderResult>)> + Send>>;
+type RenderResult = Result<RgbImage, RenderError>;
+
+/// Renders claimed jobs, grouping those that can share a device call. Each renderer
+/// is a lane taking `lanes()` calls at once (one for a GPU, the permits of an
+/// endpoint): a call starts as soon as its lane has room, and a slow lane never holds
+/// up another. Jobs that wait for a busy lane are grouped when it frees, so batches
+/// fill while the device works.
 pub(crate) async fn render(
     s: Arc<Shared>,
     mut rx: mpsc::Receiver<InFlight>,
     tx: mpsc::Sender<Rendered>,
 ) {
-    let max_batch = s.cfg.max_batch.max(1);
+    let mut waiting: Vec<InFlight> = Vec::new();
+    let mut calls: FuturesUnordered<Call> = FuturesUnordered::new();
+    let mut busy: HashMap<usize, usize> = HashMap::new();
+    let mut open = true;
     loop {
-        idle_current();
-        let Some(first) = rx.recv().await else {
-            break;
-        };
-        let mut pending = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            pending.push(more);
-            if pending.len() >= s.cfg.concurrency {
+        start_calls(&s, &mut waiting, &mut calls, &mut busy);
+        if calls.is_empty() {
+            if !open {
                 break;
             }
+            idle_current();
         }
-        let mut groups: Vec<(BatchKey, Vec<InFlight>)> = Vec::new();
-        for item in pending {
-            let key = RenderRequest::from_job(&item.job).batch_key();
-            match groups
-                .iter_mut()
-                .find(|(k, g)| *k == key && g.len() < max_batch)
-            {
-                Some((_, g)) => g.push(item),
-                None => groups.push((key, vec![item])),
-            }
-        }
-        for (key, group) in groups {
-            tick_current();
-            let results = render_group(&s, &key.model, &group).await;
-            for (item, result) in group.into_iter().zip(results) {
-                if tx.send((item, result)).await.is_err() {
-                    return;
+        tokio::select! {
+            item = rx.recv(), if open => match item {
+                Some(first) => {
+                    waiting.push(first);
+                    while waiting.len() < s.cfg.concurrency {
+                        match rx.try_recv() {
+                            Ok(more) => waiting.push(more),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => open = false,
+            },
+            Some((lane, group, results)) = calls.next() => {
+                tick_current();
+                if let Some(n) = busy.get_mut(&lane) {
+                    *n = n.saturating_sub(1);
+                }
+                for (item, result) in group.into_iter().zip(results) {
+                    if tx.send((item, result)).await.is_err() {
+                        return;
+                    }
                 }
             }
         }
+    }
+}
+
+/// Groups the waiting jobs by what can share a device call (up to `--max-batch`)
+/// and starts each group whose lane has room; the rest keep waiting.
+fn start_calls(
+    s: &Arc<Shared>,
+    waiting: &mut Vec<InFlight>,
+    calls: &mut FuturesUnordered<Call>,
+    busy: &mut HashMap<usize, usize>,
+) {
+    if waiting.is_empty() {
+        return;
+    }
+    let max_batch = s.cfg.max_batch.max(1);
+    let mut groups: Vec<(BatchKey, Vec<InFlight>)> = Vec::new();
+    for item in waiting.drain(..) {
+        let key = RenderRequest::from_job(&item.job).batch_key();
+        match groups
+            .iter_mut()
+            .find(|(k, g)| *k == key && g.len() < max_batch)
+        {
+            Some((_, g)) => g.push(item),
+            None => groups.push((key, vec![item])),
+        }
+    }
+    for (key, group) in groups {
+        // A lane is a renderer (every `remote/<name>` shares the endpoint's).
+        let (lane, lanes) = match s.renderers.get(&key.model) {
+            Some(r) => (Arc::as_ptr(&r) as *const () as usize, r.lanes()),
+            None => (0, usize::MAX), // fails at once: never waits
+        };
+        let in_flight = busy.entry(lane).or_default();
+        if *in_flight >= lanes {
+            waiting.extend(group);
+            continue;
+        }
+        *in_flight += 1;
+        tick_current();
+        let s = s.clone();
+        calls.push(Box::pin(async move {
+            let results = render_group(&s, &key.model, &group).await;
+            (lane, group, results)
+        }));
     }
 }
 
