@@ -142,6 +142,30 @@ fn a_text_that_recurs_in_a_batch_is_encoded_once() {
     );
 }
 
+/// Each device call's stage times reach the process's metrics, by model and stage.
+#[tokio::test]
+async fn stage_times_are_histograms_by_model_and_stage() {
+    let dir = model_dir();
+    let count = |stage: &str| {
+        let text = renderq::telemetry::metrics().render();
+        let series = format!(
+            "renderq_diffusion_stage_seconds_count{{model=\"sd-turbo\",stage=\"{stage}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    let before: Vec<f64> = ["text", "unet", "decode"].map(count).to_vec();
+    render(&renderer(dir.path()), &[request("x", "", 1)]).await;
+    let after: Vec<f64> = ["text", "unet", "decode"].map(count).to_vec();
+    for (b, a) in before.iter().zip(&after) {
+        assert!(
+            a > b,
+            "one more observation of every stage: {before:?} -> {after:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_same_seed_gives_the_same_bytes_and_another_seed_another_image() {
     let dir = model_dir();

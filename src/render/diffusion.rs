@@ -305,6 +305,10 @@ impl Renderer for DiffusionRenderer {
                         s.len()
                     ))
                 })?;
+                let m = crate::telemetry::metrics();
+                m.diffusion_stage(&model, "text", t.text.as_secs_f64());
+                m.diffusion_stage(&model, "unet", t.denoise.as_secs_f64());
+                m.diffusion_stage(&model, "decode", t.decode.as_secs_f64());
                 tracing::debug!(
                     model,
                     jobs = s.len(),

@@ -28,6 +28,7 @@ pub struct Metrics {
     device_call: Histograms,
     device_jobs: Histograms,
     device_busy: Family<Labels, Counter<f64, AtomicU64>>,
+    stages: Histograms,
     encode: Histogram,
     upload: Histogram,
     in_flight: Family<Labels, Gauge>,
@@ -68,6 +69,7 @@ impl Metrics {
             device_call: Family::new_with_constructor(seconds),
             device_jobs: Family::new_with_constructor(jobs),
             device_busy: Family::default(),
+            stages: Family::new_with_constructor(seconds),
             encode: seconds(),
             upload: seconds(),
             in_flight: Family::default(),
@@ -109,6 +111,11 @@ impl Metrics {
             "device_busy_seconds",
             "Time the device spent in calls, by model; its rate is the duty cycle",
             m.device_busy.clone(),
+        );
+        r.register(
+            "diffusion_stage_seconds",
+            "Time of one diffusion device call's stage (text, unet, decode), by model",
+            m.stages.clone(),
         );
         r.register(
             "encode_seconds",
@@ -186,6 +193,12 @@ impl Metrics {
         self.device_call.get_or_create(&labels).observe(secs);
         self.device_jobs.get_or_create(&labels).observe(jobs as f64);
         self.device_busy.get_or_create(&labels).inc_by(secs);
+    }
+
+    /// A diffusion call spent `secs` in `stage` (`text`, `unet` or `decode`).
+    pub fn diffusion_stage(&self, model: &str, stage: &str, secs: f64) {
+        let labels = l(&[("model", model), ("stage", stage)]);
+        self.stages.get_or_create(&labels).observe(secs);
     }
 
     /// One image encoded in `secs`.
