@@ -168,6 +168,13 @@ pub trait Renderer: Send + Sync {
     fn lanes(&self) -> usize {
         1
     }
+
+    /// The device this renderer's calls run on, when renderers share one: renderers
+    /// naming the same device share its lanes (two models on one GPU take turns, so
+    /// their batches never hold the GPU's memory at once). `None`: a lane of its own.
+    fn device(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The models a worker serves, by name.

@@ -257,6 +257,10 @@ impl Renderer for DiffusionRenderer {
         self.pipeline().await.map(|_| ())
     }
 
+    fn device(&self) -> Option<String> {
+        Some(format!("{:?}", self.device.location()))
+    }
+
     async fn render(&self, batch: &[RenderRequest]) -> Vec<Result<RgbImage, RenderError>> {
         let Some(first) = batch.first() else {
             return Vec::new();

@@ -19,7 +19,7 @@ use crate::{
 pub(crate) type Rendered = (InFlight, Result<RgbImage, RenderError>);
 
 /// One device call in flight: its lane, its jobs, and then their results.
-type Call = Pin<Box<dyn Future<Output = (usize, Vec<InFlight>, Vec<RenderResult>)> + Send>>;
+type Call = Pin<Box<dyn Future<Output = (String, Vec<InFlight>, Vec<RenderResult>)> + Send>>;
 type RenderResult = Result<RgbImage, RenderError>;
 
 /// Renders claimed jobs, grouping those that can share a device call. Each renderer
@@ -34,7 +34,7 @@ pub(crate) async fn render(
 ) {
     let mut waiting: Vec<InFlight> = Vec::new();
     let mut calls: FuturesUnordered<Call> = FuturesUnordered::new();
-    let mut busy: HashMap<usize, usize> = HashMap::new();
+    let mut busy: HashMap<String, usize> = HashMap::new();
     let mut open = true;
     loop {
         start_calls(&s, &mut waiting, &mut calls, &mut busy);
@@ -78,7 +78,7 @@ fn start_calls(
     s: &Arc<Shared>,
     waiting: &mut Vec<InFlight>,
     calls: &mut FuturesUnordered<Call>,
-    busy: &mut HashMap<usize, usize>,
+    busy: &mut HashMap<String, usize>,
 ) {
     if waiting.is_empty() {
         return;
@@ -96,12 +96,16 @@ fn start_calls(
         }
     }
     for (key, group) in groups {
-        // A lane is a renderer (every `remote/<name>` shares the endpoint's).
+        // A lane is a device its renderers share, or a renderer of its own (every
+        // `remote/<name>` shares the endpoint's).
         let (lane, lanes) = match s.renderers.get(&key.model) {
-            Some(r) => (Arc::as_ptr(&r) as *const () as usize, r.lanes()),
-            None => (0, usize::MAX), // fails at once: never waits
+            Some(r) => {
+                let own = || format!("renderer {:p}", Arc::as_ptr(&r) as *const ());
+                (r.device().unwrap_or_else(own), r.lanes())
+            }
+            None => (String::new(), usize::MAX), // fails at once: never waits
         };
-        let in_flight = busy.entry(lane).or_default();
+        let in_flight = busy.entry(lane.clone()).or_default();
         if *in_flight >= lanes {
             waiting.extend(group);
             continue;
