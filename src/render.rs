@@ -9,6 +9,7 @@ pub mod diffusion;
 pub mod noop;
 mod options;
 pub mod placeholder;
+pub mod pool;
 pub mod remote;
 
 use std::{collections::BTreeMap, io::Cursor, sync::Arc};

@@ -566,6 +566,12 @@ async fn the_binary_reports_missing_weights_and_bad_settings() {
         output.contains("unknown model `sd-9`") && output.contains("sdxl-turbo"),
         "{output}"
     );
+    let (code, output) = run(&["--diffusion", "sd-turbo", "--device", "cpu,cpu"]);
+    assert_eq!(code, Some(2), "{output}");
+    assert!(
+        output.contains("--device cpu,cpu: device Cpu is named twice"),
+        "{output}"
+    );
     let (code, output) = run(&["--diffusion", "sd-turbo", "--attention-slice", "2"]);
     assert_eq!(code, Some(2), "{output}");
     assert!(

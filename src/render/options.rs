@@ -24,7 +24,9 @@ pub struct DiffusionOptions {
     /// Download missing weights from the Hugging Face hub instead (needs a network)
     #[arg(long, env = "RENDERQ_HUB")]
     pub hub: bool,
-    /// cpu, cuda, cuda:N or metal (GPU builds need --features cuda or metal); one worker per device
+    /// cpu, cuda, cuda:N or metal (GPU builds need --features cuda or metal); several,
+    /// comma-separated (cuda:0,cuda:1), make one lane per device: each model loads on
+    /// every one, and a batch goes to whichever is free first
     #[arg(long, env = "RENDERQ_DEVICE", default_value = "cpu")]
     pub device: String,
     /// f32, f16 or bf16 (default: f32 on CPU, f16 on GPUs)
@@ -42,7 +44,12 @@ impl DiffusionOptions {
         if self.diffusion.is_empty() {
             return Ok(());
         }
-        let device = diffusion::device(&self.device)?;
+        let devices: Vec<_> = self
+            .device
+            .split(',')
+            .map(|d| diffusion::device(d.trim()))
+            .collect::<Result<_, _>>()?;
+        let device = devices[0].clone();
         let dtype = match &self.dtype {
             Some(d) => diffusion::dtype(d, &device)?,
             None => diffusion::default_dtype(&device),
@@ -72,9 +79,24 @@ impl DiffusionOptions {
             } else {
                 WeightSource::Local(self.models_dir.join(model))
             };
-            let renderer = DiffusionRenderer::new(model, arch, source, device.clone(), dtype)
-                .panicking_on(poison.clone());
-            renderers.insert(model, Arc::new(renderer));
+            let on = |device: &candle_core::Device| -> Arc<dyn super::Renderer> {
+                let r = DiffusionRenderer::new(
+                    model,
+                    arch.clone(),
+                    source.clone(),
+                    device.clone(),
+                    dtype,
+                );
+                Arc::new(r.panicking_on(poison.clone()))
+            };
+            let renderer = match devices.as_slice() {
+                [one] => on(one),
+                several => Arc::new(
+                    super::pool::DevicePool::new(several.iter().map(on).collect())
+                        .map_err(|e| format!("--device {}: {e}", self.device))?,
+                ),
+            };
+            renderers.insert(model, renderer);
         }
         Ok(())
     }
