@@ -151,6 +151,57 @@ async fn the_metrics_agree_with_the_record_after_a_run() {
     d.stop_workers().await;
 }
 
+/// Attempts cut short by a cancel are counted `cancelled`: as many as the record has
+/// cancelled jobs that a worker had claimed.
+#[tokio::test]
+async fn cancelled_attempts_are_counted_as_the_record_has_them() {
+    let mut d = Drill::new(None).await;
+    d.submit(12, None);
+    let port = free_port();
+    let args = listen_args(port);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Four jobs in flight, two per call, 800 ms a call: the cancel finds some running.
+    d.spawn_worker(&args, 800);
+    d.until(Duration::from_secs(30), "jobs running", |rows| {
+        rows.iter().any(|r| r.state == JobState::Running)
+    })
+    .await;
+    let batch = d.rows().await[0].batch_id.unwrap().to_string();
+    assert!(d.command(&["cancel", &batch]).status().unwrap().success());
+    d.until(Duration::from_secs(30), "all finished", |rows| {
+        rows.iter().all(|r| r.state.is_terminal())
+    })
+    .await;
+    let rows = d.rows().await;
+    let claimed_then_cancelled = rows
+        .iter()
+        .filter(|r| r.state == JobState::Cancelled && r.attempt >= 1)
+        .count();
+    assert!(
+        claimed_then_cancelled > 0,
+        "the cancel caught running jobs: {rows:?}"
+    );
+    let q = format!("queue=\"{}\"", d.queue);
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, text) = get(&format!("http://127.0.0.1:{port}/metrics")).await;
+        let cancelled = metric(
+            &text,
+            "renderq_jobs_finished_total",
+            &[&q, "outcome=\"cancelled\""],
+        );
+        if cancelled as usize == claimed_then_cancelled {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "cancelled {cancelled}, the record {claimed_then_cancelled}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.stop_workers().await;
+}
+
 #[tokio::test]
 async fn readiness_follows_redis_and_postgres_and_refuses_while_draining() {
     let pg = PrivatePg::start();

@@ -51,12 +51,8 @@ pub async fn scheduler(g: &Global, listen: super::listen::ListenArgs) -> Result<
     let stop = CancellationToken::new();
     tokio::spawn(signal_shutdown(stop.clone()));
     eprintln!("scheduler: firing the schedules of queue `{}`", g.queue);
-    let firing = crate::scheduler::run(record, dispatch, stop.clone(), false);
-    let beat = health.watch("scheduler");
-    tokio::select! {
-        _ = crate::telemetry::watched(beat, firing) => {}
-        _ = stop.cancelled() => health.drain(),
-    }
+    let firing = crate::scheduler::run(record, dispatch, stop, false);
+    crate::telemetry::watched(health.watch("scheduler"), firing).await;
     Ok(ExitCode::SUCCESS)
 }
 

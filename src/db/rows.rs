@@ -174,3 +174,25 @@ pub(crate) fn job_and_batch(r: &impl Columns) -> Result<(JobId, Option<BatchId>)
 pub(crate) fn state(r: &impl Columns, i: usize) -> Result<JobState, DbError> {
     r.text(i)?.parse().map_err(DbError::Invalid)
 }
+
+/// The states a queue's backlog counts, in the order [`backlog_sql`] returns them.
+const BACKLOG: [JobState; 3] = [JobState::Queued, JobState::Running, JobState::Retrying];
+
+/// One count per backlog state of the queue bound as `param`, in table `jobs`: each a
+/// partial-index lookup.
+pub(crate) fn backlog_sql(jobs: &str, param: &str) -> String {
+    let counts: Vec<String> = BACKLOG
+        .iter()
+        .map(|s| format!("(SELECT count(*) FROM {jobs} WHERE queue = {param} AND state = '{s}')"))
+        .collect();
+    format!("SELECT {}", counts.join(", "))
+}
+
+/// The row [`backlog_sql`] returns, as (state, count).
+pub(crate) fn backlog(row: &impl Columns) -> Result<Vec<(JobState, i64)>, DbError> {
+    BACKLOG
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Ok((*s, row.int(i)?)))
+        .collect()
+}

@@ -175,10 +175,10 @@ impl Metrics {
         self.claimed.get_or_create(&labels).inc_by(n);
     }
 
-    /// An attempt ended with `outcome`.
-    pub fn finished(&self, queue: &str, model: &str, outcome: &str) {
+    /// `n` attempts of `model` ended with `outcome`.
+    pub fn finished(&self, queue: &str, model: &str, outcome: &str, n: u64) {
         let labels = l(&[("queue", queue), ("model", model), ("outcome", outcome)]);
-        self.finished.get_or_create(&labels).inc();
+        self.finished.get_or_create(&labels).inc_by(n);
     }
 
     /// A job first claimed `secs` after it was submitted.

@@ -1,7 +1,7 @@
 //! The stages after rendering: encode and upload in chunks, then record the
 //! outcomes (fenced by attempt) and forget their deliveries.
 
-use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
+use std::{collections::HashMap, sync::Arc, sync::atomic::Ordering, time::Duration};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 use super::{InFlight, Shared, backoff, intake::retry_db};
 use crate::{
     db::{Outcome, Recorded},
-    job::JobState,
+    job::{JobId, JobState},
     render::encode,
     store::{ObjectMeta, PutRequest, StoreError, object_key},
 };
@@ -181,11 +181,13 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
         let mut stale = Vec::new();
         let mut done = 0;
         let mut touched = std::collections::HashSet::new();
+        // Outcomes counted per (model, outcome) and added once per chunk.
+        let mut counts: HashMap<(&str, &str), u64> = HashMap::new();
         for ((item, outcome), rec) in batch.iter().zip(&recorded) {
             let model = item.job.spec.model.as_str();
             match rec {
                 Recorded::Moved(JobState::Retrying, run_at) => {
-                    metrics().finished(&queue, model, "retried");
+                    *counts.entry((model, "retried")).or_default() += 1;
                     // On database dispatch the row (`retrying`, `run_at`) is the wait.
                     if let Some(set) = s.dispatch.delayed() {
                         let due = run_at.map(|t| t.timestamp_millis()).unwrap_or(0);
@@ -196,7 +198,7 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
                     }
                 }
                 Recorded::Moved(state, _) => {
-                    metrics().finished(&queue, model, state.as_str());
+                    *counts.entry((model, state.as_str())).or_default() += 1;
                     done += 1;
                     touched.extend(item.job.batch_id);
                     ack.push(item.entry.clone());
@@ -212,30 +214,30 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
             // live worker: leave it to that worker.
             debug!(n = stale.len(), "stale attempts discarded");
             let states = s.record.states(&stale).await;
+            let by_id: HashMap<JobId, &InFlight> =
+                batch.iter().map(|(i, _)| (i.job.id, i)).collect();
+            let known: HashMap<JobId, JobState> = match &states {
+                Ok(all) => all.iter().map(|(id, st, _)| (*id, *st)).collect(),
+                Err(_) => HashMap::new(),
+            };
             for id in &stale {
-                let state = states
-                    .as_ref()
-                    .ok()
-                    .and_then(|all| all.iter().find(|st| st.0 == *id));
-                let outcome = match state {
-                    Some((_, JobState::Cancelled, _)) => "cancelled",
+                let outcome = match known.get(id) {
+                    Some(JobState::Cancelled) => "cancelled",
                     _ => "stale",
                 };
-                let model = batch
-                    .iter()
-                    .find(|(i, _)| i.job.id == *id)
-                    .map(|(i, _)| i.job.spec.model.as_str());
-                metrics().finished(&queue, model.unwrap_or("unknown"), outcome);
-            }
-            if let Ok(states) = states {
-                for (id, state, _) in states {
-                    if state.is_terminal()
-                        && let Some((item, _)) = batch.iter().find(|(i, _)| i.job.id == id)
-                    {
-                        ack.push(item.entry.clone());
-                    }
+                let model = by_id
+                    .get(id)
+                    .map_or("unknown", |i| i.job.spec.model.as_str());
+                *counts.entry((model, outcome)).or_default() += 1;
+                if let Some(item) = by_id.get(id)
+                    && known.get(id).is_some_and(|st| st.is_terminal())
+                {
+                    ack.push(item.entry.clone());
                 }
             }
+        }
+        for ((model, outcome), n) in counts {
+            metrics().finished(&queue, model, outcome, n);
         }
         if let Err(e) = s.dispatch.ack(&ack).await {
             warn!("acknowledging {} deliveries failed: {e}", ack.len());

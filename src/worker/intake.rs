@@ -246,9 +246,7 @@ async fn claim(
     if let Some(claimed) = claimed {
         let mut ended: Vec<BatchId> = claimed.failed.iter().filter_map(|f| f.1).collect();
         if !claimed.failed.is_empty() {
-            for _ in &claimed.failed {
-                metrics().finished(&queue, "unknown", "failed");
-            }
+            metrics().finished(&queue, "unknown", "failed", claimed.failed.len() as u64);
             warn!(
                 n = claimed.failed.len(),
                 "jobs failed at claim (attempts used up by dead workers, or an unreadable spec)"
@@ -266,7 +264,7 @@ async fn claim(
                 Err(e) => {
                     ended.extend(job.batch_id);
                     let error = format!("refused at claim: {e}");
-                    metrics().finished(&queue, &job.spec.model, "failed");
+                    metrics().finished(&queue, &job.spec.model, "failed", 1);
                     warn!(job = %job.id, "{error}");
                     refused.push((
                         job.id,

@@ -5,19 +5,9 @@ use super::*;
 #[async_trait]
 impl Fleet for PgRecord {
     async fn backlog(&self, queue: &str) -> Result<Vec<(JobState, i64)>, DbError> {
-        let row = sqlx::query(
-            "SELECT (SELECT count(*) FROM renderq.jobs WHERE queue = $1 AND state = 'queued'),
-                    (SELECT count(*) FROM renderq.jobs WHERE queue = $1 AND state = 'running'),
-                    (SELECT count(*) FROM renderq.jobs WHERE queue = $1 AND state = 'retrying')",
-        )
-        .bind(queue)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(vec![
-            (JobState::Queued, row.get(0)),
-            (JobState::Running, row.get(1)),
-            (JobState::Retrying, row.get(2)),
-        ])
+        let sql = crate::db::rows::backlog_sql("renderq.jobs", "$1");
+        let row = sqlx::query(&sql).bind(queue).fetch_one(&self.pool).await?;
+        crate::db::rows::backlog(&row)
     }
 
     /// Registers a worker and keeps its heartbeat (`renderq.workers`).
