@@ -14,7 +14,7 @@ use bytes::Bytes;
 use renderq::{
     job::ImageFormat,
     render::{
-        diffusion::{self, Pipeline, Sample, Timings, tiny},
+        diffusion::{self, Pipeline, Sample, Settings, Timings, tiny},
         encode,
     },
     store::{DirStore, ObjectMeta, Store},
@@ -63,7 +63,14 @@ async fn main() {
         negative_prompt: String::new(),
         seed: 0,
     }];
-    pipeline.render(&warm, size, size, steps, 5.0).unwrap();
+    let settings = Settings {
+        width: size,
+        height: size,
+        steps,
+        guidance: 5.0,
+        sampler: Default::default(),
+    };
+    pipeline.render(&warm, &settings).unwrap();
     for batch in [1usize, 2, 4, 8] {
         let mut total = Timings::default();
         let (mut encode_t, mut upload_t) = (Duration::ZERO, Duration::ZERO);
@@ -76,7 +83,7 @@ async fn main() {
                     seed: (round * batch + i) as u64,
                 })
                 .collect();
-            let (images, t) = pipeline.render(&samples, size, size, steps, 5.0).unwrap();
+            let (images, t) = pipeline.render(&samples, &settings).unwrap();
             total.text += t.text;
             total.denoise += t.denoise;
             total.decode += t.decode;

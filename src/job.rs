@@ -11,8 +11,8 @@ mod state;
 
 pub use id::{BatchId, JobId};
 pub use spec::{
-    DEFAULT_MODEL, FieldError, ImageFormat, JobSpec, KNOWN_MODELS, Limits, MAX_PRIORITY,
-    validate_output_key,
+    DEFAULT_MODEL, FieldError, ImageFormat, JobSpec, KNOWN_MODELS, LCM_MAX_STEPS, Limits,
+    MAX_PRIORITY, Sampler, validate_model_name, validate_output_key,
 };
 pub use state::JobState;
 

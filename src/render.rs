@@ -17,7 +17,7 @@ use std::{collections::BTreeMap, io::Cursor, sync::Arc};
 use async_trait::async_trait;
 use image::{ImageEncoder, RgbImage};
 
-use crate::job::{ClaimedJob, ImageFormat, JobId};
+use crate::job::{ClaimedJob, ImageFormat, JobId, Sampler};
 
 pub use self::{
     noop::NoopRenderer,
@@ -103,6 +103,8 @@ pub struct RenderRequest {
     pub steps: Option<u32>,
     /// Guidance scale, if set.
     pub guidance: Option<f64>,
+    /// The sampler (diffusion models).
+    pub sampler: Sampler,
     /// The seed.
     pub seed: u64,
 }
@@ -119,6 +121,7 @@ impl RenderRequest {
             height: job.spec.height,
             steps: job.spec.steps,
             guidance: job.spec.guidance,
+            sampler: job.spec.sampler(),
             seed: job.seed,
         }
     }
@@ -131,6 +134,7 @@ impl RenderRequest {
             height: self.height,
             steps: self.steps,
             guidance_bits: self.guidance.map(f64::to_bits),
+            sampler: self.sampler,
         }
     }
 }
@@ -148,6 +152,8 @@ pub struct BatchKey {
     pub steps: Option<u32>,
     /// The guidance scale's bits (an `f64` is not `Eq`).
     pub guidance_bits: Option<u64>,
+    /// The sampler: one schedule of UNet calls per device call.
+    pub sampler: Sampler,
 }
 
 /// Renders a group of requests in one device call; one result per request, in order.
@@ -222,6 +228,12 @@ impl Renderers {
     /// Serves every `remote/<name>` through an images endpoint.
     pub fn insert_remote(&mut self, remote: RemoteRenderer) {
         self.insert(REMOTE_MODELS, Arc::new(remote));
+    }
+
+    /// The most device calls any one renderer takes at once (1 for a GPU, the
+    /// endpoint's allowance for a remote one).
+    pub fn widest_lane(&self) -> usize {
+        self.by_model.values().map(|r| r.lanes()).max().unwrap_or(1)
     }
 
     /// The names of the models served, for `renderq.workers`.

@@ -13,7 +13,8 @@
 //! webhooks: sends the due webhooks of finished batches
 //! ```
 //!
-//! `--concurrency` permits bound the jobs between intake and complete.
+//! `--concurrency` permits bound the jobs between intake and complete; within them,
+//! intake holds what the lanes' measured calls need (`sizing`).
 
 mod background;
 pub use background::probe_record_and_dispatch;
@@ -21,7 +22,9 @@ mod finishing;
 mod intake;
 mod reconcile;
 mod rendering;
+mod sizing;
 mod webhooks;
+pub use sizing::{ClaimSizer, LaneUse};
 
 use std::{
     collections::HashMap,
@@ -32,7 +35,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -84,7 +87,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            concurrency: 64,
+            concurrency: 256,
             max_batch: 8,
             lease: Duration::from_secs(15),
             shutdown_deadline: Duration::from_secs(30),
@@ -128,7 +131,7 @@ pub(crate) struct InFlight {
     /// When it was claimed: a job that waited long for the device is checked for
     /// cancellation before it renders.
     pub claimed_at: tokio::time::Instant,
-    pub _permit: OwnedSemaphorePermit,
+    pub _permit: sizing::Held,
 }
 
 /// What every stage shares.
@@ -145,6 +148,8 @@ pub(crate) struct Shared {
     pub webhooks_due: Notify,
     /// Liveness of the loops, readiness of what the worker needs.
     pub health: Arc<Health>,
+    /// How many jobs to hold, from the lanes' measured calls.
+    pub sizer: Arc<ClaimSizer>,
 }
 
 impl Shared {
@@ -181,9 +186,9 @@ impl Worker {
         store: Arc<dyn Store>,
         renderers: Renderers,
     ) -> Self {
+        let widest = renderers.widest_lane();
         Worker {
             shared: Arc::new(Shared {
-                cfg,
                 record,
                 dispatch,
                 store,
@@ -192,6 +197,8 @@ impl Worker {
                 jobs_done: AtomicU64::new(0),
                 webhooks_due: Notify::new(),
                 health: Health::new(DEFAULT_STALL),
+                sizer: Arc::new(ClaimSizer::new(cfg.concurrency, cfg.max_batch, widest)),
+                cfg,
             }),
         }
     }
@@ -202,6 +209,11 @@ impl Worker {
             .expect("a worker is given its health before it runs")
             .health = health;
         self
+    }
+
+    /// The worker's claim sizing and what its lanes did (a benchmark prints it).
+    pub fn sizer(&self) -> Arc<ClaimSizer> {
+        self.shared.sizer.clone()
     }
 
     /// Runs until `shutdown` is cancelled, then drains: no new claims; jobs in flight

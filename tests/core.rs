@@ -643,6 +643,10 @@ async fn claimed_jobs_render_together_only_when_they_share_a_shape(env: Env) {
         (2, r#""width":64,"height":64,"steps":2,"guidance":5"#),
         (5, r#""width":32,"height":64,"steps":2"#),
         (
+            6,
+            r#""width":64,"height":64,"steps":2,"scheduler":"euler_a""#,
+        ),
+        (
             1,
             r#""width":64,"height":64,"steps":2,"model":"remote/other""#,
         ),
@@ -670,15 +674,21 @@ async fn claimed_jobs_render_together_only_when_they_share_a_shape(env: Env) {
     renderers.insert("remote/other", recorder.clone());
     let (_dir, store) = dir_store();
     let (stop, h) = env.spawn_worker(fast_config(), store, renderers);
-    // Open the gate once every job is claimed, so all but the first call's jobs wait
-    // in the render stage together.
+    // Open the gate once more than a call's worth of jobs is claimed, so jobs of
+    // several shapes wait in the render stage together (the worker claims the rest as
+    // calls finish).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while env.rows().await.iter().any(|r| r.state == JobState::Queued) {
+    loop {
+        let rows = env.rows().await;
+        if rows.iter().filter(|r| r.state != JobState::Queued).count() >= 6 {
+            break;
+        }
         assert!(tokio::time::Instant::now() < deadline, "jobs never claimed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     recorder.gate.add_permits(1);
-    let rows = env.wait_terminal(15, Duration::from_secs(20)).await;
+    let rows = env.wait_terminal(21, Duration::from_secs(20)).await;
     stop.cancel();
     h.await.unwrap();
     assert!(
@@ -697,7 +707,7 @@ async fn claimed_jobs_render_together_only_when_they_share_a_shape(env: Env) {
     }
     let mut counts: Vec<usize> = per_key.into_values().collect();
     counts.sort();
-    assert_eq!(counts, vec![1, 2, 3, 4, 5]);
+    assert_eq!(counts, vec![1, 2, 3, 4, 5, 6]);
     assert!(
         calls.iter().any(|c| c.len() > 1),
         "nothing was batched: {calls:?}"

@@ -9,11 +9,12 @@ use candle_core::{DType, Device};
 use common::*;
 use image::RgbImage;
 use renderq::{
-    job::JobId,
+    job::{JobId, Sampler},
     render::{
         RenderError, RenderRequest, Renderer, Renderers,
         diffusion::{
-            Architecture, DiffusionRenderer, Pipeline, Sample, WeightSource, tiny, weights,
+            Architecture, DiffusionRenderer, Pipeline, Sample, Settings, WeightSource, config,
+            tiny, weights,
         },
     },
 };
@@ -52,6 +53,7 @@ fn request(prompt: &str, negative: &str, seed: u64) -> RenderRequest {
         height: 24,
         steps: Some(3),
         guidance: Some(5.0),
+        sampler: Default::default(),
         seed,
     }
 }
@@ -110,6 +112,52 @@ async fn a_mixed_batch_gives_the_images_of_its_jobs_rendered_alone() {
     );
 }
 
+/// Every scheduler renders each job from its seed alone: the same image in a batch as
+/// alone, again on a second run; and the schedulers differ from one another.
+#[tokio::test]
+async fn every_scheduler_renders_a_job_from_its_seed_alone() {
+    let dir = model_dir();
+    let r = renderer(dir.path());
+    let mut firsts = Vec::new();
+    for sampler in Sampler::ALL {
+        let job = |prompt: &str, seed| RenderRequest {
+            sampler,
+            steps: Some(4),
+            ..request(prompt, "", seed)
+        };
+        let batch = [job("a teal armchair", 1), job("a brass lamp", 2)];
+        let together = render(&r, &batch).await;
+        let again = render(&r, &batch).await;
+        for (i, image) in together.iter().enumerate() {
+            let alone = render(&r, std::slice::from_ref(&batch[i])).await;
+            let off = max_diff(image, &alone[0]);
+            assert!(off <= 1, "{sampler:?}: job {i} differs by {off} alone");
+            assert_eq!(
+                image, &again[i],
+                "{sampler:?}: job {i} differs on a second run"
+            );
+        }
+        // Another seed, another image: the seed reaches the noise of every step.
+        let reseeded = render(&r, &[job("a teal armchair", 99)]).await;
+        assert!(max_diff(&together[0], &reseeded[0]) > 8, "{sampler:?}");
+        firsts.push((sampler, together.into_iter().next().unwrap()));
+    }
+    for (i, (a, image)) in firsts.iter().enumerate() {
+        for (b, other) in &firsts[i + 1..] {
+            // DDIM with η = 0 is Euler's method in other coordinates: the two take the
+            // same path and part only at the last step (DDIM stops at timestep 0's
+            // noise, Euler at none), a rounding step or two on this model.
+            if (*a, *b) == (Sampler::Ddim, Sampler::Euler) {
+                continue;
+            }
+            assert!(
+                max_diff(image, other) > 2,
+                "{a:?} and {b:?} drew the same image"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_text_that_recurs_in_a_batch_is_encoded_once() {
     let dir = model_dir();
@@ -126,12 +174,19 @@ fn a_text_that_recurs_in_a_batch_is_encoded_once() {
         sample("a teal armchair", 2),
         sample("a brass lamp", 3),
     ];
-    let (together, timings) = pipeline.render(&batch, 32, 24, 3, 5.0).unwrap();
+    let settings = Settings {
+        width: 32,
+        height: 24,
+        steps: 3,
+        guidance: 5.0,
+        sampler: Sampler::Ddim,
+    };
+    let (together, timings) = pipeline.render(&batch, &settings).unwrap();
     // Two prompts and one (empty) negative prompt, not six encoder runs.
     assert_eq!(timings.texts_encoded, 3);
     for (sample, image) in batch.iter().zip(&together) {
         let (alone, t) = pipeline
-            .render(std::slice::from_ref(sample), 32, 24, 3, 5.0)
+            .render(std::slice::from_ref(sample), &settings)
             .unwrap();
         assert_eq!(t.texts_encoded, 2);
         assert!(max_diff(image, &alone[0]) <= 1, "seed {}", sample.seed);
@@ -329,10 +384,10 @@ async fn an_error_inside_the_device_call_names_the_model_and_the_stage() {
     let out = r.render(&[request("x", "", 1)]).await;
     let m = abort_message(&out[0]);
     assert!(
-        m.contains("model `sd-turbo`, 32x24, 3 steps, batch of 1"),
+        m.contains("model `sd-turbo`, 32x24, 3 ddim steps, batch of 1"),
         "{m}"
     );
-    assert!(m.contains("UNet, step 1 of 3"), "{m}");
+    assert!(m.contains("UNet, ddim step 1 of 3"), "{m}");
 }
 
 #[tokio::test]
@@ -583,4 +638,260 @@ async fn the_binary_reports_missing_weights_and_bad_settings() {
         assert_eq!(code, Some(2), "{output}");
         assert!(output.contains("--features cuda"), "{output}");
     }
+}
+
+fn model_configs(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/model-configs")
+        .join(name)
+}
+
+/// The configs today's diffusers and transformers write for the five hub models
+/// (`scripts/model-configs.py`) read as the presets of those names.
+#[test]
+fn the_published_configs_of_the_presets_read_as_the_presets() {
+    for name in renderq::render::diffusion::PRESETS {
+        let read = config::read(&model_configs(name), name).unwrap();
+        let preset = Architecture::preset(name, None).unwrap();
+        let same = |what: &str, a: String, b: String| assert_eq!(a, b, "{name}: {what}");
+        same(
+            "unet",
+            format!("{:?}", read.unet),
+            format!("{:?}", preset.unet),
+        );
+        same(
+            "vae",
+            format!("{:?}", read.vae),
+            format!("{:?}", preset.vae),
+        );
+        same(
+            "schedule",
+            format!("{:?}", read.schedule),
+            format!("{:?}", preset.schedule),
+        );
+        let encoders = |a: &Architecture| {
+            a.text
+                .iter()
+                .map(|t| format!("{:?} {} {}", t.arch, t.dir, t.tokenizer_dir))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(encoders(&read), encoders(&preset), "{name}: text encoders");
+        assert_eq!(read.vae_scale, preset.vae_scale, "{name}");
+        assert_eq!(
+            (
+                read.default_steps,
+                read.default_guidance,
+                read.size_multiple
+            ),
+            (
+                preset.default_steps,
+                preset.default_guidance,
+                preset.size_multiple
+            ),
+            "{name}"
+        );
+    }
+}
+
+/// A model saved with its configs loads from them under any name, and renders what
+/// the same architecture built by hand renders, bit for bit.
+#[tokio::test]
+async fn a_model_described_by_its_configs_loads_under_any_name() {
+    let dir = model_dir();
+    let read = config::read(dir.path(), "my-fine-tune").unwrap();
+    let built = tiny::architecture(1);
+    assert_eq!(format!("{:?}", read.unet), format!("{:?}", built.unet));
+    assert_eq!(format!("{:?}", read.vae), format!("{:?}", built.vae));
+    assert_eq!(
+        format!("{:?}", read.schedule),
+        format!("{:?}", built.schedule)
+    );
+    // Not a preset: the defaults of a model with leading timesteps.
+    assert_eq!((read.default_steps, read.default_guidance), (30, 7.5));
+    let from_configs = DiffusionRenderer::new(
+        "my-fine-tune",
+        read,
+        WeightSource::Local(dir.path().to_path_buf()),
+        device(),
+        DType::F32,
+    );
+    let job = RenderRequest {
+        model: "my-fine-tune".into(),
+        ..request("a teal armchair", "", 5)
+    };
+    let a = render(&from_configs, std::slice::from_ref(&job)).await;
+    let b = render(&renderer(dir.path()), &[job]).await;
+    assert_eq!(a[0], b[0]);
+}
+
+/// A config renderq cannot serve is refused at start, naming the file and the field.
+#[test]
+fn a_config_renderq_cannot_serve_is_refused_naming_the_file_and_field() {
+    let cases: [(&str, &str, serde_json::Value, &str); 9] = [
+        (
+            "model_index.json",
+            "_class_name",
+            "StableDiffusion3Pipeline".into(),
+            "StableDiffusionPipeline",
+        ),
+        ("unet/config.json", "in_channels", 9.into(), "inpainting"),
+        (
+            "unet/config.json",
+            "down_block_types",
+            serde_json::json!([
+                "SimpleCrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "DownBlock2D"
+            ]),
+            "SimpleCrossAttnDownBlock2D",
+        ),
+        (
+            "unet/config.json",
+            "cross_attention_dim",
+            768.into(),
+            "1024",
+        ),
+        (
+            "unet/config.json",
+            "time_cond_proj_dim",
+            256.into(),
+            "LCM-LoRA",
+        ),
+        (
+            "unet/config.json",
+            "attention_head_dim",
+            serde_json::json!([5, 10]),
+            "one per block",
+        ),
+        ("vae/config.json", "latent_channels", 16.into(), "16"),
+        (
+            "text_encoder/config.json",
+            "hidden_act",
+            "relu".into(),
+            "quick_gelu",
+        ),
+        (
+            "scheduler/scheduler_config.json",
+            "prediction_type",
+            "sample".into(),
+            "v_prediction",
+        ),
+    ];
+    for (file, field, value, hint) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&model_configs("sd-turbo"), dir.path());
+        let path = dir.path().join(file);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json[field] = value;
+        std::fs::write(&path, json.to_string()).unwrap();
+        let e = config::read(dir.path(), "sd-turbo").unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.file.ends_with(file), "{e}");
+        let text = e.to_string();
+        assert!(text.contains(file) && text.contains(hint), "{text}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// `renderq run --diffusion NAME` serves a model directory under `--models-dir` by
+/// its configs: jobs naming it render real images through the whole pipeline; a job
+/// naming a model the worker does not serve fails, alone, saying so.
+#[test]
+fn renderq_run_serves_a_model_directory_by_its_name() {
+    let work = tempfile::tempdir().unwrap();
+    let models = work.path().join("models");
+    tiny::write(&models.join("tiny-sd"), &tiny::architecture(1)).unwrap();
+    let file = work.path().join("jobs.jsonl");
+    std::fs::write(
+        &file,
+        [
+            r#"{"prompt":"a teal armchair","model":"tiny-sd","width":32,"height":32,"steps":2,"scheduler":"dpmpp_2m"}"#,
+            r#"{"prompt":"a brass lamp","model":"tiny-sd","width":32,"height":32,"steps":2,"scheduler":"euler_a"}"#,
+            r#"{"prompt":"a linen sofa","model":"other-model","width":32,"height":32}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_renderq"))
+        .arg("run")
+        .arg(&file)
+        .args([
+            "--max-attempts",
+            "1",
+            "--diffusion",
+            "tiny-sd",
+            "--models-dir",
+        ])
+        .arg(&models)
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", work.path().join("rq.db").display()),
+        )
+        .env("RENDERQ_STORE", work.path().join("out"))
+        .env_remove("REDIS_URL")
+        .env_remove("RENDERQ_DIFFUSION")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "one job failed: {text}");
+    assert!(
+        text.contains("other-model") && text.contains("not served"),
+        "{text}"
+    );
+    let mut images = Vec::new();
+    let mut stack = vec![work.path().join("out")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "png") {
+                images.push(image::open(e.path()).unwrap().to_rgb8());
+            }
+        }
+    }
+    assert_eq!(images.len(), 2, "{text}");
+    assert!(images.iter().all(|i| i.dimensions() == (32, 32)));
+    assert!(max_diff(&images[0], &images[1]) > 8, "two jobs, two images");
+}
+
+/// A name that is neither a model directory with configs nor a preset is refused at
+/// start, saying where it looked.
+#[test]
+fn a_worker_refuses_a_model_it_cannot_find_at_start() {
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_renderq"))
+        .args(["worker", "--diffusion", "nowhere-model", "--models-dir"])
+        .arg(work.path())
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", work.path().join("rq.db").display()),
+        )
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("nowhere-model")
+            && err.contains("model_index.json")
+            && err.contains("sd-turbo"),
+        "{err}"
+    );
 }

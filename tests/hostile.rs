@@ -119,7 +119,8 @@ fn refusals_name_the_field_and_the_limit() {
         ),
         (r#"{"prompt":"a","guidance":1e999}"#.into(), "guidance"),
         (r#"{"prompt":"a","guidance":-1}"#.into(), "guidance"),
-        (r#"{"prompt":"a","model":"gpt-image-9"}"#.into(), "model"),
+        (r#"{"prompt":"a","model":"../sd-turbo"}"#.into(), "model"),
+        (r#"{"prompt":"a","model":"my model"}"#.into(), "model"),
         (
             r#"{"prompt":"a","output_key":"../../etc/passwd"}"#.into(),
             "output_key",
@@ -141,22 +142,18 @@ fn refusals_name_the_field_and_the_limit() {
             &text[..text.len().min(80)]
         );
     }
-    let e = JobSpec::parse(
-        r#"{"prompt":"a","model":"gpt-image-9"}"#,
-        &Limits::default(),
-    )
-    .unwrap_err();
+    let e = JobSpec::parse(r#"{"prompt":"a","model":"a/b"}"#, &Limits::default()).unwrap_err();
     assert!(
-        e.reason.contains("placeholder") && e.reason.contains("remote/<name>"),
+        e.reason.contains("placeholder")
+            && e.reason.contains("remote/<name>")
+            && e.reason.contains("--models-dir"),
         "{e}"
     );
-    assert!(
-        JobSpec::parse(
-            r#"{"prompt":"a","model":"remote/glm-image"}"#,
-            &Limits::default()
-        )
-        .is_ok()
-    );
+    // Remote models, and models named by their directory under a worker's --models-dir.
+    for ok in ["remote/glm-image", "dreamshaper-8", "juggernaut_xl.v9"] {
+        let job = format!(r#"{{"prompt":"a","model":"{ok}"}}"#);
+        assert!(JobSpec::parse(&job, &Limits::default()).is_ok(), "{ok}");
+    }
 }
 
 #[test]

@@ -212,6 +212,7 @@ fn request(prompt: &str, seed: u64, width: u32, height: u32) -> RenderRequest {
         height,
         steps: Some(30),
         guidance: Some(1.5),
+        sampler: Default::default(),
         seed,
     }
 }

@@ -1,5 +1,6 @@
 //! `renderq bench`: submit time and drain throughput with rendering taken out (`noop`,
-//! tiny images), every state recorded. Prints figures; asserts nothing.
+//! tiny images), every state recorded, and the share of the time each lane was busy
+//! (with `--delay-ms` standing in for a device). Prints figures; asserts nothing.
 
 use std::{
     io::Write,
@@ -16,7 +17,7 @@ use crate::{
     cli::{Global, connect},
     input,
     job::Limits,
-    render::Renderers,
+    render::{NoopRenderer, Renderers},
     store, submit,
     worker::{Worker, WorkerConfig},
 };
@@ -36,6 +37,12 @@ pub struct BenchArgs {
     /// Jobs per device call
     #[arg(long, default_value_t = 256)]
     pub max_batch: usize,
+    /// Milliseconds each noop device call takes, standing in for a device
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Calls the noop model takes at once, as that many devices would
+    #[arg(long, default_value_t = 1)]
+    pub lanes: usize,
 }
 
 pub async fn run(g: &Global, args: BenchArgs) -> Result<ExitCode> {
@@ -78,13 +85,11 @@ pub async fn run(g: &Global, args: BenchArgs) -> Result<ExitCode> {
         max_batch: args.max_batch,
         ..WorkerConfig::default()
     };
-    let worker = Worker::new(
-        cfg,
-        record.clone(),
-        dispatch.clone(),
-        store,
-        Renderers::builtin(0),
-    );
+    let mut renderers = Renderers::builtin(0);
+    let noop = NoopRenderer::new(args.delay_ms).with_lanes(args.lanes);
+    renderers.insert("noop", Arc::new(noop));
+    let worker = Worker::new(cfg, record.clone(), dispatch.clone(), store, renderers);
+    let sizer = worker.sizer();
     let shutdown = CancellationToken::new();
     let t = Instant::now();
     let handle = tokio::spawn(worker.run(shutdown.clone()));
@@ -100,14 +105,27 @@ pub async fn run(g: &Global, args: BenchArgs) -> Result<ExitCode> {
         .await?
         .ok_or_else(|| anyhow::anyhow!("the bench batch vanished"))?;
     println!(
-        "drain: {} jobs in {secs:.2} s ({:.0} jobs/s; one worker, concurrency {}, max batch {}, {}x{} noop)",
+        "drain: {} jobs in {secs:.2} s ({:.0} jobs/s; one worker, concurrency {}, max batch {}, {}x{} noop, {} ms per call, {} lane(s))",
         p.total,
         p.total as f64 / secs,
         args.concurrency,
         args.max_batch,
         args.size,
-        args.size
+        args.size,
+        args.delay_ms,
+        args.lanes
     );
+    for lane in sizer.lane_use() {
+        println!(
+            "lane {}: busy {:.1} % of {:.2} s ({} slot(s), {} calls, {:.1} jobs per call)",
+            lane.label,
+            100.0 * lane.duty(),
+            lane.span.as_secs_f64(),
+            lane.slots,
+            lane.calls,
+            lane.jobs as f64 / lane.calls.max(1) as f64
+        );
+    }
     shutdown.cancel();
     handle.await?;
     // The queue was the bench's own: leave nothing of it in Redis.

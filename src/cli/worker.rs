@@ -22,8 +22,9 @@ pub const MAX_BATCH: usize = 1024;
 /// How a worker runs: shared by `renderq worker` and `renderq run`.
 #[derive(Args, Debug)]
 pub struct PipelineArgs {
-    /// Jobs in flight at once
-    #[arg(long, env = "RENDERQ_CONCURRENCY", default_value_t = 64)]
+    /// Most jobs in flight at once; within it the worker holds what its lanes start
+    /// in about two seconds (at least two batches per lane)
+    #[arg(long, env = "RENDERQ_CONCURRENCY", default_value_t = 256)]
     pub concurrency: usize,
     /// Jobs per device call
     #[arg(long, env = "RENDERQ_MAX_BATCH", default_value_t = 8)]

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Catalogue, InputError, Template};
-use crate::job::ImageFormat;
+use crate::job::{ImageFormat, Sampler};
 
 /// How a file becomes jobs: attempts, the CSV templates and variants, and defaults for the fields a job does not set.
 #[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +43,10 @@ pub struct SubmitOptions {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<u32>,
+    /// Default scheduler (ddim, euler, euler_a, dpmpp_2m, lcm) for jobs that set none
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<Sampler>,
     /// Default format (png, webp, jpeg) for jobs that set none
     #[arg(long, value_parser = parse_format)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,6 +72,7 @@ impl Default for SubmitOptions {
             height: None,
             model: None,
             steps: None,
+            scheduler: None,
             format: None,
         }
     }
@@ -85,6 +90,7 @@ impl SubmitOptions {
             || self.height.is_some()
             || self.model.is_some()
             || self.steps.is_some()
+            || self.scheduler.is_some()
             || self.format.is_some()
     }
 
@@ -99,6 +105,7 @@ impl SubmitOptions {
         set("height", self.height.map(Value::from));
         set("model", self.model.clone().map(Value::from));
         set("steps", self.steps.map(Value::from));
+        set("scheduler", self.scheduler.map(|s| Value::from(s.name())));
         set(
             "format",
             self.format

@@ -38,6 +38,77 @@ impl ImageFormat {
     }
 }
 
+/// How a diffusion model's latents go from noise to an image (the job's `scheduler`).
+/// Each is deterministic per seed: the ones that add noise at each step (`euler_a`,
+/// `lcm`) draw it from the job's seed on the host, so the image depends on the seed
+/// alone, never on the device or the other jobs of its batch. Other models ignore it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    /// DDIM without added noise: the default, good from about 20 steps.
+    #[default]
+    Ddim,
+    /// Euler: deterministic, good from about 20 steps.
+    Euler,
+    /// Euler ancestral: adds noise at each step (from the seed); softer, varied images.
+    #[serde(rename = "euler_a")]
+    EulerA,
+    /// DPM++ 2M with Karras sigmas: sharp images in 15 to 25 steps.
+    #[serde(rename = "dpmpp_2m")]
+    Dpmpp2m,
+    /// Latent consistency: 2 to 8 steps, for LCM-distilled models (at most 50 steps).
+    Lcm,
+}
+
+impl Sampler {
+    /// Every sampler, in the order the documentation lists them.
+    pub const ALL: [Sampler; 5] = [
+        Sampler::Ddim,
+        Sampler::Euler,
+        Sampler::EulerA,
+        Sampler::Dpmpp2m,
+        Sampler::Lcm,
+    ];
+
+    /// Its name in the job JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sampler::Ddim => "ddim",
+            Sampler::Euler => "euler",
+            Sampler::EulerA => "euler_a",
+            Sampler::Dpmpp2m => "dpmpp_2m",
+            Sampler::Lcm => "lcm",
+        }
+    }
+
+    /// The most steps it takes: LCM picks its steps from a 50-step schedule.
+    pub fn max_steps(&self) -> Option<u32> {
+        match self {
+            Sampler::Lcm => Some(LCM_MAX_STEPS),
+            _ => None,
+        }
+    }
+}
+
+/// The steps of the schedule LCM picks its steps from (diffusers' `original_inference_steps`).
+pub const LCM_MAX_STEPS: u32 = 50;
+
+impl std::str::FromStr for Sampler {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Sampler::ALL
+            .into_iter()
+            .find(|s| s.name() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Sampler::ALL.iter().map(|s| s.name()).collect();
+                format!("`{text}` is not one of {}", names.join(", "))
+            })
+    }
+}
+
 /// The job JSON: one line of a submit file, or the `job` field of a raw Redis message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +130,9 @@ pub struct JobSpec {
     /// Classifier-free guidance scale (the model's default if unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance: Option<f64>,
+    /// The sampler of diffusion models (`ddim` if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<Sampler>,
     /// The seed; without it one is derived from the job's id and recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
@@ -229,6 +303,17 @@ impl JobSpec {
                 format!("{steps} is outside the limit 1..={}", limits.max_steps),
             ));
         }
+        if let (Some(steps), Some(most)) = (self.steps, self.sampler().max_steps())
+            && steps > most
+        {
+            return Err(refuse(
+                "steps",
+                format!(
+                    "{steps} is over the limit of {most} for the `{}` scheduler",
+                    self.sampler().name()
+                ),
+            ));
+        }
         if let Some(g) = self.guidance
             && (!g.is_finite() || !(0.0..=limits.max_guidance).contains(&g))
         {
@@ -273,14 +358,20 @@ impl JobSpec {
         Ok(())
     }
 
+    /// The sampler it renders with: its own, else `ddim`.
+    pub fn sampler(&self) -> Sampler {
+        self.scheduler.unwrap_or_default()
+    }
+
     /// The seed this job renders with: its own, else one derived from its id.
     pub fn effective_seed(&self, id: JobId) -> u64 {
         self.seed.unwrap_or_else(|| id.default_seed())
     }
 }
 
-/// Models a job may name: the built-ins, the Stable Diffusion presets the diffusion
-/// renderer serves, and `remote/<name>` for an images endpoint.
+/// Models every worker knows by name: the built-ins and the Stable Diffusion presets.
+/// A job may also name `remote/<name>` (an images endpoint) or a model directory
+/// under a worker's `--models-dir`; a worker fails a job whose model it does not serve.
 pub const KNOWN_MODELS: [&str; 7] = [
     "placeholder",
     "noop",
@@ -291,7 +382,8 @@ pub const KNOWN_MODELS: [&str; 7] = [
     "sdxl-turbo",
 ];
 
-fn validate_model_name(model: &str) -> Result<(), FieldError> {
+/// Whether a job may name `model` (a worker then serves it or fails the job).
+pub fn validate_model_name(model: &str) -> Result<(), FieldError> {
     if let Some(name) = model.strip_prefix("remote/") {
         let ok = !name.is_empty()
             && name.len() <= 120
@@ -307,14 +399,22 @@ fn validate_model_name(model: &str) -> Result<(), FieldError> {
             ))
         };
     }
-    if KNOWN_MODELS.contains(&model) {
+    // A model of a worker's own is named by its directory under `--models-dir`.
+    let own = !model.is_empty()
+        && model.len() <= 120
+        && !model.starts_with('.')
+        && model
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if KNOWN_MODELS.contains(&model) || own {
         Ok(())
     } else {
         let shown: String = model.chars().take(64).collect();
         Err(refuse(
             "model",
             format!(
-                "unknown model `{shown}` (known: {}, or remote/<name>)",
+                "`{shown}` is not a model name: one of {}, remote/<name>, or the name of a \
+                 model directory under a worker's --models-dir (1-120 letters, digits, - _ .)",
                 KNOWN_MODELS.join(", ")
             ),
         ))
@@ -367,8 +467,9 @@ fn json_field_error(e: serde_path_to_error::Error<serde_json::Error>) -> FieldEr
     refuse(field, msg)
 }
 
-const FIELDS: [&str; 13] = [
+const FIELDS: [&str; 14] = [
     "negative_prompt",
+    "scheduler",
     "output_key",
     "metadata",
     "priority",
@@ -412,6 +513,26 @@ mod tests {
         let long = "a".repeat(l.max_prompt_chars + 1);
         let e = JobSpec::parse(&format!(r#"{{"prompt":"{long}"}}"#), &l).unwrap_err();
         assert_eq!(e.field, "prompt");
+    }
+
+    #[test]
+    fn schedulers_are_named_in_the_job_and_refused_by_name() {
+        let l = Limits::default();
+        for s in Sampler::ALL {
+            let job = format!(r#"{{"prompt":"x","scheduler":"{}"}}"#, s.name());
+            assert_eq!(JobSpec::parse(&job, &l).unwrap().sampler(), s);
+            assert_eq!(s.name().parse::<Sampler>(), Ok(s));
+        }
+        let plain = JobSpec::parse(r#"{"prompt":"x"}"#, &l).unwrap();
+        assert_eq!((plain.scheduler, plain.sampler()), (None, Sampler::Ddim));
+        let e = JobSpec::parse(r#"{"prompt":"x","scheduler":"heun"}"#, &l).unwrap_err();
+        assert_eq!(e.field, "scheduler", "{e}");
+        assert!(e.reason.contains("dpmpp_2m"), "{e}");
+        let e = JobSpec::parse(r#"{"prompt":"x","scheduler":"lcm","steps":51}"#, &l).unwrap_err();
+        assert_eq!(e.field, "steps", "{e}");
+        assert!(e.reason.contains("lcm"), "{e}");
+        assert!(JobSpec::parse(r#"{"prompt":"x","scheduler":"lcm","steps":50}"#, &l).is_ok());
+        assert!(JobSpec::parse(r#"{"prompt":"x","scheduler":"euler","steps":51}"#, &l).is_ok());
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! below the size that failed.
 
 pub mod arch;
+pub mod config;
 pub mod pipeline;
+pub mod sampling;
 pub mod tiny;
 pub mod tokenizer;
 pub mod weights;
@@ -22,7 +24,7 @@ use image::RgbImage;
 
 pub use self::{
     arch::{Architecture, PRESETS},
-    pipeline::{Pipeline, PipelineError, Sample, Timings},
+    pipeline::{Pipeline, PipelineError, Sample, Settings, Timings},
     weights::{ModelFiles, WeightSource},
 };
 use super::{RenderError, RenderRequest, Renderer};
@@ -280,14 +282,15 @@ impl Renderer for DiffusionRenderer {
                 seed: r.seed,
             })
             .collect();
-        let (width, height, steps, guidance) = (
-            first.width,
-            first.height,
-            first.steps.unwrap_or(self.arch.default_steps),
-            first.guidance.unwrap_or(self.arch.default_guidance),
-        );
+        let settings = Settings {
+            width: first.width,
+            height: first.height,
+            steps: first.steps.unwrap_or(self.arch.default_steps),
+            guidance: first.guidance.unwrap_or(self.arch.default_guidance),
+            sampler: first.sampler,
+        };
         // Memory grows with the pixels and doubles under classifier-free guidance.
-        let memory_shape = (width, height, guidance > 1.0);
+        let memory_shape = (settings.width, settings.height, settings.guidance > 1.0);
         let limits = self.limits.clone();
         let poison = self.panic_on.clone();
         let model = self.model.clone();
@@ -302,10 +305,14 @@ impl Renderer for DiffusionRenderer {
                 .unwrap_or_default();
             let images = render_splitting(&samples, &mut limit, &|s: &[Sample]| {
                 poison.check(s.iter().map(|s| s.prompt.as_str()));
-                let rendered = pipeline.render(s, width, height, steps, guidance);
+                let rendered = pipeline.render(s, &settings);
                 let (images, t) = rendered.map_err(|e| {
                     e.context(&format!(
-                        "model `{model}`, {width}x{height}, {steps} steps, batch of {}",
+                        "model `{model}`, {}x{}, {} {} steps, batch of {}",
+                        settings.width,
+                        settings.height,
+                        settings.steps,
+                        settings.sampler.name(),
                         s.len()
                     ))
                 })?;

@@ -11,6 +11,7 @@ use super::{PanicOn, RenderError, RenderRequest, Renderer};
 /// A blank image of the asked size per job, after a fixed delay per call (benchmarks, drills).
 pub struct NoopRenderer {
     delay: Duration,
+    lanes: usize,
     panic_on: PanicOn,
 }
 
@@ -19,8 +20,15 @@ impl NoopRenderer {
     pub fn new(delay_ms: u64) -> Self {
         NoopRenderer {
             delay: Duration::from_millis(delay_ms),
+            lanes: 1,
             panic_on: PanicOn::default(),
         }
+    }
+
+    /// Takes `lanes` calls at once, as that many devices would (benchmarks).
+    pub fn with_lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes.max(1);
+        self
     }
 
     /// For failure drills: panic on a poison prompt (`--panic-on`).
@@ -41,5 +49,9 @@ impl Renderer for NoopRenderer {
             .iter()
             .map(|r| Ok(RgbImage::new(r.width, r.height)))
             .collect()
+    }
+
+    fn lanes(&self) -> usize {
+        self.lanes
     }
 }

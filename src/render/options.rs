@@ -14,11 +14,13 @@ use super::{
 /// The Stable Diffusion models this worker serves, and on what.
 #[derive(Args, Debug, Clone)]
 pub struct DiffusionOptions {
-    /// Diffusion models to serve, comma-separated (sd-1.5, sd-2.1, sd-turbo, sdxl, sdxl-turbo)
+    /// Diffusion models to serve, comma-separated: directories under --models-dir
+    /// (their configs say what they are), or the presets sd-1.5, sd-2.1, sd-turbo,
+    /// sdxl, sdxl-turbo
     #[arg(long, env = "RENDERQ_DIFFUSION", value_delimiter = ',')]
     pub diffusion: Vec<String>,
-    /// Where their weights are: one directory per model, in the diffusers layout or a
-    /// Hugging Face cache entry
+    /// Where their weights are: one directory per model, named as jobs name the model,
+    /// in the diffusers layout or a Hugging Face cache entry
     #[arg(long, env = "RENDERQ_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
     /// Download missing weights from the Hugging Face hub instead (needs a network)
@@ -39,6 +41,26 @@ pub struct DiffusionOptions {
 }
 
 impl DiffusionOptions {
+    /// What `model` is made of: its own configs when its directory has them (any SD
+    /// 1.x, 2.x, SDXL or Turbo fine-tune), else the preset of that name.
+    fn architecture(&self, model: &str, slice: Option<usize>) -> Result<Architecture, String> {
+        crate::job::validate_model_name(model)
+            .map_err(|e| format!("--diffusion `{model}`: {}", e.reason))?;
+        let root = diffusion::weights::snapshot(&self.models_dir.join(model));
+        if !self.hub && diffusion::config::has_configs(&root) {
+            return diffusion::config::read(&root, model)
+                .map_err(|e| format!("--diffusion `{model}`: {e}"));
+        }
+        Architecture::preset(model, slice).ok_or_else(|| {
+            format!(
+                "--diffusion: unknown model `{model}`: {} has no model_index.json (a model \
+                 saved by diffusers), and it is not a preset ({})",
+                root.display(),
+                diffusion::PRESETS.join(", ")
+            )
+        })
+    }
+
     /// Adds a renderer per `--diffusion` model; an unknown name or device is refused.
     pub fn add_to(&self, renderers: &mut Renderers, poison: &PanicOn) -> Result<(), String> {
         if self.diffusion.is_empty() {
@@ -68,12 +90,7 @@ impl DiffusionOptions {
         };
         for model in &self.diffusion {
             let model = model.trim();
-            let arch = Architecture::preset(model, slice).ok_or_else(|| {
-                format!(
-                    "--diffusion: unknown model `{model}` (known: {})",
-                    diffusion::PRESETS.join(", ")
-                )
-            })?;
+            let arch = self.architecture(model, slice)?;
             let source = if self.hub {
                 WeightSource::Hub
             } else {

@@ -150,6 +150,7 @@ mod tests {
             height: 128,
             steps: None,
             guidance: None,
+            sampler: Default::default(),
             seed,
         }
     }

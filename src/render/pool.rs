@@ -144,6 +144,7 @@ mod tests {
             height: 8,
             steps: None,
             guidance: None,
+            sampler: Default::default(),
             seed: 1,
         }
     }

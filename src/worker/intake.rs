@@ -5,11 +5,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{InFlight, Shared};
+use super::{InFlight, Shared, sizing::Held};
 use crate::telemetry::{idle_current, metrics, tick_current, watched};
 use crate::{
     db::{ClaimRequest, Outcome},
@@ -22,7 +22,7 @@ const READ_CHUNK: usize = 1024;
 const BLOCK: Duration = Duration::from_millis(1000);
 
 /// Deliveries read, with the concurrency permits that hold room for them.
-type Chunk = (Vec<Delivery>, Vec<OwnedSemaphorePermit>);
+type Chunk = (Vec<Delivery>, Vec<Held>);
 
 pub(crate) async fn run(
     s: Arc<Shared>,
@@ -52,19 +52,23 @@ async fn read(
     let mut next_reclaim = tokio::time::Instant::now();
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        // Wait for room before taking anything: a job is only read when it can be held.
+        // Wait for room before taking anything: a job is only read when it can be
+        // held, and only as many as the lanes need (the sizer's target).
         idle_current();
-        let first = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
+        let room = tokio::select! {
+            room = room_for_more(&s, &permits) => room,
             _ = shutdown.cancelled() => break,
         };
         tick_current();
-        let mut held = vec![first];
-        while held.len() < READ_CHUNK {
+        let mut held = Vec::with_capacity(room.min(READ_CHUNK));
+        while held.len() < room.min(READ_CHUNK) {
             match permits.clone().try_acquire_owned() {
-                Ok(p) => held.push(p),
+                Ok(p) => held.push(Held::new(p, s.sizer.clone())),
                 Err(_) => break,
             }
+        }
+        if held.is_empty() {
+            continue;
         }
         let takeover = tokio::time::Instant::now() >= next_reclaim;
         let read = if takeover {
@@ -100,6 +104,21 @@ async fn read(
         if tx.send((deliveries, held)).await.is_err() {
             return;
         }
+    }
+}
+
+/// Waits until the worker holds fewer jobs than its target; returns how many more
+/// it may take.
+async fn room_for_more(s: &Shared, permits: &Semaphore) -> usize {
+    loop {
+        // Registered before the check: a job let go in between still wakes us.
+        let changed = s.sizer.changed.notified();
+        let held = s.cfg.concurrency.max(1) - permits.available_permits();
+        let room = s.sizer.target().saturating_sub(held);
+        if room > 0 {
+            return room;
+        }
+        changed.await;
     }
 }
 

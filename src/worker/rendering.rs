@@ -19,7 +19,15 @@ use crate::{
 pub(crate) type Rendered = (InFlight, Result<RgbImage, RenderError>);
 
 /// One device call in flight: its lane, its jobs, and then their results.
-type Call = Pin<Box<dyn Future<Output = (String, Vec<InFlight>, Vec<RenderResult>)> + Send>>;
+type Call = Pin<Box<dyn Future<Output = (LaneCall, Vec<InFlight>, Vec<RenderResult>)> + Send>>;
+
+/// Which lane a call ran on, and when it started.
+struct LaneCall {
+    lane: String,
+    label: String,
+    slots: usize,
+    started: std::time::Instant,
+}
 type RenderResult = Result<RgbImage, RenderError>;
 
 /// Renders claimed jobs, grouping those that can share a device call. Each renderer
@@ -57,10 +65,14 @@ pub(crate) async fn render(
                 }
                 None => open = false,
             },
-            Some((lane, group, results)) = calls.next() => {
+            Some((call, group, results)) = calls.next() => {
                 tick_current();
-                if let Some(n) = busy.get_mut(&lane) {
+                if let Some(n) = busy.get_mut(&call.lane) {
                     *n = n.saturating_sub(1);
+                }
+                // An unknown model's "call" fails at once: it is no lane.
+                if !call.lane.is_empty() {
+                    s.sizer.call_finished(&call.lane, &call.label, call.slots, group.len(), call.started);
                 }
                 for (item, result) in group.into_iter().zip(results) {
                     if tx.send((item, result)).await.is_err() {
@@ -98,12 +110,15 @@ fn start_calls(
     for (key, group) in groups {
         // A lane is a device its renderers share, or a renderer of its own (every
         // `remote/<name>` shares the endpoint's).
-        let (lane, lanes) = match s.renderers.get(&key.model) {
-            Some(r) => {
-                let own = || format!("renderer {:p}", Arc::as_ptr(&r) as *const ());
-                (r.device().unwrap_or_else(own), r.lanes())
-            }
-            None => (String::new(), usize::MAX), // fails at once: never waits
+        let (lane, label, lanes) = match s.renderers.get(&key.model) {
+            Some(r) => match r.device() {
+                Some(device) => (device.clone(), device, r.lanes()),
+                None => {
+                    let own = format!("renderer {:p}", Arc::as_ptr(&r) as *const ());
+                    (own, key.model.clone(), r.lanes())
+                }
+            },
+            None => (String::new(), String::new(), usize::MAX), // fails at once: never waits
         };
         let in_flight = busy.entry(lane.clone()).or_default();
         if *in_flight >= lanes {
@@ -113,9 +128,15 @@ fn start_calls(
         *in_flight += 1;
         tick_current();
         let s = s.clone();
+        let call = LaneCall {
+            lane,
+            label,
+            slots: lanes,
+            started: std::time::Instant::now(),
+        };
         calls.push(Box::pin(async move {
             let results = render_group(&s, &key.model, &group).await;
-            (lane, group, results)
+            (call, group, results)
         }));
     }
 }
@@ -267,6 +288,7 @@ mod tests {
             height: 16,
             steps: None,
             guidance: None,
+            sampler: Default::default(),
             seed: 7,
         }
     }

@@ -3,19 +3,17 @@
 //! models take candle's published configurations; tests and the benchmark build tiny
 //! ones (`tiny.rs`) that load through the same code.
 
-use std::sync::Arc;
-
 use candle_transformers::models::{
     clip::text_model::ClipTextConfig,
     stable_diffusion::{
         StableDiffusionConfig,
         clip::Config as SdClipConfig,
-        ddim::DDIMSchedulerConfig,
-        schedulers::{PredictionType, SchedulerConfig, TimestepSpacing},
         unet_2d::{BlockConfig, UNet2DConditionModelConfig},
         vae::AutoEncoderKLConfig,
     },
 };
+
+use super::sampling::{NoiseSchedule, Prediction, Spacing};
 
 /// A text encoder's shape. Stable Diffusion's published encoders use candle's SD
 /// CLIP; the generic CLIP config is the one whose sizes a test can choose.
@@ -70,8 +68,8 @@ pub struct Architecture {
     pub vae_scale: f64,
     /// One or two (SDXL); their outputs are concatenated.
     pub text: Vec<TextEncoderArch>,
-    /// The noise schedule.
-    pub scheduler: Arc<DDIMSchedulerConfig>,
+    /// The noise schedule it was trained with; every sampler runs over it.
+    pub schedule: NoiseSchedule,
     /// Steps of a job that sets none.
     pub default_steps: u32,
     /// Guidance of a job that sets none.
@@ -92,11 +90,17 @@ impl Architecture {
     pub fn preset(model: &str, slice: Option<usize>) -> Option<Self> {
         let sd = |repo, steps, guidance, cfg: StableDiffusionConfig, spacing, scale| {
             let prediction = match model {
-                "sd-2.1" => PredictionType::VPrediction,
-                _ => PredictionType::Epsilon,
+                "sd-2.1" => Prediction::V,
+                _ => Prediction::Epsilon,
             };
+            let mut first = cfg.clip.clone();
+            if cfg.clip2.is_some() {
+                // SDXL's first tokenizer pads with its end token, as its
+                // tokenizer_config.json says (candle's preset pads with `!`).
+                first.pad_with = None;
+            }
             let mut text = vec![TextEncoderArch {
-                arch: TextArch::Sd(cfg.clip.clone()),
+                arch: TextArch::Sd(first),
                 dir: "text_encoder",
                 tokenizer_dir: "tokenizer",
                 tokenizer_repo: "openai/clip-vit-large-patch14",
@@ -121,22 +125,19 @@ impl Architecture {
                 },
                 vae_scale: scale,
                 text,
-                // DDIM for every model: with eta 0 it adds no noise of its own, so
-                // the seed alone decides the image (Euler ancestral draws unseeded
-                // noise on the device at every step).
-                scheduler: Arc::new(DDIMSchedulerConfig {
-                    prediction_type: prediction,
-                    timestep_spacing: spacing,
+                schedule: NoiseSchedule {
+                    prediction,
+                    spacing,
                     ..Default::default()
-                }),
+                },
                 default_steps: steps,
                 default_guidance: guidance,
                 size_multiple: 8,
                 repo,
             }
         };
-        let leading = TimestepSpacing::Leading;
-        let trailing = TimestepSpacing::Trailing;
+        let leading = Spacing::Leading;
+        let trailing = Spacing::Trailing;
         Some(match model {
             "sd-1.5" => sd(
                 "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -180,11 +181,6 @@ impl Architecture {
             ),
             _ => return None,
         })
-    }
-
-    /// The noise schedule this architecture samples with.
-    pub fn scheduler_config(&self) -> Arc<dyn SchedulerConfig> {
-        self.scheduler.clone()
     }
 }
 

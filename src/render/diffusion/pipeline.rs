@@ -24,6 +24,7 @@ use tokenizers::Tokenizer;
 
 use super::{
     arch::{Architecture, TextArch},
+    sampling::{self, Noise, Sampler},
     weights::{ModelFiles, Weights},
 };
 
@@ -112,6 +113,55 @@ pub struct Sample {
     pub negative_prompt: String,
     /// The seed of its initial noise.
     pub seed: u64,
+}
+
+/// What every job of a batch shares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Denoising steps.
+    pub steps: u32,
+    /// Classifier-free guidance scale (none at 1 or below).
+    pub guidance: f64,
+    /// How the latents are denoised.
+    pub sampler: Sampler,
+}
+
+/// Each job's noise from its own seed: the starting latents, then whatever a sampler
+/// adds at its steps, so a job's image depends on its seed alone, never on the device
+/// (a device's generator cannot be seeded on CPU) or the other jobs of its batch.
+struct JobNoise {
+    generators: Vec<rand::rngs::StdRng>,
+    shape: (usize, usize, usize),
+    device: Device,
+}
+
+impl JobNoise {
+    fn new(samples: &[Sample], shape: (usize, usize, usize), device: &Device) -> Self {
+        JobNoise {
+            generators: samples
+                .iter()
+                .map(|s| rand::rngs::StdRng::seed_from_u64(s.seed))
+                .collect(),
+            shape,
+            device: device.clone(),
+        }
+    }
+}
+
+impl Noise for JobNoise {
+    fn draw(&mut self) -> candle_core::Result<Tensor> {
+        let (c, h, w) = self.shape;
+        let mut values = Vec::with_capacity(self.generators.len() * c * h * w);
+        for rng in &mut self.generators {
+            values.extend((0..c * h * w).map(|_| -> f32 { StandardNormal.sample(rng) }));
+        }
+        Tensor::from_vec(values, (self.generators.len(), c, h, w), &Device::Cpu)?
+            .to_device(&self.device)
+    }
 }
 
 /// Time spent in each stage of one batch.
@@ -257,26 +307,19 @@ impl Pipeline {
         Ok(Tensor::cat(&parts, D::Minus1)?)
     }
 
-    /// The starting noise of one job, from its seed alone: the same seed gives the same
-    /// latents on every run (a device's own generator cannot be seeded on CPU).
-    fn noise(&self, seed: u64, shape: (usize, usize, usize)) -> Result<Tensor, PipelineError> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let n = shape.0 * shape.1 * shape.2;
-        let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
-        Ok(Tensor::from_vec(values, shape, &Device::Cpu)?
-            .to_device(&self.device)?
-            .to_dtype(self.dtype)?)
-    }
-
     /// Renders `samples` together: one UNet call per step for the whole batch.
     pub fn render(
         &self,
         samples: &[Sample],
-        width: u32,
-        height: u32,
-        steps: u32,
-        guidance: f64,
+        settings: &Settings,
     ) -> Result<(Vec<RgbImage>, Timings), PipelineError> {
+        let Settings {
+            width,
+            height,
+            steps,
+            guidance,
+            sampler,
+        } = *settings;
         let mut timings = Timings::default();
         let started = Instant::now();
         let guided = guidance > 1.0;
@@ -313,23 +356,24 @@ impl Pipeline {
         let started = Instant::now();
         let f = self.arch.latent_factor();
         let shape = (4, height as usize / f, width as usize / f);
-        let mut scheduler = self.arch.scheduler_config().build(steps as usize)?;
-        let noise: Vec<Tensor> = samples
-            .iter()
-            .map(|s| Ok::<_, PipelineError>(self.noise(s.seed, shape)?.unsqueeze(0)?))
-            .collect::<Result<_, _>>()?;
-        let mut latents = (Tensor::cat(&noise, 0)? * scheduler.init_noise_sigma())?;
-        let timesteps = scheduler.timesteps().to_vec();
+        let mut run = sampling::sampling(sampler, &self.arch.schedule, steps as usize);
+        let mut noise = JobNoise::new(samples, shape, &self.device);
+        // Latents stay f32 between steps whatever the model's dtype.
+        let mut latents = run.start(&noise.draw()?)?;
+        let timesteps = run.timesteps().to_vec();
         let total = timesteps.len();
         for (i, t) in timesteps.into_iter().enumerate() {
             let mut step = || -> Result<Tensor, PipelineError> {
+                let input = run.model_input(i, &latents)?.to_dtype(self.dtype)?;
                 let input = if guided {
-                    Tensor::cat(&[&latents, &latents], 0)?
+                    Tensor::cat(&[&input, &input], 0)?
                 } else {
-                    latents.clone()
+                    input
                 };
-                let input = scheduler.scale_model_input(input, t)?;
-                let predicted = self.unet.forward(&input, t as f64, &context)?;
+                let predicted = self
+                    .unet
+                    .forward(&input, t, &context)?
+                    .to_dtype(DType::F32)?;
                 let predicted = if guided {
                     let halves = predicted.chunk(2, 0)?;
                     let (uncond, cond) = (&halves[0], &halves[1]);
@@ -337,15 +381,23 @@ impl Pipeline {
                 } else {
                     predicted
                 };
-                Ok(scheduler.step(&predicted, t, &latents)?)
+                Ok(run.step(i, &latents, &predicted, &mut noise)?)
             };
-            latents = step().map_err(|e| e.context(&format!("UNet, step {} of {total}", i + 1)))?;
+            latents = step().map_err(|e| {
+                e.context(&format!(
+                    "UNet, {} step {} of {total}",
+                    sampler.name(),
+                    i + 1
+                ))
+            })?;
         }
         timings.denoise = started.elapsed();
 
         let started = Instant::now();
         let decode = || -> Result<Tensor, PipelineError> {
-            let decoded = self.vae.decode(&(latents / self.arch.vae_scale)?)?;
+            let decoded = self
+                .vae
+                .decode(&(latents / self.arch.vae_scale)?.to_dtype(self.dtype)?)?;
             Ok(((decoded.to_dtype(DType::F32)? / 2.)? + 0.5)?
                 .clamp(0f32, 1f32)?
                 .affine(255., 0.)?

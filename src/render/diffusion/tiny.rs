@@ -12,14 +12,16 @@ use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::{
     clip::text_model::{Activation, ClipTextConfig, ClipTextTransformer},
     stable_diffusion::{
-        ddim::DDIMSchedulerConfig,
         unet_2d::{BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig},
         vae::{AutoEncoderKL, AutoEncoderKLConfig},
     },
 };
 use serde_json::json;
 
-use super::arch::{Architecture, TextArch, TextEncoderArch};
+use super::{
+    arch::{Architecture, TextArch, TextEncoderArch},
+    sampling::{BetaSchedule, Prediction, Spacing},
+};
 
 /// Characters the tiny tokenizer knows; anything else is `<unk>`.
 const ALPHABET: &str = "abcdefghijklmnopqrstuvwxyz0123456789-.,'!?";
@@ -73,7 +75,7 @@ pub fn architecture(width: usize) -> Architecture {
             tokenizer_dir: "tokenizer",
             tokenizer_repo: "",
         }],
-        scheduler: std::sync::Arc::new(DDIMSchedulerConfig::default()),
+        schedule: super::sampling::NoiseSchedule::default(),
         default_steps: 4,
         default_guidance: 7.5,
         // The VAE halves the size and the UNet halves it again.
@@ -89,8 +91,10 @@ fn save(varmap: &VarMap, path: &Path) -> candle_core::Result<()> {
     varmap.save(path)
 }
 
-/// Writes random weights and the tokenizer under `dir` in the diffusers layout.
+/// Writes random weights, the tokenizer and the configs under `dir` in the diffusers
+/// layout.
 pub fn write(dir: &Path, arch: &Architecture) -> candle_core::Result<()> {
+    write_configs(dir, arch)?;
     let fresh = || {
         let map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
@@ -116,6 +120,146 @@ pub fn write(dir: &Path, arch: &Architecture) -> candle_core::Result<()> {
         std::fs::write(tokenizer, tokenizer_json().to_string())?;
     }
     Ok(())
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> candle_core::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let text = serde_json::to_string_pretty(value).map_err(candle_core::Error::wrap)?;
+    Ok(std::fs::write(path, text)?)
+}
+
+/// Writes the configs diffusers and transformers write beside the weights
+/// (`model_index.json`, each component's `config.json`, the scheduler's and the
+/// tokenizer's), with the fields renderq reads.
+pub fn write_configs(dir: &Path, arch: &Architecture) -> candle_core::Result<()> {
+    let u = &arch.unet;
+    let kind = |cross: bool, up: bool| match (cross, up) {
+        (true, false) => "CrossAttnDownBlock2D",
+        (false, false) => "DownBlock2D",
+        (true, true) => "CrossAttnUpBlock2D",
+        (false, true) => "UpBlock2D",
+    };
+    let down: Vec<&str> = u
+        .blocks
+        .iter()
+        .map(|b| kind(b.use_cross_attn.is_some(), false))
+        .collect();
+    let up: Vec<&str> = u
+        .blocks
+        .iter()
+        .rev()
+        .map(|b| kind(b.use_cross_attn.is_some(), true))
+        .collect();
+    write_json(
+        &dir.join("unet/config.json"),
+        &json!({
+            "_class_name": "UNet2DConditionModel",
+            "act_fn": "silu",
+            "attention_head_dim": u.blocks.iter().map(|b| b.attention_head_dim).collect::<Vec<_>>(),
+            "block_out_channels": u.blocks.iter().map(|b| b.out_channels).collect::<Vec<_>>(),
+            "center_input_sample": u.center_input_sample,
+            "cross_attention_dim": u.cross_attention_dim,
+            "down_block_types": down,
+            "downsample_padding": u.downsample_padding,
+            "flip_sin_to_cos": u.flip_sin_to_cos,
+            "freq_shift": u.freq_shift,
+            "in_channels": 4,
+            "layers_per_block": u.layers_per_block,
+            "mid_block_scale_factor": u.mid_block_scale_factor,
+            "mid_block_type": "UNetMidBlock2DCrossAttn",
+            "norm_eps": u.norm_eps,
+            "norm_num_groups": u.norm_num_groups,
+            "out_channels": 4,
+            "transformer_layers_per_block":
+                u.blocks.iter().map(|b| b.use_cross_attn.unwrap_or(1)).collect::<Vec<_>>(),
+            "up_block_types": up,
+            "use_linear_projection": u.use_linear_projection,
+        }),
+    )?;
+    let v = &arch.vae;
+    let n = v.block_out_channels.len();
+    write_json(
+        &dir.join("vae/config.json"),
+        &json!({
+            "_class_name": "AutoencoderKL",
+            "block_out_channels": v.block_out_channels,
+            "down_block_types": vec!["DownEncoderBlock2D"; n],
+            "in_channels": 3,
+            "latent_channels": v.latent_channels,
+            "layers_per_block": v.layers_per_block,
+            "norm_num_groups": v.norm_num_groups,
+            "out_channels": 3,
+            "scaling_factor": arch.vae_scale,
+            "up_block_types": vec!["UpDecoderBlock2D"; n],
+            "use_post_quant_conv": v.use_post_quant_conv,
+            "use_quant_conv": v.use_quant_conv,
+        }),
+    )?;
+    let mut index = json!({
+        "_class_name": if arch.text.len() > 1 { "StableDiffusionXLPipeline" } else { "StableDiffusionPipeline" },
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    });
+    for enc in &arch.text {
+        let TextArch::Clip(c) = &enc.arch else {
+            return Err(candle_core::Error::Msg(
+                "the tiny model writes generic CLIP encoders only".into(),
+            ));
+        };
+        index[enc.dir] = json!(["transformers", "CLIPTextModel"]);
+        index[enc.tokenizer_dir] = json!(["transformers", "CLIPTokenizer"]);
+        write_json(
+            &dir.join(enc.dir).join("config.json"),
+            &json!({
+                "architectures": ["CLIPTextModel"],
+                "hidden_act": "quick_gelu",
+                "hidden_size": c.embed_dim,
+                "intermediate_size": c.intermediate_size,
+                "max_position_embeddings": c.max_position_embeddings,
+                "num_attention_heads": c.num_attention_heads,
+                "num_hidden_layers": c.num_hidden_layers,
+                "projection_dim": c.projection_dim,
+                "vocab_size": c.vocab_size,
+            }),
+        )?;
+        write_json(
+            &dir.join(enc.tokenizer_dir).join("tokenizer_config.json"),
+            &json!({
+                "model_max_length": c.max_position_embeddings,
+                "pad_token": c.pad_with.as_deref().unwrap_or("<|endoftext|>"),
+                "tokenizer_class": "CLIPTokenizer",
+            }),
+        )?;
+    }
+    write_json(&dir.join("model_index.json"), &index)?;
+    let s = &arch.schedule;
+    write_json(
+        &dir.join("scheduler/scheduler_config.json"),
+        &json!({
+            "_class_name": "DDIMScheduler",
+            "beta_end": s.beta_end,
+            "beta_schedule": match s.beta_schedule {
+                BetaSchedule::ScaledLinear => "scaled_linear",
+                BetaSchedule::Linear => "linear",
+            },
+            "beta_start": s.beta_start,
+            "num_train_timesteps": s.train_steps,
+            "prediction_type": match s.prediction {
+                Prediction::Epsilon => "epsilon",
+                Prediction::V => "v_prediction",
+            },
+            "set_alpha_to_one": s.set_alpha_to_one,
+            "steps_offset": s.steps_offset,
+            "timestep_spacing": match s.spacing {
+                Spacing::Leading => "leading",
+                Spacing::Trailing => "trailing",
+                Spacing::Linspace => "linspace",
+            },
+        }),
+    )
 }
 
 /// A character-level tokenizer in the `tokenizer.json` format: lower-cased, split on

@@ -71,7 +71,7 @@ const UNET_VAE: [&str; 2] = [
 const TEXT: [&str; 2] = ["model.safetensors", "model.fp16.safetensors"];
 
 /// A snapshot directory when `dir` is a Hugging Face cache entry, else `dir`.
-fn snapshot(dir: &Path) -> PathBuf {
+pub fn snapshot(dir: &Path) -> PathBuf {
     let snapshots = dir.join("snapshots");
     if !snapshots.is_dir() {
         return dir.to_path_buf();
