@@ -126,7 +126,7 @@ impl RenderRequest {
         }
     }
 
-    /// Jobs with equal keys can share one device call.
+    /// Jobs with equal keys can share one device call (as `BatchKey::of` their jobs).
     pub fn batch_key(&self) -> BatchKey {
         BatchKey {
             model: self.model.clone(),
@@ -135,6 +135,20 @@ impl RenderRequest {
             steps: self.steps,
             guidance_bits: self.guidance.map(f64::to_bits),
             sampler: self.sampler,
+        }
+    }
+}
+
+impl BatchKey {
+    /// The key of a claimed job, without building its request.
+    pub fn of(job: &ClaimedJob) -> Self {
+        BatchKey {
+            model: job.spec.model.clone(),
+            width: job.spec.width,
+            height: job.spec.height,
+            steps: job.spec.steps,
+            guidance_bits: job.spec.guidance.map(f64::to_bits),
+            sampler: job.spec.sampler(),
         }
     }
 }

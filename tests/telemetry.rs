@@ -122,6 +122,8 @@ async fn the_metrics_agree_with_the_record_after_a_run() {
         "one submit-to-claim wait per job"
     );
     assert_eq!(metric(&text, "renderq_jobs_in_flight", &[&q]), 0.0);
+    // Two batches of 2 for its one lane, which is also the cap (--concurrency 4).
+    assert_eq!(metric(&text, "renderq_claim_target", &[&q]), 4.0);
     assert!(
         metric(
             &text,

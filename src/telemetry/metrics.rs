@@ -32,6 +32,7 @@ pub struct Metrics {
     encode: Histogram,
     upload: Histogram,
     in_flight: Family<Labels, Gauge>,
+    claim_target: Family<Labels, Gauge>,
     oom_splits: Counter,
     webhooks: Family<Labels, Counter>,
     repairs: Family<Labels, Counter>,
@@ -73,6 +74,7 @@ impl Metrics {
             encode: seconds(),
             upload: seconds(),
             in_flight: Family::default(),
+            claim_target: Family::default(),
             oom_splits: Counter::default(),
             webhooks: Family::default(),
             repairs: Family::default(),
@@ -131,6 +133,12 @@ impl Metrics {
             "jobs_in_flight",
             "Jobs claimed and not yet recorded, by queue",
             m.in_flight.clone(),
+        );
+        r.register(
+            "claim_target",
+            "Jobs a worker aims to hold, from its lanes' measured calls (at most \
+             --concurrency), by queue",
+            m.claim_target.clone(),
         );
         r.register(
             "oom_splits",
@@ -215,6 +223,12 @@ impl Metrics {
     pub fn in_flight(&self, queue: &str, n: usize) {
         let labels = l(&[("queue", queue)]);
         self.in_flight.get_or_create(&labels).set(n as i64);
+    }
+
+    /// A worker on `queue` aims to hold `n` jobs.
+    pub fn claim_target(&self, queue: &str, n: usize) {
+        let labels = l(&[("queue", queue)]);
+        self.claim_target.get_or_create(&labels).set(n as i64);
     }
 
     /// A batch split after the device ran out of memory.

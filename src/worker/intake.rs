@@ -114,7 +114,9 @@ async fn room_for_more(s: &Shared, permits: &Semaphore) -> usize {
         // Registered before the check: a job let go in between still wakes us.
         let changed = s.sizer.changed.notified();
         let held = s.cfg.concurrency.max(1) - permits.available_permits();
-        let room = s.sizer.target().saturating_sub(held);
+        let target = s.sizer.target();
+        metrics().claim_target(s.dispatch.queue(), target);
+        let room = target.saturating_sub(held);
         if room > 0 {
             return room;
         }

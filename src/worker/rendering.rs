@@ -3,9 +3,9 @@
 
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use futures::{StreamExt, stream::FuturesUnordered};
+use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use image::RgbImage;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use super::{InFlight, Shared};
@@ -19,14 +19,37 @@ use crate::{
 pub(crate) type Rendered = (InFlight, Result<RgbImage, RenderError>);
 
 /// One device call in flight: its lane, its jobs, and then their results.
-type Call = Pin<Box<dyn Future<Output = (LaneCall, Vec<InFlight>, Vec<RenderResult>)> + Send>>;
+type Call = Pin<Box<dyn Future<Output = Finished> + Send>>;
 
-/// Which lane a call ran on, and when it started.
+/// A finished call: its lane, its jobs, their results, and the device's time on them.
+type Finished = (
+    LaneCall,
+    Vec<InFlight>,
+    Vec<RenderResult>,
+    Option<DeviceTime>,
+);
+
+/// Which lane a call ran on.
 struct LaneCall {
     lane: String,
     label: String,
     slots: usize,
+}
+
+/// What a call's task needs of each job (the jobs themselves stay with the stage).
+struct CallJob {
+    request: RenderRequest,
+    id: crate::job::JobId,
+    attempt: i32,
+    claimed_at: tokio::time::Instant,
+}
+
+/// When the renderer was first called and how long its calls took: the device's busy
+/// time, without the checks and bookkeeping around it.
+#[derive(Clone, Copy)]
+struct DeviceTime {
     started: std::time::Instant,
+    took: Duration,
 }
 type RenderResult = Result<RgbImage, RenderError>;
 
@@ -42,7 +65,7 @@ pub(crate) async fn render(
 ) {
     let mut waiting: Vec<InFlight> = Vec::new();
     let mut calls: FuturesUnordered<Call> = FuturesUnordered::new();
-    let mut busy: HashMap<String, usize> = HashMap::new();
+    let mut busy: HashMap<String, Lane> = HashMap::new();
     let mut open = true;
     loop {
         start_calls(&s, &mut waiting, &mut calls, &mut busy);
@@ -65,15 +88,17 @@ pub(crate) async fn render(
                 }
                 None => open = false,
             },
-            Some((call, group, results)) = calls.next() => {
+            Some((call, group, results, device)) = calls.next() => {
                 tick_current();
-                if let Some(n) = busy.get_mut(&call.lane) {
-                    *n = n.saturating_sub(1);
+                if let Some(lane) = busy.get_mut(&call.lane) {
+                    lane.calls = lane.calls.saturating_sub(1);
                 }
                 // An unknown model's "call" fails at once: it is no lane.
-                if !call.lane.is_empty() {
-                    s.sizer.call_finished(&call.lane, &call.label, call.slots, group.len(), call.started);
+                if let (false, Some(d)) = (call.lane.is_empty(), device) {
+                    s.sizer.call_finished(&call.lane, &call.label, call.slots, group.len(), d.started, d.took);
                 }
+                // The lane's next call starts before these results move on.
+                start_calls(&s, &mut waiting, &mut calls, &mut busy);
                 for (item, result) in group.into_iter().zip(results) {
                     if tx.send((item, result)).await.is_err() {
                         return;
@@ -84,61 +109,195 @@ pub(crate) async fn render(
     }
 }
 
+/// A lane: its calls started (on the device or queued for it), and the queue its
+/// slot tasks take them from. Each slot task runs one call at a time, so a device
+/// never runs more than its slots; a call queued behind it starts the moment the
+/// device is free, in the same task, with no round trip through this stage.
+struct Lane {
+    calls: usize,
+    queue: mpsc::UnboundedSender<Work>,
+}
+
+/// One call for a lane's slot task, and where its results go.
+struct Work {
+    model: String,
+    jobs: Vec<CallJob>,
+    done: oneshot::Sender<(Vec<RenderResult>, Option<DeviceTime>)>,
+}
+
+/// Calls a lane takes per slot: one on the device, one formed and queued.
+const STAGED: usize = 2;
+
+/// Slot tasks of one lane at most (an endpoint may allow more requests at once: its
+/// renderer keeps them in flight within each call).
+const MAX_SLOT_TASKS: usize = 256;
+
+fn open_lane(s: &Arc<Shared>, slots: usize) -> Lane {
+    let (tx, rx) = mpsc::unbounded_channel::<Work>();
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    for _ in 0..slots.clamp(1, MAX_SLOT_TASKS) {
+        let (s, rx) = (s.clone(), rx.clone());
+        tokio::spawn(async move {
+            loop {
+                // The lock is held only by a slot task waiting for work.
+                let next = rx.lock().await.recv().await;
+                let Some(work) = next else { return };
+                let out = render_group(&s, &work.model, work.jobs).await;
+                let _ = work.done.send(out);
+            }
+        });
+    }
+    Lane {
+        calls: 0,
+        queue: tx,
+    }
+}
+
+/// A lane's room while calls are being formed.
+struct Room {
+    call: LaneCall,
+    /// Calls it can still start.
+    free: usize,
+    /// Its groups still filling.
+    filling: usize,
+}
+
+/// The lane `model`'s calls run on: a device its renderers share, or a renderer of
+/// its own (every `remote/<name>` shares the endpoint's).
+fn lane_of(s: &Shared, model: &str) -> LaneCall {
+    match s.renderers.get(model) {
+        Some(r) => match r.device() {
+            Some(device) => LaneCall {
+                lane: device.clone(),
+                label: device,
+                slots: r.lanes(),
+            },
+            None => LaneCall {
+                lane: format!("renderer {:p}", Arc::as_ptr(&r) as *const ()),
+                label: model.to_string(),
+                slots: r.lanes(),
+            },
+        },
+        // Fails at once: never waits.
+        None => LaneCall {
+            lane: String::new(),
+            label: String::new(),
+            slots: usize::MAX,
+        },
+    }
+}
+
 /// Groups the waiting jobs by what can share a device call (up to `--max-batch`)
-/// and starts each group whose lane has room; the rest keep waiting.
+/// and starts the groups their lanes have room for; the rest keep waiting, in order.
+/// One pass, and a job whose lane is full costs one lookup: this runs at every turn
+/// of the stage, with hundreds of jobs waiting.
 fn start_calls(
     s: &Arc<Shared>,
     waiting: &mut Vec<InFlight>,
     calls: &mut FuturesUnordered<Call>,
-    busy: &mut HashMap<String, usize>,
+    busy: &mut HashMap<String, Lane>,
 ) {
     if waiting.is_empty() {
         return;
     }
     let max_batch = s.cfg.max_batch.max(1);
-    let mut groups: Vec<(BatchKey, Vec<InFlight>)> = Vec::new();
+    let mut rooms: Vec<Room> = Vec::new();
+    let mut room_of_model: HashMap<String, usize> = HashMap::new();
+    let mut groups: Vec<(BatchKey, usize, Vec<InFlight>)> = Vec::new();
+    let mut filling: HashMap<BatchKey, usize> = HashMap::new();
+    let mut rest = Vec::new();
     for item in waiting.drain(..) {
-        let key = RenderRequest::from_job(&item.job).batch_key();
-        match groups
-            .iter_mut()
-            .find(|(k, g)| *k == key && g.len() < max_batch)
-        {
-            Some((_, g)) => g.push(item),
-            None => groups.push((key, vec![item])),
-        }
-    }
-    for (key, group) in groups {
-        // A lane is a device its renderers share, or a renderer of its own (every
-        // `remote/<name>` shares the endpoint's).
-        let (lane, label, lanes) = match s.renderers.get(&key.model) {
-            Some(r) => match r.device() {
-                Some(device) => (device.clone(), device, r.lanes()),
-                None => {
-                    let own = format!("renderer {:p}", Arc::as_ptr(&r) as *const ());
-                    (own, key.model.clone(), r.lanes())
-                }
-            },
-            None => (String::new(), String::new(), usize::MAX), // fails at once: never waits
+        let model = item.job.spec.model.as_str();
+        let r = match room_of_model.get(model) {
+            Some(&r) => r,
+            None => {
+                let call = lane_of(s, model);
+                let r = match rooms.iter().position(|room| room.call.lane == call.lane) {
+                    Some(r) => r,
+                    None => {
+                        let used = busy.get(&call.lane).map_or(0, |l| l.calls);
+                        rooms.push(Room {
+                            free: call.slots.saturating_mul(STAGED).saturating_sub(used),
+                            filling: 0,
+                            call,
+                        });
+                        rooms.len() - 1
+                    }
+                };
+                room_of_model.insert(model.to_string(), r);
+                r
+            }
         };
-        let in_flight = busy.entry(lane.clone()).or_default();
-        if *in_flight >= lanes {
-            waiting.extend(group);
+        if rooms[r].free == 0 && rooms[r].filling == 0 {
+            rest.push(item);
             continue;
         }
-        *in_flight += 1;
-        tick_current();
-        let s = s.clone();
+        let key = BatchKey::of(&item.job);
+        if let Some(&g) = filling.get(&key) {
+            groups[g].2.push(item);
+            if groups[g].2.len() >= max_batch {
+                filling.remove(&key);
+                rooms[r].filling -= 1;
+            }
+            continue;
+        }
+        if rooms[r].free == 0 {
+            rest.push(item);
+            continue;
+        }
+        rooms[r].free -= 1;
+        groups.push((key.clone(), r, vec![item]));
+        if max_batch > 1 {
+            rooms[r].filling += 1;
+            filling.insert(key, groups.len() - 1);
+        }
+    }
+    *waiting = rest;
+    for (key, r, group) in groups {
         let call = LaneCall {
-            lane,
-            label,
-            slots: lanes,
-            started: std::time::Instant::now(),
+            lane: rooms[r].call.lane.clone(),
+            label: rooms[r].call.label.clone(),
+            slots: rooms[r].call.slots,
         };
+        tick_current();
+        let jobs: Vec<CallJob> = group
+            .iter()
+            .map(|i| CallJob {
+                request: RenderRequest::from_job(&i.job),
+                id: i.job.id,
+                attempt: i.job.attempt,
+                claimed_at: i.claimed_at,
+            })
+            .collect();
+        let model = key.model;
+        if call.lane.is_empty() {
+            // An unserved model fails at once; it has no lane to wait for.
+            let results = render_group_unserved(s, &model, jobs.len());
+            calls.push(Box::pin(async move { (call, group, results, None) }));
+            continue;
+        }
+        let lane = busy
+            .entry(call.lane.clone())
+            .or_insert_with(|| open_lane(s, call.slots));
+        lane.calls += 1;
+        let (done, result) = oneshot::channel();
+        let sent = lane.queue.send(Work { model, jobs, done });
         calls.push(Box::pin(async move {
-            let results = render_group(&s, &key.model, &group).await;
-            (call, group, results)
+            let (results, device) = match (sent, result.await) {
+                (Ok(()), Ok(done)) => done,
+                _ => {
+                    let e = RenderError::Retry("the render stage is shutting down".into());
+                    (group.iter().map(|_| Err(e.clone())).collect(), None)
+                }
+            };
+            (call, group, results, device)
         }));
     }
+}
+
+fn render_group_unserved(s: &Shared, model: &str, n: usize) -> Vec<RenderResult> {
+    let err = s.renderers.unknown_model(model);
+    (0..n).map(|_| Err(err.clone())).collect()
 }
 
 /// One device call. A panic is contained: a batch that panics is rendered again one
@@ -146,61 +305,63 @@ fn start_calls(
 async fn render_group(
     s: &Shared,
     model: &str,
-    group: &[InFlight],
-) -> Vec<Result<RgbImage, RenderError>> {
+    jobs: Vec<CallJob>,
+) -> (Vec<RenderResult>, Option<DeviceTime>) {
     let Some(renderer) = s.renderers.get(model) else {
-        let err = s.renderers.unknown_model(model);
-        return group.iter().map(|_| Err(err.clone())).collect();
+        return (render_group_unserved(s, model, jobs.len()), None);
     };
     // Jobs cancelled (or taken over) while they waited for the device are not
-    // rendered: their device time goes to live jobs. Only a wait of a second or more
-    // is worth the query; a fresher job's outcome is still fenced out if cancelled.
-    let waited = group
-        .iter()
-        .any(|i| i.claimed_at.elapsed() >= RECHECK_AFTER);
+    // rendered: their device time goes to live jobs. Only a long wait is worth the
+    // query; a fresher job's outcome is still fenced out if cancelled.
+    let waited = jobs.iter().any(|j| j.claimed_at.elapsed() >= RECHECK_AFTER);
     let live = if waited {
-        still_ours(s, group).await
+        still_ours(s, &jobs).await
     } else {
-        vec![true; group.len()]
+        vec![true; jobs.len()]
     };
-    let requests: Vec<RenderRequest> = group
-        .iter()
+    let all_live = live.iter().all(|l| *l);
+    let requests: Vec<RenderRequest> = jobs
+        .into_iter()
         .zip(&live)
         .filter(|(_, live)| **live)
-        .map(|(i, _)| RenderRequest::from_job(&i.job))
+        .map(|(j, _)| j.request)
         .collect();
-    if requests.len() < group.len() {
-        let mut rendered = render_requests(renderer, requests, model).await.into_iter();
-        return live
-            .iter()
-            .map(|live| match live {
-                true => rendered
-                    .next()
-                    .unwrap_or_else(|| Err(RenderError::Retry("missing result".into()))),
-                false => Err(RenderError::Abort("cancelled before rendering".into())),
-            })
-            .collect();
+    let (rendered, device) = render_requests(renderer, requests, model).await;
+    if all_live {
+        return (rendered, device);
     }
-    render_requests(renderer, requests, model).await
+    let mut rendered = rendered.into_iter();
+    let results = live
+        .iter()
+        .map(|live| match live {
+            true => rendered
+                .next()
+                .unwrap_or_else(|| Err(RenderError::Retry("missing result".into()))),
+            false => Err(RenderError::Abort("cancelled before rendering".into())),
+        })
+        .collect();
+    (results, device)
 }
 
-/// A job that waited this long since its claim is checked before it renders.
-const RECHECK_AFTER: Duration = Duration::from_secs(1);
+/// A job that waited this long since its claim is checked before it renders: longer
+/// than the claim sizing's horizon, so a lane it keeps fed pays no query per call,
+/// while jobs queued behind a slow device are checked.
+const RECHECK_AFTER: Duration = Duration::from_secs(5);
 
 /// Whether each job is still running under the attempt this worker claimed.
 /// On a database error all are assumed live (the completion fence still holds).
-async fn still_ours(s: &Shared, group: &[InFlight]) -> Vec<bool> {
-    let ids: Vec<_> = group.iter().map(|i| i.job.id).collect();
+async fn still_ours(s: &Shared, jobs: &[CallJob]) -> Vec<bool> {
+    let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
     match s.record.states(&ids).await {
-        Ok(states) => group
+        Ok(states) => jobs
             .iter()
-            .map(|i| {
+            .map(|j| {
                 states.iter().any(|(id, st, attempt)| {
-                    *id == i.job.id && *st == JobState::Running && *attempt == i.job.attempt
+                    *id == j.id && *st == JobState::Running && *attempt == j.attempt
                 })
             })
             .collect(),
-        Err(_) => vec![true; group.len()],
+        Err(_) => vec![true; jobs.len()],
     }
 }
 
@@ -211,29 +372,36 @@ async fn render_requests(
     renderer: std::sync::Arc<dyn crate::render::Renderer>,
     requests: Vec<RenderRequest>,
     model: &str,
-) -> Vec<Result<RgbImage, RenderError>> {
+) -> (Vec<RenderResult>, Option<DeviceTime>) {
     if requests.is_empty() {
-        return Vec::new();
+        return (Vec::new(), None);
     }
-    let call = |reqs: Vec<RenderRequest>| {
-        let r = renderer.clone();
-        async move {
-            let n = reqs.len();
-            let started = std::time::Instant::now();
-            // Its own task: a panic ends that task, not this stage.
-            let rendered = tokio::spawn(async move { r.render(&reqs).await }).await;
-            metrics().device_call(model, n, started.elapsed().as_secs_f64());
-            match rendered {
-                Ok(out) if out.len() == n => Ok(out),
-                Ok(out) => Err(format!(
-                    "renderer returned {} images for {n} requests",
-                    out.len()
-                )),
-                Err(e) => Err(panic_message(e)),
-            }
+    let mut device: Option<DeviceTime> = None;
+    let mut call = async |reqs: Vec<RenderRequest>| {
+        let n = reqs.len();
+        let started = std::time::Instant::now();
+        // A panic is caught here and ends this call only, in this task: no hop to
+        // another task between one call and the next.
+        let rendered = std::panic::AssertUnwindSafe(renderer.render(&reqs))
+            .catch_unwind()
+            .await;
+        let took = started.elapsed();
+        let d = device.get_or_insert(DeviceTime {
+            started,
+            took: Duration::ZERO,
+        });
+        d.took += took;
+        metrics().device_call(model, n, took.as_secs_f64());
+        match rendered {
+            Ok(out) if out.len() == n => Ok(out),
+            Ok(out) => Err(format!(
+                "renderer returned {} images for {n} requests",
+                out.len()
+            )),
+            Err(panic) => Err(panic_message(panic)),
         }
     };
-    match call(requests.clone()).await {
+    let results = match call(requests.clone()).await {
         Ok(results) => results,
         Err(e) if requests.len() > 1 => {
             warn!(
@@ -251,18 +419,16 @@ async fn render_requests(
             out
         }
         Err(e) => vec![Err(RenderError::Retry(e))],
-    }
+    };
+    (results, device)
 }
 
-fn panic_message(e: tokio::task::JoinError) -> String {
-    let msg = match e.try_into_panic() {
-        Ok(p) => p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into()),
-        Err(e) => e.to_string(),
-    };
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
     format!("renderer panicked: {msg}")
 }
 
@@ -305,7 +471,7 @@ mod tests {
             Arc::new(NoopRenderer::new(0).panicking_on(poison())),
         ];
         for renderer in renderers {
-            let results = render_requests(renderer, batch(), "m").await;
+            let (results, _) = render_requests(renderer, batch(), "m").await;
             assert_eq!(results.len(), 3);
             assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
             match &results[1] {
@@ -328,7 +494,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wrong_result_count_renders_the_batch_one_job_at_a_time() {
-        let results = render_requests(Arc::new(OneImage), batch(), "m").await;
+        let (results, _) = render_requests(Arc::new(OneImage), batch(), "m").await;
         assert_eq!(results.len(), 3);
         assert!(results.iter().all(Result::is_ok), "{results:?}");
     }

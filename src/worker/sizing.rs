@@ -82,7 +82,8 @@ impl ClaimSizer {
     }
 
     /// Records a finished device call on `lane` (which takes `slots` calls at once):
-    /// `jobs` jobs, started at `started`, ended now.
+    /// `jobs` jobs, first handed to the renderer at `started`, which worked on them
+    /// for `took`; ended now.
     pub fn call_finished(
         &self,
         lane: &str,
@@ -90,9 +91,9 @@ impl ClaimSizer {
         slots: usize,
         jobs: usize,
         started: Instant,
+        took: Duration,
     ) {
         let now = Instant::now();
-        let took = now.saturating_duration_since(started);
         // A call faster than a microsecond counts as one: the rate stays finite.
         let rate = jobs as f64 / took.as_secs_f64().max(1e-6);
         let mut lanes = self.lanes.lock().unwrap();
@@ -205,7 +206,14 @@ mod tests {
     fn a_slow_lane_holds_what_it_starts_in_the_horizon_and_no_more() {
         // 700 ms per call of 4: about 5.7 jobs/s, 11.4 in two seconds.
         let s = ClaimSizer::new(256, 4, 1);
-        s.call_finished("cpu", "sd-turbo", 1, 4, ago(700));
+        s.call_finished(
+            "cpu",
+            "sd-turbo",
+            1,
+            4,
+            ago(700),
+            Duration::from_millis(700),
+        );
         let t = s.target();
         assert!((11..=13).contains(&t), "{t}");
     }
@@ -213,18 +221,18 @@ mod tests {
     #[test]
     fn a_very_slow_lane_still_keeps_a_batch_waiting() {
         let s = ClaimSizer::new(256, 8, 1);
-        s.call_finished("cuda:0", "sdxl", 1, 8, ago(30_000));
+        s.call_finished("cuda:0", "sdxl", 1, 8, ago(30_000), Duration::from_secs(30));
         assert_eq!(s.target(), 16);
     }
 
     #[test]
     fn a_fast_lane_reaches_the_cap_and_lanes_add_up() {
         let s = ClaimSizer::new(1000, 8, 1);
-        s.call_finished("noop", "noop", 1, 8, ago(0));
+        s.call_finished("noop", "noop", 1, 8, ago(0), Duration::from_millis(0));
         assert_eq!(s.target(), 1000);
         let s = ClaimSizer::new(1000, 4, 1);
-        s.call_finished("a", "a", 1, 4, ago(30_000));
-        s.call_finished("b", "b", 2, 4, ago(30_000));
+        s.call_finished("a", "a", 1, 4, ago(30_000), Duration::from_secs(30));
+        s.call_finished("b", "b", 2, 4, ago(30_000), Duration::from_secs(30));
         assert_eq!(s.target(), 8 + 16, "two batches per slot of each lane");
     }
 
@@ -232,8 +240,8 @@ mod tests {
     fn lane_use_is_busy_time_over_span_per_slot() {
         let s = ClaimSizer::new(64, 4, 1);
         let start = ago(400);
-        s.call_finished("r", "remote/x", 2, 4, start);
-        s.call_finished("r", "remote/x", 2, 4, start);
+        s.call_finished("r", "remote/x", 2, 4, start, Duration::from_millis(400));
+        s.call_finished("r", "remote/x", 2, 4, start, Duration::from_millis(400));
         let u = &s.lane_use()[0];
         assert_eq!(
             (u.label.as_str(), u.slots, u.calls, u.jobs),
