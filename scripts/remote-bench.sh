@@ -3,7 +3,7 @@
 # every request after DELAY_MS (200) with a 64x64 PNG and has no limit of its own, and
 # `renderq run` of JOBS remote jobs on the embedded default, for each
 # "concurrency max-batch" pair given (default: 16 8, 16 16, 64 64). Prints images/s
-# against the ideal, concurrency / delay. CONCURRENCY (256) is the worker's --concurrency.
+# against the ideal, concurrency / delay. CONCURRENCY (1024) is the worker's --concurrency.
 #
 #   scripts/remote-bench.sh [BINARY] [JOBS]      (BINARY: target/release/renderq)
 set -euo pipefail
@@ -57,7 +57,7 @@ for pair in $PAIRS; do
     rm -rf "$work/db" && mkdir "$work/db"
     DATABASE_URL="sqlite://$work/db/renderq.db" RENDERQ_STORE="$work/db/out" RENDERQ_LOG=warn \
         "$BIN" run "$work/jobs.jsonl" --remote-url "http://127.0.0.1:$port/v1" \
-        --remote-concurrency "$conc" --max-batch "$batch" --concurrency "${CONCURRENCY:-256}" >/dev/null 2>&1
+        --remote-concurrency "$conc" --max-batch "$batch" --concurrency "${CONCURRENCY:-1024}" >/dev/null 2>&1
     # The drain as the record saw it: first claim to last finish (start-up, submit and
     # the contact sheet are not the endpoint's).
     python3 - "$work/db/renderq.db" "$conc" "$batch" "$DELAY_MS" <<'PY'

@@ -87,7 +87,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            concurrency: 256,
+            concurrency: 1024,
             max_batch: 8,
             lease: Duration::from_secs(15),
             shutdown_deadline: Duration::from_secs(30),

@@ -24,7 +24,7 @@ pub const MAX_BATCH: usize = 1024;
 pub struct PipelineArgs {
     /// Most jobs in flight at once; within it the worker holds what its lanes start
     /// in about two seconds (at least two batches per lane)
-    #[arg(long, env = "RENDERQ_CONCURRENCY", default_value_t = 256)]
+    #[arg(long, env = "RENDERQ_CONCURRENCY", default_value_t = 1024)]
     pub concurrency: usize,
     /// Jobs per device call
     #[arg(long, env = "RENDERQ_MAX_BATCH", default_value_t = 8)]
