@@ -128,9 +128,10 @@ struct Work {
 /// Calls a lane takes per slot: one on the device, one formed and queued.
 const STAGED: usize = 2;
 
-/// Slot tasks of one lane at most (an endpoint may allow more requests at once: its
-/// renderer keeps them in flight within each call).
-const MAX_SLOT_TASKS: usize = 256;
+/// Slot tasks of one lane at most: as many as `--remote-concurrency` allows, so an
+/// endpoint keeps every request in flight even with one job per call. Only a renderer
+/// that claims more lanes than that (none built in) would have calls wait for a task.
+const MAX_SLOT_TASKS: usize = 1024;
 
 fn open_lane(s: &Arc<Shared>, slots: usize) -> Lane {
     let (tx, rx) = mpsc::unbounded_channel::<Work>();
