@@ -71,20 +71,8 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<ExitCode> {
     };
 
     let rows = record.jobs_of_batch(done.batch).await?;
-    let failed: Vec<_> = rows
-        .iter()
-        .filter(|r| r.state == crate::job::JobState::Failed)
-        .collect();
-    if !failed.is_empty() {
-        eprintln!("failed jobs (first 20):");
-        for r in failed.iter().take(20) {
-            eprintln!(
-                "  {}  attempt {}  {}",
-                r.id,
-                r.attempt,
-                r.error.as_deref().unwrap_or_default()
-            );
-        }
+    if rows.iter().any(|r| r.state == crate::job::JobState::Failed) {
+        eprintln!("{}", watch::failed_jobs(record.as_ref(), done.batch).await?);
     }
     let html = sheet::contact_sheet(&format!("{name} ({batch})"), &rows, |k| store.url(k));
     let local = Location::parse(&g.store)?.is_local();

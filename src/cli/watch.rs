@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{Global, connect, parse_batch};
 use crate::{
     db::{Progress, Record},
+    job::BatchId,
     redact::webhook_origin,
     worker::WorkerConfig,
 };
@@ -88,15 +89,7 @@ pub async fn status(record: &dyn Record, queue: &str, batch: Option<String>) -> 
         println!("  webhook {}: {state}", webhook_origin(&hook.url));
     }
     if p.failed > 0 {
-        println!("failed jobs (first 20):");
-        for f in record.failures(id, 20).await? {
-            println!(
-                "  {}  attempt {}  {}",
-                f.id,
-                f.attempt,
-                f.error.unwrap_or_default()
-            );
-        }
+        println!("{}", failed_jobs(record, id).await?);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -176,6 +169,16 @@ pub async fn cancel(record: &dyn Record, id: &str) -> Result<ExitCode> {
         println!("batch {batch} finished");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first 20 failed jobs of a batch with their errors, one per line under a heading.
+pub async fn failed_jobs(record: &dyn Record, batch: BatchId) -> Result<String> {
+    let mut text = String::from("failed jobs (first 20):");
+    for f in record.failures(batch, 20).await? {
+        let error = f.error.unwrap_or_default();
+        text.push_str(&format!("\n  {}  attempt {}  {error}", f.id, f.attempt));
+    }
+    Ok(text)
 }
 
 fn human(secs: f64) -> String {
