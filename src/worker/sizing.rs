@@ -118,8 +118,9 @@ impl ClaimSizer {
     }
 
     /// Jobs to hold now. Before any call has finished: two batches for each slot of
-    /// the widest lane, enough for its first calls and the next; afterwards, per active lane, the larger of a full batch in
-    /// each slot plus one waiting each, and what its slots render in the horizon.
+    /// the widest lane. Afterwards, summed over the lanes that rendered in the last
+    /// minute: the larger of two batches per slot (one on the device, one ready) and
+    /// what its slots render in the horizon at their measured speed.
     pub fn target(&self) -> usize {
         let lanes = self.lanes.lock().unwrap();
         let now = Instant::now();
