@@ -9,6 +9,7 @@
 //! below the size that failed.
 
 pub mod arch;
+pub mod checkpoint;
 pub mod config;
 pub mod pipeline;
 pub mod sampling;
@@ -159,6 +160,7 @@ impl DiffusionRenderer {
         }
         let files = match &self.source {
             WeightSource::Local(dir) => weights::local(&self.model, &self.arch, dir)?,
+            WeightSource::Checkpoint(file) => weights::checkpoint(&self.model, file)?,
             WeightSource::Hub => weights::hub(&self.model, &self.arch).await?,
         };
         let (arch, device, dtype, model) = (

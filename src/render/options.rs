@@ -15,12 +15,13 @@ use super::{
 #[derive(Args, Debug, Clone)]
 pub struct DiffusionOptions {
     /// Diffusion models to serve, comma-separated: directories under --models-dir
-    /// (their configs say what they are), or the presets sd-1.5, sd-2.1, sd-turbo,
-    /// sdxl, sdxl-turbo
+    /// (their configs say what they are), single-file checkpoints there (NAME for
+    /// NAME.safetensors), or the presets sd-1.5, sd-2.1, sd-turbo, sdxl, sdxl-turbo
     #[arg(long, env = "RENDERQ_DIFFUSION", value_delimiter = ',')]
     pub diffusion: Vec<String>,
-    /// Where their weights are: one directory per model, named as jobs name the model,
-    /// in the diffusers layout or a Hugging Face cache entry
+    /// Where their weights are, named as jobs name the model: a directory per model in
+    /// the diffusers layout or a Hugging Face cache entry, or a NAME.safetensors
+    /// checkpoint in the original Stability layout (with an optional NAME.json)
     #[arg(long, env = "RENDERQ_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
     /// Download missing weights from the Hugging Face hub instead (needs a network)
@@ -41,24 +42,53 @@ pub struct DiffusionOptions {
 }
 
 impl DiffusionOptions {
-    /// What `model` is made of: its own configs when its directory has them (any SD
-    /// 1.x, 2.x, SDXL or Turbo fine-tune), else the preset of that name.
-    fn architecture(&self, model: &str, slice: Option<usize>) -> Result<Architecture, String> {
+    /// What `model` is made of and where its weights are: a directory with its own
+    /// configs (any SD 1.x, 2.x, SDXL or Turbo fine-tune), else a single-file
+    /// checkpoint `<model>.safetensors`, else the preset of that name.
+    fn resolve(
+        &self,
+        model: &str,
+        slice: Option<usize>,
+    ) -> Result<(Architecture, WeightSource), String> {
         crate::job::validate_model_name(model)
             .map_err(|e| format!("--diffusion `{model}`: {}", e.reason))?;
-        let root = diffusion::weights::snapshot(&self.models_dir.join(model));
+        let dir = self.models_dir.join(model);
+        let root = diffusion::weights::snapshot(&dir);
         if !self.hub && diffusion::config::has_configs(&root) {
-            return diffusion::config::read(&root, model)
-                .map_err(|e| format!("--diffusion `{model}`: {e}"));
+            let arch = diffusion::config::read(&root, model)
+                .map_err(|e| format!("--diffusion `{model}`: {e}"))?;
+            return Ok((arch, WeightSource::Local(dir)));
         }
-        Architecture::preset(model, slice).ok_or_else(|| {
-            format!(
-                "--diffusion: unknown model `{model}`: {} has no model_index.json (a model \
-                 saved by diffusers), and it is not a preset ({})",
-                root.display(),
-                diffusion::PRESETS.join(", ")
-            )
-        })
+        if let Some(file) = (!self.hub)
+            .then(|| diffusion::checkpoint::find(&self.models_dir, model))
+            .flatten()
+        {
+            let found = diffusion::checkpoint::read(&file)
+                .map_err(|e| format!("--diffusion `{model}`: {e}"))?;
+            return Ok((found.arch, WeightSource::Checkpoint(file)));
+        }
+        let arch = Architecture::preset(model, slice).ok_or_else(|| {
+            let stem = model.strip_suffix(".safetensors");
+            match stem {
+                Some(stem) => format!(
+                    "--diffusion `{model}`: a checkpoint's model is named without its \
+                     extension: --diffusion {stem}"
+                ),
+                None => format!(
+                    "--diffusion: unknown model `{model}`: {} has no model_index.json (a model \
+                     saved by diffusers), there is no {model}.safetensors beside it (a \
+                     single-file checkpoint), and it is not a preset ({})",
+                    root.display(),
+                    diffusion::PRESETS.join(", ")
+                ),
+            }
+        })?;
+        let source = if self.hub {
+            WeightSource::Hub
+        } else {
+            WeightSource::Local(dir)
+        };
+        Ok((arch, source))
     }
 
     /// Adds a renderer per `--diffusion` model; an unknown name or device is refused.
@@ -90,12 +120,7 @@ impl DiffusionOptions {
         };
         for model in &self.diffusion {
             let model = model.trim();
-            let arch = self.architecture(model, slice)?;
-            let source = if self.hub {
-                WeightSource::Hub
-            } else {
-                WeightSource::Local(self.models_dir.join(model))
-            };
+            let (arch, source) = self.resolve(model, slice)?;
             let on = |device: &candle_core::Device| -> Arc<dyn super::Renderer> {
                 let r = DiffusionRenderer::new(
                     model,

@@ -443,3 +443,84 @@ pub async fn s3_keys(store: &S3Store) -> Vec<String> {
     keys.sort();
     keys
 }
+
+/// The PNG images under `dir`, at any depth.
+pub fn pngs_under(dir: &std::path::Path) -> Vec<image::RgbImage> {
+    let mut images = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "png") {
+                images.push(image::open(e.path()).unwrap().to_rgb8());
+            }
+        }
+    }
+    images
+}
+
+/// A diffusion job of `model`, 32x24, 3 steps, guidance 5.
+pub fn diffusion_request(
+    model: &str,
+    prompt: &str,
+    negative: &str,
+    seed: u64,
+) -> renderq::render::RenderRequest {
+    renderq::render::RenderRequest {
+        job_id: JobId::generate(),
+        model: model.into(),
+        prompt: prompt.into(),
+        negative_prompt: (!negative.is_empty()).then(|| negative.to_string()),
+        width: 32,
+        height: 24,
+        steps: Some(3),
+        guidance: Some(5.0),
+        sampler: Default::default(),
+        seed,
+    }
+}
+
+/// The images of `batch`, every job rendered.
+pub async fn render_all(
+    r: &dyn renderq::render::Renderer,
+    batch: &[renderq::render::RenderRequest],
+) -> Vec<image::RgbImage> {
+    r.render(batch)
+        .await
+        .into_iter()
+        .map(|i| i.expect("rendered"))
+        .collect()
+}
+
+/// `renderq run JOBS --diffusion MODELS --models-dir DIR` on SQLite and a directory
+/// store under `work` (images in `work/out`), one attempt per job: its exit code and
+/// output.
+pub fn run_diffusion(
+    work: &std::path::Path,
+    jobs: &std::path::Path,
+    models: &std::path::Path,
+    diffusion: &str,
+) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_renderq"))
+        .arg("run")
+        .arg(jobs)
+        .args([
+            "--max-attempts",
+            "1",
+            "--diffusion",
+            diffusion,
+            "--models-dir",
+        ])
+        .arg(models)
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", work.join("rq.db").display()),
+        )
+        .env("RENDERQ_STORE", work.join("out"))
+        .env_remove("REDIS_URL")
+        .env_remove("RENDERQ_DIFFUSION")
+        .output()
+        .unwrap();
+    exit_and_text(out)
+}

@@ -224,17 +224,31 @@ fn unet(model: &str, slice: Option<usize>) -> UNet2DConditionModelConfig {
         ),
     };
     UNet2DConditionModelConfig {
+        sliced_attention_size: slice,
+        ..stable_diffusion_unet(blocks, 2, cross_attention_dim, use_linear_projection)
+    }
+}
+
+/// A UNet with Stable Diffusion's fixed settings (timestep embedding, padding, norm
+/// groups of 32) and the given blocks.
+pub fn stable_diffusion_unet(
+    blocks: Vec<BlockConfig>,
+    layers_per_block: usize,
+    cross_attention_dim: usize,
+    use_linear_projection: bool,
+) -> UNet2DConditionModelConfig {
+    UNet2DConditionModelConfig {
         blocks,
         center_input_sample: false,
         cross_attention_dim,
         downsample_padding: 1,
         flip_sin_to_cos: true,
         freq_shift: 0.,
-        layers_per_block: 2,
+        layers_per_block,
         mid_block_scale_factor: 1.,
         norm_num_groups: 32,
         norm_eps: 1e-5,
-        sliced_attention_size: slice,
+        sliced_attention_size: None,
         use_linear_projection,
     }
 }

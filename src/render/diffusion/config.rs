@@ -245,12 +245,19 @@ pub fn read(dir: &Path, name: &str) -> Result<Architecture, ConfigError> {
             ),
         });
     }
-    let schedule = schedule(&Json::read(dir.join("scheduler/scheduler_config.json"))?)?;
+    // diffusers' own defaults for what a scheduler config leaves out.
+    let base = NoiseSchedule {
+        steps_offset: 0,
+        ..NoiseSchedule::default()
+    };
+    let schedule = schedule(
+        &Json::read(dir.join("scheduler/scheduler_config.json"))?,
+        &base,
+    )?;
     let preset = Architecture::preset(name, None);
-    let (default_steps, default_guidance) = match (&preset, schedule.spacing) {
-        (Some(p), _) => (p.default_steps, p.default_guidance),
-        (None, Spacing::Trailing) => (1, 0.0),
-        (None, _) => (30, 7.5),
+    let (default_steps, default_guidance) = match &preset {
+        Some(p) => (p.default_steps, p.default_guidance),
+        None => job_defaults(schedule.spacing),
     };
     let factor = 1u32 << vae.block_out_channels.len().saturating_sub(1);
     Ok(Architecture {
@@ -488,17 +495,28 @@ fn text_encoder(c: &Json, pad_with: Option<String>) -> Result<(TextArch, usize),
         positions: c.usize("max_position_embeddings")?,
         gelu,
     };
+    let projection = c.usize_or("projection_dim", shape.width)?;
+    text_arch(shape, pad_with, projection).map_err(|reason| c.refuse("hidden_act", reason))
+}
+
+/// The text encoder of `shape`: candle's SD encoder for Stable Diffusion's own sizes,
+/// its generic CLIP encoder (quick GELU only) for others. `Err`: why not served.
+pub(super) fn text_arch(
+    shape: TextShape,
+    pad_with: Option<String>,
+    projection_dim: usize,
+) -> Result<(TextArch, usize), String> {
     if let Some((_, preset)) = SD_ENCODERS.iter().find(|(s, _)| *s == shape) {
         let mut config = preset();
         config.pad_with = pad_with;
         return Ok((TextArch::Sd(config), shape.width));
     }
     if shape.gelu {
-        return Err(c.refuse(
-            "hidden_act",
-            "gelu is served for Stable Diffusion's own text encoders only (OpenCLIP ViT-H with \
-             23 layers, ViT-bigG with 32); this one has other sizes",
-        ));
+        return Err(
+            "gelu is served for Stable Diffusion's own text encoders only (OpenCLIP \
+             ViT-H with 23 layers, ViT-bigG with 32); this one has other sizes"
+                .into(),
+        );
     }
     let config = ClipTextConfig {
         vocab_size: shape.vocab,
@@ -509,21 +527,22 @@ fn text_encoder(c: &Json, pad_with: Option<String>) -> Result<(TextArch, usize),
         pad_with,
         num_hidden_layers: shape.layers,
         num_attention_heads: shape.heads,
-        projection_dim: c.usize_or("projection_dim", shape.width)?,
+        projection_dim,
     };
     Ok((TextArch::Clip(config), shape.width))
 }
 
 /// The sizes that tell text encoders apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TextShape {
-    vocab: usize,
-    width: usize,
-    layers: usize,
-    heads: usize,
-    mlp: usize,
-    positions: usize,
-    gelu: bool,
+pub(super) struct TextShape {
+    pub vocab: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp: usize,
+    pub positions: usize,
+    /// GELU (OpenCLIP) rather than quick GELU (OpenAI's CLIP).
+    pub gelu: bool,
 }
 
 const fn clip_shape(width: usize, layers: usize, heads: usize, gelu: bool) -> TextShape {
@@ -566,8 +585,73 @@ fn pad_token(dir: &Path) -> Result<Option<String>, ConfigError> {
     Ok(None)
 }
 
-fn schedule(c: &Json) -> Result<NoiseSchedule, ConfigError> {
-    let d = NoiseSchedule::default();
+/// Steps and guidance of a job that sets none, for a model that is no preset:
+/// Turbo-like (one step, no guidance) for trailing timesteps, else 30 and 7.5.
+pub(super) fn job_defaults(spacing: Spacing) -> (u32, f64) {
+    match spacing {
+        Spacing::Trailing => (1, 0.0),
+        _ => (30, 7.5),
+    }
+}
+
+/// The fields a checkpoint's sidecar may set: a scheduler config's, and a job's
+/// default steps and guidance.
+const SIDECAR_FIELDS: [&str; 11] = [
+    "prediction_type",
+    "timestep_spacing",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "num_train_timesteps",
+    "steps_offset",
+    "set_alpha_to_one",
+    "default_steps",
+    "default_guidance",
+    "_comment",
+];
+
+/// What a single-file checkpoint's weights cannot say, from the JSON file beside it
+/// (`<name>.json`): the schedule over `base`, and a job's default steps and guidance.
+pub(super) fn sidecar(
+    file: &Path,
+    base: &NoiseSchedule,
+) -> Result<(NoiseSchedule, Option<u32>, Option<f64>), ConfigError> {
+    let c = Json::read(file.to_path_buf())?;
+    if let Some(field) = c
+        .value
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !SIDECAR_FIELDS.contains(&k.as_str())))
+    {
+        return Err(c.refuse(
+            field,
+            format!(
+                "not a setting renderq reads here ({})",
+                SIDECAR_FIELDS[..10].join(", ")
+            ),
+        ));
+    }
+    let schedule = schedule(&c, base)?;
+    let steps = match c.get("default_steps") {
+        None => None,
+        Some(_) => Some(
+            u32::try_from(c.usize("default_steps")?)
+                .ok()
+                .filter(|s| (1..=crate::job::Limits::default().max_steps).contains(s))
+                .ok_or_else(|| c.refuse("default_steps", "outside the steps a job may take"))?,
+        ),
+    };
+    let guidance = match c.get("default_guidance") {
+        None => None,
+        Some(_) => Some(c.f64_or("default_guidance", 0.0)?),
+    };
+    Ok((schedule, steps, guidance))
+}
+
+fn schedule(c: &Json, d: &NoiseSchedule) -> Result<NoiseSchedule, ConfigError> {
+    let name = |p: Prediction| match p {
+        Prediction::Epsilon => "epsilon",
+        Prediction::V => "v_prediction",
+    };
     let beta_schedule = c.choice(
         "beta_schedule",
         "scaled_linear",
@@ -578,7 +662,7 @@ fn schedule(c: &Json) -> Result<NoiseSchedule, ConfigError> {
     )?;
     let prediction = c.choice(
         "prediction_type",
-        "epsilon",
+        name(d.prediction),
         &[
             ("epsilon", Prediction::Epsilon),
             ("v_prediction", Prediction::V),
@@ -621,7 +705,7 @@ fn schedule(c: &Json) -> Result<NoiseSchedule, ConfigError> {
         train_steps,
         prediction,
         spacing,
-        steps_offset: c.usize_or("steps_offset", 0)?,
-        set_alpha_to_one: c.bool_or("set_alpha_to_one", false)?,
+        steps_offset: c.usize_or("steps_offset", d.steps_offset)?,
+        set_alpha_to_one: c.bool_or("set_alpha_to_one", d.set_alpha_to_one)?,
     })
 }

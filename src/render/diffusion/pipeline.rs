@@ -5,10 +5,11 @@
 use std::{
     collections::HashMap,
     path::Path,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{D, DType, Device, Module, Tensor, safetensors::BufferedSafetensors};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{
     clip::text_model::ClipTextTransformer,
@@ -24,8 +25,9 @@ use tokenizers::Tokenizer;
 
 use super::{
     arch::{Architecture, TextArch},
+    checkpoint::backend::Backend,
     sampling::{self, Noise, Sampler},
-    weights::{ModelFiles, Weights},
+    weights::{ModelFiles, TokenizerFiles, Weights},
 };
 
 /// Why a batch failed, before it is mapped to Retry/Abort.
@@ -188,34 +190,63 @@ pub struct Pipeline {
     vae: AutoEncoderKL,
 }
 
-/// Reads a safetensors file; a missing or corrupt one is an error naming it.
-fn weights(
-    files: &Weights,
-    dtype: DType,
-    device: &Device,
-) -> Result<VarBuilder<'static>, PipelineError> {
-    let read = |path: &Path| {
-        std::fs::read(path)
-            .map_err(|e| PipelineError::File(format!("cannot read {}: {e}", path.display())))
-    };
-    let invalid = |path: &Path| {
-        let path = path.display().to_string();
-        move |e: candle_core::Error| {
-            PipelineError::File(format!("{path} is not a valid safetensors file: {e}"))
+/// Reads safetensors files; a missing or corrupt one is an error naming it. A
+/// single-file checkpoint is read once for all its parts, and freed with the reader.
+#[derive(Default)]
+struct WeightReader {
+    checkpoints: HashMap<std::path::PathBuf, Arc<BufferedSafetensors>>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PipelineError> {
+    std::fs::read(path)
+        .map_err(|e| PipelineError::File(format!("cannot read {}: {e}", path.display())))
+}
+
+fn invalid(path: &Path) -> impl Fn(candle_core::Error) -> PipelineError + '_ {
+    move |e| {
+        PipelineError::File(format!(
+            "{} is not a valid safetensors file: {e}",
+            path.display()
+        ))
+    }
+}
+
+impl WeightReader {
+    fn var_builder(
+        &mut self,
+        files: &Weights,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<VarBuilder<'static>, PipelineError> {
+        if let (Some(part), [file]) = (&files.part, files.files.as_slice()) {
+            let buffer = match self.checkpoints.get(file) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = Arc::new(BufferedSafetensors::new(read(file)?).map_err(invalid(file))?);
+                    self.checkpoints.insert(file.clone(), b.clone());
+                    b
+                }
+            };
+            let backend = Backend::new(buffer, part.clone());
+            return Ok(VarBuilder::from_backend(
+                Box::new(backend),
+                dtype,
+                device.clone(),
+            ));
         }
-    };
-    if let [one] = files.files.as_slice() {
-        return VarBuilder::from_buffered_safetensors(read(one)?, dtype, device)
-            .map_err(invalid(one));
+        if let [one] = files.files.as_slice() {
+            return VarBuilder::from_buffered_safetensors(read(one)?, dtype, device)
+                .map_err(invalid(one));
+        }
+        // Shards: every tensor of every file, under its own name.
+        let mut tensors = HashMap::new();
+        for shard in &files.files {
+            let loaded = candle_core::safetensors::load_buffer(&read(shard)?, &Device::Cpu)
+                .map_err(invalid(shard))?;
+            tensors.extend(loaded);
+        }
+        Ok(VarBuilder::from_tensors(tensors, dtype, device))
     }
-    // Shards: every tensor of every file, under its own name.
-    let mut tensors = std::collections::HashMap::new();
-    for shard in &files.files {
-        let loaded = candle_core::safetensors::load_buffer(&read(shard)?, &Device::Cpu)
-            .map_err(invalid(shard))?;
-        tensors.extend(loaded);
-    }
-    Ok(VarBuilder::from_tensors(tensors, dtype, device))
 }
 
 /// Tensors missing from a file, or of the wrong shape, mean the file is not this model's.
@@ -245,9 +276,10 @@ impl Pipeline {
         device: Device,
         dtype: DType,
     ) -> Result<Self, PipelineError> {
+        let mut reader = WeightReader::default();
         let mut text = Vec::new();
-        for (enc, (weights_path, tokenizer_path)) in arch.text.iter().zip(&files.text) {
-            let vb = text_model_keys(weights(weights_path, dtype, &device)?);
+        for (enc, (weights_path, tokenizer_files)) in arch.text.iter().zip(&files.text) {
+            let vb = text_model_keys(reader.var_builder(weights_path, dtype, &device)?);
             let model = match &enc.arch {
                 TextArch::Sd(c) => SdClipTextTransformer::new(vb, c).map(TextModel::Sd),
                 TextArch::Clip(c) => {
@@ -255,12 +287,15 @@ impl Pipeline {
                 }
             }
             .map_err(does_not_fit(weights_path))?;
-            let tokenizer = super::tokenizer::load(tokenizer_path).map_err(PipelineError::File)?;
+            let tokenizer = match tokenizer_files {
+                TokenizerFiles::Dir(dir) => super::tokenizer::load(dir),
+                TokenizerFiles::Clip => super::tokenizer::clip(),
+            }
+            .map_err(PipelineError::File)?;
             let pad = enc.arch.pad_with().unwrap_or("<|endoftext|>");
             let pad_id = tokenizer.token_to_id(pad).ok_or_else(|| {
                 PipelineError::File(format!(
-                    "{} has no `{pad}` token to pad prompts with",
-                    tokenizer_path.display()
+                    "{tokenizer_files} has no `{pad}` token to pad prompts with"
                 ))
             })?;
             text.push(TextEncoder {
@@ -270,10 +305,10 @@ impl Pipeline {
                 pad_id,
             });
         }
-        let vb = weights(&files.unet, dtype, &device)?;
+        let vb = reader.var_builder(&files.unet, dtype, &device)?;
         let unet = UNet2DConditionModel::new(vb, 4, 4, false, arch.unet.clone())
             .map_err(does_not_fit(&files.unet))?;
-        let vb = weights(&files.vae, dtype, &device)?;
+        let vb = reader.var_builder(&files.vae, dtype, &device)?;
         let vae =
             AutoEncoderKL::new(vb, 3, 3, arch.vae.clone()).map_err(does_not_fit(&files.vae))?;
         Ok(Pipeline {

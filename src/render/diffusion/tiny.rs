@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::{
     arch::{Architecture, TextArch, TextEncoderArch},
+    checkpoint::keys::{Component, Source},
     sampling::{BetaSchedule, Prediction, Spacing},
 };
 
@@ -84,6 +85,92 @@ pub fn architecture(width: usize) -> Architecture {
     }
 }
 
+/// The size of CLIP's vocabulary: a tiny model of this size uses CLIP's tokenizer.
+const CLIP_VOCAB: usize = 49408;
+
+/// A tiny model shaped as a Stable Diffusion 1.x checkpoint reads: norm groups of 32,
+/// 8 heads per attention, a CLIP text encoder with CLIP's vocabulary (its own
+/// tokenizer; checkpoints ship none) and heads 64 wide.
+pub fn checkpoint_architecture() -> Architecture {
+    let mut arch = architecture(1);
+    arch.unet.norm_num_groups = 32;
+    arch.unet.cross_attention_dim = 64;
+    for block in &mut arch.unet.blocks {
+        block.attention_head_dim = 8;
+    }
+    arch.vae.norm_num_groups = 32;
+    arch.text[0].arch = TextArch::Clip(ClipTextConfig {
+        vocab_size: CLIP_VOCAB,
+        embed_dim: 64,
+        activation: Activation::QuickGelu,
+        intermediate_size: 128,
+        max_position_embeddings: 16,
+        pad_with: None,
+        num_hidden_layers: 2,
+        num_attention_heads: 1,
+        projection_dim: 64,
+    });
+    arch
+}
+
+/// Writes the model `write` saved under `diffusers` again as one checkpoint `file` in
+/// the original Stability layout (SD 1.x's), as single-file tools save it: the same
+/// tensors under their original names, the VAE's attention as 1×1 convolutions.
+pub fn write_checkpoint(
+    diffusers: &Path,
+    arch: &Architecture,
+    file: &Path,
+) -> candle_core::Result<()> {
+    let components = [
+        (
+            Component::Unet {
+                layers_per_block: arch.unet.layers_per_block,
+                up_attention: arch
+                    .unet
+                    .blocks
+                    .iter()
+                    .rev()
+                    .map(|b| b.use_cross_attn.is_some())
+                    .collect(),
+            },
+            "unet/diffusion_pytorch_model.safetensors",
+        ),
+        (
+            Component::Vae {
+                levels: arch.vae.block_out_channels.len(),
+            },
+            "vae/diffusion_pytorch_model.safetensors",
+        ),
+        (
+            Component::Clip {
+                prefix: "cond_stage_model.transformer.".into(),
+                nested: true,
+            },
+            "text_encoder/model.safetensors",
+        ),
+    ];
+    let mut out = std::collections::HashMap::new();
+    for (component, path) in components {
+        for (name, tensor) in candle_core::safetensors::load(diffusers.join(path), &Device::Cpu)? {
+            let Some(Source::Tensor(key)) = component.source(&name) else {
+                return Err(candle_core::Error::Msg(format!(
+                    "{name}: no plain place in the original layout"
+                )));
+            };
+            let tensor = if key.contains(".attn_1.") && tensor.rank() == 2 {
+                tensor.unsqueeze(2)?.unsqueeze(3)?
+            } else {
+                tensor
+            };
+            out.insert(key, tensor);
+        }
+    }
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    candle_core::safetensors::save(&out, file)
+}
+
 fn save(varmap: &VarMap, path: &Path) -> candle_core::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -115,9 +202,16 @@ pub fn write(dir: &Path, arch: &Architecture) -> candle_core::Result<()> {
         let (map, vb) = fresh();
         ClipTextTransformer::new(vb.pp("text_model"), cfg)?;
         save(&map, &dir.join(enc.dir).join("model.safetensors"))?;
-        let tokenizer = dir.join(enc.tokenizer_dir).join("tokenizer.json");
-        std::fs::create_dir_all(tokenizer.parent().expect("has a parent"))?;
-        std::fs::write(tokenizer, tokenizer_json().to_string())?;
+        let tokenizer = dir.join(enc.tokenizer_dir);
+        std::fs::create_dir_all(&tokenizer)?;
+        if cfg.vocab_size == CLIP_VOCAB {
+            super::tokenizer::write_clip(&tokenizer)?;
+        } else {
+            std::fs::write(
+                tokenizer.join("tokenizer.json"),
+                tokenizer_json().to_string(),
+            )?;
+        }
     }
     Ok(())
 }

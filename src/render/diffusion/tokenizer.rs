@@ -46,17 +46,98 @@ pub fn load(dir: &Path) -> Result<Tokenizer, String> {
 
 /// CLIP's tokenizer from a BPE vocabulary and its merges.
 pub fn clip_from_files(vocab: &Path, merges: &Path) -> Result<Tokenizer, String> {
-    let shown = || format!("{} and {}", vocab.display(), merges.display());
-    let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+    let shown = format!("{} and {}", vocab.display(), merges.display());
+    let bpe = BPE::builder().files(
+        vocab.to_string_lossy().into_owned(),
+        merges.to_string_lossy().into_owned(),
+    );
+    clip_with(bpe, &shown)
+}
+
+/// OpenAI CLIP's BPE merges, the ones Stable Diffusion's text encoders (CLIP ViT-L,
+/// OpenCLIP ViT-H and bigG) were trained with: single-file checkpoints ship no
+/// tokenizer.
+const CLIP_MERGES: &str = include_str!("clip-merges.txt");
+
+/// The 256 characters CLIP's byte-level BPE writes bytes as, in vocabulary order:
+/// printable bytes as themselves, then the others as the characters from U+0100 on.
+fn byte_characters() -> Vec<char> {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+    let mut chars: Vec<char> = (0..256u32)
+        .filter(|&b| printable(b))
+        .filter_map(char::from_u32)
+        .collect();
+    chars.extend(
+        (0..256u32)
+            .filter(|&b| !printable(b))
+            .enumerate()
+            .filter_map(|(n, _)| char::from_u32(256 + n as u32)),
+    );
+    chars
+}
+
+/// CLIP's vocabulary as OpenAI built it, from the merges compiled into renderq: the
+/// byte characters, each again with `</w>`, every merge, then the start and end
+/// tokens (49,408 tokens, numbered as the hub's `vocab.json` numbers them); and
+/// the merges.
+fn clip_vocabulary() -> (Vec<String>, Vec<(String, String)>) {
+    let merges: Vec<(String, String)> = CLIP_MERGES
+        .lines()
+        .filter(|l| !l.starts_with("#version"))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let bytes = byte_characters();
+    let mut tokens: Vec<String> = bytes.iter().map(|c| c.to_string()).collect();
+    tokens.extend(bytes.iter().map(|c| format!("{c}</w>")));
+    tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+    tokens.extend([BOS.to_string(), EOS.to_string()]);
+    (tokens, merges)
+}
+
+/// CLIP's tokenizer from the vocabulary compiled into renderq.
+pub fn clip() -> Result<Tokenizer, String> {
+    let (tokens, merges) = clip_vocabulary();
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, i as u32))
+        .collect();
+    clip_with(
+        BPE::builder().vocab_and_merges(vocab, merges),
+        "CLIP's built-in vocabulary",
+    )
+}
+
+/// Writes the compiled-in vocabulary as diffusers repositories ship it, `vocab.json`
+/// and `merges.txt` in `dir`.
+pub fn write_clip(dir: &Path) -> std::io::Result<()> {
+    let (tokens, _) = clip_vocabulary();
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, i.into()))
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("vocab.json"),
+        serde_json::Value::Object(vocab).to_string(),
+    )?;
+    std::fs::write(dir.join("merges.txt"), CLIP_MERGES)
+}
+
+/// CLIP's tokenizer around a BPE model (`shown`: where its vocabulary came from).
+fn clip_with(bpe: tokenizers::models::bpe::BpeBuilder, shown: &str) -> Result<Tokenizer, String> {
+    let bpe = bpe
         .continuing_subword_prefix(String::new())
         .end_of_word_suffix("</w>".into())
         .unk_token(EOS.into())
         .fuse_unk(false)
         .build()
-        .map_err(|e| format!("{} are not a BPE vocabulary: {e}", shown()))?;
+        .map_err(|e| format!("{shown} are not a BPE vocabulary: {e}"))?;
     let id = |token: &str| {
         tokenizers::Model::token_to_id(&bpe, token)
-            .ok_or_else(|| format!("{} have no `{token}` token", shown()))
+            .ok_or_else(|| format!("{shown} have no `{token}` token"))
     };
     let (bos, eos) = (id(BOS)?, id(EOS)?);
     let built = |e: tokenizers::Error| format!("building CLIP's tokenizer: {e}");

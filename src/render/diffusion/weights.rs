@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::arch::Architecture;
+use super::{arch::Architecture, checkpoint, checkpoint::keys::Component};
 use crate::render::RenderError;
 
 /// The files one model loads.
@@ -21,8 +21,26 @@ pub struct ModelFiles {
     pub unet: Weights,
     /// The VAE's weights.
     pub vae: Weights,
-    /// Per text encoder: (weights, the directory of its tokenizer).
-    pub text: Vec<(Weights, PathBuf)>,
+    /// Per text encoder: its weights and its tokenizer.
+    pub text: Vec<(Weights, TokenizerFiles)>,
+}
+
+/// Where a text encoder's tokenizer comes from.
+#[derive(Debug, Clone)]
+pub enum TokenizerFiles {
+    /// A directory with `tokenizer.json`, or `vocab.json` and `merges.txt`.
+    Dir(PathBuf),
+    /// CLIP's vocabulary compiled into renderq (single-file checkpoints ship none).
+    Clip,
+}
+
+impl fmt::Display for TokenizerFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenizerFiles::Dir(dir) => write!(f, "{}", dir.display()),
+            TokenizerFiles::Clip => write!(f, "CLIP's built-in vocabulary"),
+        }
+    }
 }
 
 /// One component's weights: a safetensors file, or the shards an index names.
@@ -32,6 +50,9 @@ pub struct Weights {
     pub files: Vec<PathBuf>,
     /// The `*.safetensors.index.json` that named them, when sharded.
     pub index: Option<PathBuf>,
+    /// In a single-file checkpoint: which of its models, renamed how. `None`: the
+    /// files hold this component alone, under diffusers' names.
+    pub part: Option<Component>,
 }
 
 impl Weights {
@@ -40,12 +61,29 @@ impl Weights {
         Weights {
             files: vec![path],
             index: None,
+            part: None,
+        }
+    }
+
+    /// One model of a single-file checkpoint.
+    pub fn part(path: PathBuf, component: Component) -> Self {
+        Weights {
+            part: Some(component),
+            ..Weights::single(path)
         }
     }
 }
 
 impl fmt::Display for Weights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let (Some(part), [file]) = (&self.part, self.files.as_slice()) {
+            let what = match part {
+                Component::Unet { .. } => "UNet",
+                Component::Vae { .. } => "VAE",
+                Component::Clip { .. } | Component::OpenClip { .. } => "text encoder",
+            };
+            return write!(f, "{} ({what})", file.display());
+        }
         match (&self.index, self.files.as_slice()) {
             (Some(index), files) => write!(f, "{} ({} shards)", index.display(), files.len()),
             (None, [one]) => write!(f, "{}", one.display()),
@@ -59,6 +97,8 @@ impl fmt::Display for Weights {
 pub enum WeightSource {
     /// A directory in the diffusers layout, or a Hugging Face cache entry of one.
     Local(PathBuf),
+    /// A single-file checkpoint in the original Stability layout.
+    Checkpoint(PathBuf),
     /// The hub (the weights land in the Hugging Face cache); needs a network.
     Hub,
 }
@@ -148,6 +188,7 @@ fn shards(model: &str, dir: &Path, index: PathBuf) -> Result<Weights, RenderErro
     Ok(Weights {
         files,
         index: Some(index),
+        part: None,
     })
 }
 
@@ -167,12 +208,28 @@ pub fn local(model: &str, arch: &Architecture, dir: &Path) -> Result<ModelFiles,
                 missing_text(model, &tokenizer.join("tokenizer.json"))
             )));
         }
-        text.push((weights, tokenizer));
+        text.push((weights, TokenizerFiles::Dir(tokenizer)));
     }
     Ok(ModelFiles {
         unet: first_existing(model, &root.join("unet"), &UNET_VAE)?,
         vae: first_existing(model, &root.join("vae"), &UNET_VAE)?,
         text,
+    })
+}
+
+/// The parts of the single-file checkpoint of `model` at `path`.
+pub fn checkpoint(model: &str, path: &Path) -> Result<ModelFiles, RenderError> {
+    let found =
+        checkpoint::read(path).map_err(|e| RenderError::Abort(format!("model `{model}`: {e}")))?;
+    let part = |c: Component| Weights::part(path.to_path_buf(), c);
+    Ok(ModelFiles {
+        unet: part(found.unet),
+        vae: part(found.vae),
+        text: found
+            .text
+            .into_iter()
+            .map(|c| (part(c), TokenizerFiles::Clip))
+            .collect(),
     })
 }
 
@@ -198,7 +255,7 @@ pub async fn hub(model: &str, arch: &Architecture) -> Result<ModelFiles, RenderE
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        text.push((Weights::single(weights), dir));
+        text.push((Weights::single(weights), TokenizerFiles::Dir(dir)));
     }
     Ok(ModelFiles {
         unet: Weights::single(fetch(arch.repo, format!("unet/{}", UNET_VAE[0])).await?),
