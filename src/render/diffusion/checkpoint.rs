@@ -371,17 +371,9 @@ fn unet(
     let proj_in = shapes
         .get(&mid("proj_in.weight"))
         .ok_or_else(|| format!("tensor `{}` is missing", mid("proj_in.weight")))?;
-    let up_attention = blocks
-        .iter()
-        .rev()
-        .map(|b| b.use_cross_attn.is_some())
-        .collect();
     let linear = proj_in.len() == 2;
     let config = stable_diffusion_unet(blocks, layers, cross_attention_dim, linear);
-    let keys = Component::Unet {
-        layers_per_block: layers,
-        up_attention,
-    };
+    let keys = Component::unet_of(&config);
     Ok((config, keys))
 }
 
@@ -410,5 +402,6 @@ fn vae(shapes: &Shapes) -> Result<(AutoEncoderKLConfig, Component), String> {
         use_quant_conv: shapes.has(&v("quant_conv.weight".into())),
         use_post_quant_conv: shapes.has(&v("post_quant_conv.weight".into())),
     };
-    Ok((config, Component::Vae { levels }))
+    let keys = Component::vae_of(&config);
+    Ok((config, keys))
 }

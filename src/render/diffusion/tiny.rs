@@ -123,22 +123,11 @@ pub fn write_checkpoint(
 ) -> candle_core::Result<()> {
     let components = [
         (
-            Component::Unet {
-                layers_per_block: arch.unet.layers_per_block,
-                up_attention: arch
-                    .unet
-                    .blocks
-                    .iter()
-                    .rev()
-                    .map(|b| b.use_cross_attn.is_some())
-                    .collect(),
-            },
+            Component::unet_of(&arch.unet),
             "unet/diffusion_pytorch_model.safetensors",
         ),
         (
-            Component::Vae {
-                levels: arch.vae.block_out_channels.len(),
-            },
+            Component::vae_of(&arch.vae),
             "vae/diffusion_pytorch_model.safetensors",
         ),
         (

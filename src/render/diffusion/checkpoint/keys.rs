@@ -3,6 +3,10 @@
 //! query, key and value projections in one `in_proj` tensor, and its text projection
 //! the other way round.
 
+use candle_transformers::models::stable_diffusion::{
+    unet_2d::UNet2DConditionModelConfig, vae::AutoEncoderKLConfig,
+};
+
 /// Where a tensor comes from in the checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -60,6 +64,27 @@ pub const UNET: &str = "model.diffusion_model.";
 pub const VAE: &str = "first_stage_model.";
 
 impl Component {
+    /// The UNet's keys, for a UNet of this shape.
+    pub fn unet_of(unet: &UNet2DConditionModelConfig) -> Self {
+        Component::Unet {
+            layers_per_block: unet.layers_per_block,
+            // Up blocks mirror the down blocks.
+            up_attention: unet
+                .blocks
+                .iter()
+                .rev()
+                .map(|b| b.use_cross_attn.is_some())
+                .collect(),
+        }
+    }
+
+    /// The VAE's keys, for a VAE of this shape.
+    pub fn vae_of(vae: &AutoEncoderKLConfig) -> Self {
+        Component::Vae {
+            levels: vae.block_out_channels.len(),
+        }
+    }
+
     /// Where `name` (a diffusers name) is, or `None` for a name this layout lacks.
     pub fn source(&self, name: &str) -> Option<Source> {
         match self {
