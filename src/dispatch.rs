@@ -148,14 +148,25 @@ pub struct Snapshot {
     pub pages: u64,
 }
 
+/// What the delayed set holds now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Due {
+    /// Jobs whose time has come.
+    pub ids: Vec<JobId>,
+    /// When the first job not yet due is (Unix ms); `None` when none waits among those
+    /// read.
+    pub next_ms: Option<i64>,
+}
+
 /// Retries waiting out their backoff outside the record (a sorted set on Redis), so a
 /// dispatcher that keeps its own queue hands them out again when they are due.
 #[async_trait]
 pub trait DelayedSet: Send + Sync {
     /// Forgets a delivery and puts its job in the delayed set until `due_ms` (Unix ms).
     async fn defer(&self, entry: &str, job: JobId, due_ms: i64) -> Result<(), DispatchError>;
-    /// Jobs in the delayed set whose time has come.
-    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<JobId>, DispatchError>;
+    /// Jobs in the delayed set whose time has come (at most `limit`), and when the next
+    /// is due.
+    async fn due(&self, now_ms: i64, limit: usize) -> Result<Due, DispatchError>;
     /// Moves due jobs (already `queued` in the record) from the delayed set to the queue.
     async fn move_due(&self, ids: &[JobId]) -> Result<usize, DispatchError>;
     /// Forgets jobs in the delayed set that are no longer waiting (cancelled, finished).

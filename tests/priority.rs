@@ -79,7 +79,7 @@ async fn a_retry_keeps_its_priority_on_redis() {
     let now = chrono::Utc::now().timestamp_millis();
     let delayed = env.dispatch.delayed().expect("Redis keeps a delayed set");
     delayed.defer(handle, *id, now).await.unwrap();
-    assert_eq!(delayed.due(now, 10).await.unwrap(), vec![*id]);
+    assert_eq!(delayed.due(now, 10).await.unwrap().ids, vec![*id]);
     assert_eq!(delayed.move_due(&[*id]).await.unwrap(), 1);
     let main: usize = redis::cmd("XLEN")
         .arg(env.stream())

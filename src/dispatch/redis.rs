@@ -20,12 +20,16 @@
 //! holds only work in flight.
 
 mod delayed;
+mod doorbell;
 mod queue;
 mod repair;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -36,7 +40,7 @@ use redis::{
     streams::{StreamAutoClaimReply, StreamId, StreamReadReply},
 };
 
-use super::{DelayedSet, Delivery, Dispatch, DispatchError, Payload, Reconcile, Snapshot};
+use super::{DelayedSet, Delivery, Dispatch, DispatchError, Due, Payload, Reconcile, Snapshot};
 use crate::job::{BatchId, JobId};
 
 /// Functions shared by the scripts that add to a batch's stream.
@@ -53,9 +57,6 @@ const SNAPSHOT_TTL_SECS: u64 = 600;
 const XADD_CHUNK: usize = 2_000;
 /// Script calls per pipeline at submit.
 const PIPELINED_CHUNKS: usize = 10;
-/// Longest single blocking read. A blocking XREADGROUP only wakes for the streams it
-/// names, so an idle worker looks again this often for batches submitted meanwhile.
-const BLOCK_SLICE_MS: u64 = 100;
 /// Most streams one blocking read waits on.
 const BLOCK_STREAMS: usize = 64;
 /// Separates a batch stream's id from the entry id in a delivery's handle.
@@ -75,6 +76,11 @@ pub struct RedisDispatch {
     retry_lanes: String,
     /// The reconciler's snapshot of the job ids the streams hold (a set).
     snapshot: String,
+    /// `renderq:{<queue>}:doorbell`, rung when a stream is opened (`doorbell.rs`).
+    doorbell: String,
+    bell: Arc<doorbell::Bell>,
+    /// For the doorbell's own connections, made when a worker first reads.
+    client: Client,
     /// Commands that answer at once.
     con: ConnectionManager,
     /// XREADGROUP … BLOCK holds its connection; it gets one of its own.
@@ -91,6 +97,12 @@ pub struct RedisDispatch {
     /// bounded window of the pending list per call; always starting at `0-0` would
     /// never reach a dead worker's entries behind a long list of live ones.
     reclaim_cursor: std::sync::Mutex<HashMap<String, String>>,
+}
+
+impl Drop for RedisDispatch {
+    fn drop(&mut self) {
+        self.bell.stop();
+    }
 }
 
 impl From<redis::RedisError> for DispatchError {
@@ -156,6 +168,9 @@ impl RedisDispatch {
             delayed: delayed_key(queue),
             retry_lanes: format!("renderq:{{{queue}}}:retry-lanes"),
             snapshot: format!("renderq:{{{queue}}}:reconcile:held"),
+            doorbell: format!("renderq:{{{queue}}}:doorbell"),
+            bell: Arc::default(),
+            client: client.clone(),
             con,
             blocking,
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
@@ -224,6 +239,7 @@ impl RedisDispatch {
             .key(&self.stream)
             .key(&self.batches)
             .key(&self.lanes)
+            .key(&self.doorbell)
             .arg(GROUP)
             .arg(entry)
             .arg(job.to_string())
@@ -240,6 +256,31 @@ impl RedisDispatch {
             map.entry(stream).or_default().push(id);
         }
         map
+    }
+
+    /// Listens for the doorbell from now on (once): a reader's blocking reads then wake
+    /// for streams opened while they wait.
+    fn listen(&self) {
+        let client = self.client.clone();
+        self.bell.start(&self.doorbell, async move {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Duration::from_secs(5))
+                .set_response_timeout(Duration::from_secs(30));
+            let listen = client.get_connection_manager_with_config(config.clone());
+            let unblock = client.get_connection_manager_with_config(config);
+            Some((listen.await.ok()?, unblock.await.ok()?))
+        });
+    }
+
+    /// The streams as last read, read again after a ring or when stale.
+    async fn known_streams(&self) -> Result<Vec<String>, DispatchError> {
+        if let Some(streams) = self.bell.streams() {
+            return Ok(streams);
+        }
+        let rings = self.bell.rings();
+        let streams = self.streams().await?;
+        self.bell.keep_streams(streams.clone(), rings);
+        Ok(streams)
     }
 
     /// The main stream, then every batch stream.
@@ -288,18 +329,23 @@ impl RedisDispatch {
         out
     }
 
-    /// Waits up to `block_ms` for any stream to get work; the reply is the first
-    /// entries that arrived, a share per stream.
+    /// Waits up to `block_ms` for any known stream to get work, or for the doorbell;
+    /// the reply is the first entries that arrived, a share per stream. `None`: a
+    /// stream or the group is gone, and a fair read must come next.
     async fn read_blocking(
         &self,
         consumer: &str,
         count: usize,
         block_ms: u64,
-    ) -> Result<Vec<Delivery>, DispatchError> {
-        let mut streams = self.streams().await?;
+    ) -> Result<Option<Vec<Delivery>>, DispatchError> {
+        let mut streams = self.known_streams().await?;
         streams.truncate(BLOCK_STREAMS);
         let share = count.max(1).div_ceil(streams.len());
         let mut con = self.blocking.clone();
+        if self.bell.blocked_client() == 0 {
+            let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut con).await?;
+            self.bell.set_blocked_client(id);
+        }
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
@@ -314,11 +360,18 @@ impl RedisDispatch {
             cmd.arg(">");
         }
         match cmd.query_async::<Option<StreamReadReply>>(&mut con).await {
-            Ok(reply) => Ok(self.deliveries(reply, false)),
+            Ok(reply) => Ok(Some(self.deliveries(reply, false))),
             // A batch stream emptied and deleted meanwhile, or the group lost: the next
             // fair read makes good what is missing.
-            Err(e) if e.code() == Some("NOGROUP") => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.bell.forget_streams();
+                Ok(None)
+            }
+            Err(e) => {
+                // The connection may be a new one now, with another id.
+                self.bell.set_blocked_client(0);
+                Err(e.into())
+            }
         }
     }
 

@@ -125,13 +125,19 @@ pub(crate) async fn heartbeat(s: Arc<Shared>, stop: CancellationToken) {
 /// Moves retries whose backoff is over from the delayed set back to the queue.
 pub(crate) async fn move_due_retries(s: Arc<Shared>, stop: CancellationToken) {
     let every = Duration::from_millis(250).min(s.cfg.backoff_base.max(Duration::from_millis(20)));
+    // With nothing due, wait for the next due time, at most this long (a retry
+    // deferred meanwhile waits up to this much more than its backoff, unless another
+    // worker of the fleet asks sooner): an idle worker asks every 4 s.
+    let quiet = (s.cfg.backoff_base * 2).clamp(every, Duration::from_secs(4));
+    let mut wait = every;
     loop {
         idle_current();
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return,
         }
         tick_current();
+        wait = every;
         let now = chrono::Utc::now().timestamp_millis();
         let delayed = s.dispatch.delayed();
         let due = match delayed {
@@ -139,11 +145,18 @@ pub(crate) async fn move_due_retries(s: Arc<Shared>, stop: CancellationToken) {
             None => (s.record)
                 .due_retries(s.dispatch.queue(), 500)
                 .await
+                .map(|ids| crate::dispatch::Due { ids, next_ms: None })
                 .map_err(|e| e.to_string()),
         };
         let due = match due {
-            Ok(d) if d.is_empty() => continue,
-            Ok(d) => d,
+            Ok(d) if d.ids.is_empty() => {
+                wait = match d.next_ms {
+                    Some(at) => Duration::from_millis((at - now).max(0) as u64).clamp(every, quiet),
+                    None => quiet,
+                };
+                continue;
+            }
+            Ok(d) => d.ids,
             Err(e) => {
                 debug!("reading due retries failed: {e}");
                 continue;

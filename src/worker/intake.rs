@@ -19,7 +19,8 @@ use crate::{
 
 /// Most deliveries taken in one read.
 const READ_CHUNK: usize = 1024;
-const BLOCK: Duration = Duration::from_millis(1000);
+/// Longest wait of one read for work.
+const BLOCK: Duration = Duration::from_millis(2000);
 
 /// Deliveries read, with the concurrency permits that hold room for them.
 type Chunk = (Vec<Delivery>, Vec<Held>);
@@ -49,6 +50,10 @@ async fn read(
 ) {
     let lease_ms = s.cfg.lease.as_millis() as u64;
     let reclaim_every = (s.cfg.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    // A read waits this long for work (a new entry ends it at once): an idle worker
+    // looks for lapsed leases after each, so a dead worker's jobs are taken over
+    // within the lease and one such wait.
+    let block = BLOCK.min(reclaim_every * 2);
     let mut next_reclaim = tokio::time::Instant::now();
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
@@ -75,11 +80,11 @@ async fn read(
             next_reclaim = tokio::time::Instant::now() + reclaim_every;
             let reclaimed = s.dispatch.reclaim(&s.cfg.id, lease_ms, held.len()).await;
             match reclaimed {
-                Ok(d) if d.is_empty() => fetch(&s, held.len()).await,
+                Ok(d) if d.is_empty() => fetch(&s, held.len(), block).await,
                 other => other,
             }
         } else {
-            fetch(&s, held.len()).await
+            fetch(&s, held.len(), block).await
         };
         let deliveries = match read {
             Ok(d) => {
@@ -181,9 +186,13 @@ fn count_claims(queue: &str, claimed: &[(crate::job::ClaimedJob, String)]) {
 /// Not cut short by shutdown: a read in flight may already have delivered entries to
 /// this consumer, and those are then claimed and drained like the rest. `BLOCK` bounds
 /// the wait.
-async fn fetch(s: &Shared, count: usize) -> Result<Vec<Delivery>, crate::dispatch::DispatchError> {
+async fn fetch(
+    s: &Shared,
+    count: usize,
+    block: Duration,
+) -> Result<Vec<Delivery>, crate::dispatch::DispatchError> {
     s.dispatch
-        .fetch(&s.cfg.id, count, BLOCK.as_millis() as u64)
+        .fetch(&s.cfg.id, count, block.as_millis() as u64)
         .await
 }
 

@@ -1,12 +1,18 @@
 -- Shared by the scripts that add to a batch's stream (prepended to each): makes the
 -- stream and its group when missing and lists it where reads look for it, the set of
--- batch streams (priority 0) or the sorted set of lanes scored by priority.
-local function open_lane(stream, group, batches, lanes, priority)
+-- batch streams (priority 0) or the sorted set of lanes scored by priority. A stream
+-- new to its set rings the doorbell, a short stream idle workers block on, so a
+-- worker waiting on the streams it knew reads the new one at once.
+local function open_lane(stream, group, batches, lanes, priority, doorbell)
   redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+  local added
   if priority == 0 then
-    redis.call('SADD', batches, stream)
+    added = redis.call('SADD', batches, stream)
   else
-    redis.call('ZADD', lanes, priority, stream)
+    added = redis.call('ZADD', lanes, priority, stream)
+  end
+  if added == 1 then
+    redis.call('XADD', doorbell, 'MAXLEN', '~', '100', '*', 'stream', stream)
   end
 end
 

@@ -3,7 +3,8 @@
 -- goes back to that stream (its share and its priority), made again with its group
 -- and membership if it was emptied meanwhile; any other to the main stream.
 -- KEYS[1] delayed set, KEYS[2] main stream, KEYS[3] hash of the streams deferred jobs
--- came from, KEYS[4] set of batch streams, KEYS[5] sorted set of lanes.
+-- came from, KEYS[4] set of batch streams, KEYS[5] sorted set of lanes, KEYS[6] the
+-- doorbell.
 -- ARGV[1] group, ARGV[2..] job ids (already `queued` in the record).
 local moved = 0
 for i = 2, #ARGV do
@@ -12,7 +13,7 @@ for i = 2, #ARGV do
     local stream = redis.call('HGET', KEYS[3], id)
     redis.call('HDEL', KEYS[3], id)
     if stream then
-      open_lane(stream, ARGV[1], KEYS[4], KEYS[5], priority_of(stream))
+      open_lane(stream, ARGV[1], KEYS[4], KEYS[5], priority_of(stream), KEYS[6])
     else
       stream = KEYS[2]
     end

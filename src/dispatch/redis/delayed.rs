@@ -31,12 +31,19 @@ impl DelayedSet for RedisDispatch {
         Ok(())
     }
 
-    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<JobId>, DispatchError> {
+    /// One read of the set's first entries tells both what is due and when the next
+    /// is: an idle worker asks once, then sleeps until then.
+    async fn due(&self, now_ms: i64, limit: usize) -> Result<Due, DispatchError> {
         let mut con = self.con.clone();
-        let ids: Vec<String> = con
-            .zrangebyscore_limit(&self.delayed, "-inf", now_ms, 0, limit as isize)
+        let first: Vec<(String, f64)> = con
+            .zrangebyscore_limit_withscores(&self.delayed, "-inf", "+inf", 0, limit as isize)
             .await?;
-        Ok(ids.iter().filter_map(|s| s.parse().ok()).collect())
+        let (due, later): (Vec<_>, Vec<_>) =
+            first.into_iter().partition(|(_, at)| *at <= now_ms as f64);
+        Ok(Due {
+            ids: due.iter().filter_map(|(id, _)| id.parse().ok()).collect(),
+            next_ms: later.first().map(|(_, at)| *at as i64),
+        })
     }
 
     async fn move_due(&self, ids: &[JobId]) -> Result<usize, DispatchError> {
@@ -49,6 +56,7 @@ impl DelayedSet for RedisDispatch {
             .key(&self.retry_lanes)
             .key(&self.batches)
             .key(&self.lanes)
+            .key(&self.doorbell)
             .arg(GROUP);
         for id in ids {
             inv.arg(id.to_string());

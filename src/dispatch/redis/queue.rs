@@ -60,10 +60,11 @@ impl Dispatch for RedisDispatch {
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(&hash)
-                    .arg(3)
+                    .arg(4)
                     .arg(&stream)
                     .arg(&self.batches)
                     .arg(&self.lanes)
+                    .arg(&self.doorbell)
                     .arg(GROUP)
                     .arg(priority);
                 for id in chunk {
@@ -82,17 +83,42 @@ impl Dispatch for RedisDispatch {
         count: usize,
         block_ms: u64,
     ) -> Result<Vec<Delivery>, DispatchError> {
+        self.listen();
         let until = tokio::time::Instant::now() + Duration::from_millis(block_ms);
+        // After a fetch that found nothing, with no ring since, wait at once: the
+        // blocking read returns at once what came meanwhile to the streams it names.
+        let mut fair = !self.bell.quiet();
         loop {
-            let got = self.read_fair(consumer, count).await?;
-            let left = until.saturating_duration_since(tokio::time::Instant::now());
-            if !got.is_empty() || left.is_zero() {
-                return Ok(got);
+            if fair {
+                let got = self.read_fair(consumer, count).await?;
+                if !got.is_empty() {
+                    self.bell.set_quiet(None);
+                    return Ok(got);
+                }
+                // It deleted the streams it found empty: the list is read again.
+                self.bell.forget_streams();
             }
-            let slice = (left.as_millis() as u64).clamp(1, BLOCK_SLICE_MS);
-            let got = self.read_blocking(consumer, count, slice).await?;
-            if !got.is_empty() {
-                return Ok(got);
+            let rings = self.bell.rings();
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                // Quiet only with the main stream alone: a batch stream left empty is
+                // deleted by the fair read the next fetch then makes.
+                let alone = self.bell.streams().is_some_and(|s| s.len() == 1);
+                self.bell.set_quiet(alone.then_some(rings));
+                return Ok(Vec::new());
+            }
+            let block = (left.as_millis() as u64).max(1);
+            match self.read_blocking(consumer, count, block).await? {
+                Some(got) if !got.is_empty() => {
+                    self.bell.set_quiet(None);
+                    return Ok(got);
+                }
+                // A stream was made or deleted meanwhile: read fairly again.
+                Some(_) => fair = self.bell.rings() != rings,
+                None => {
+                    self.bell.set_quiet(None);
+                    return Ok(Vec::new());
+                }
             }
         }
     }
@@ -103,8 +129,9 @@ impl Dispatch for RedisDispatch {
         lease_ms: u64,
         count: usize,
     ) -> Result<Vec<Delivery>, DispatchError> {
+        self.listen();
         let mut taken = Vec::new();
-        let streams = self.streams().await?;
+        let streams = self.known_streams().await?;
         for stream in &streams {
             if taken.len() >= count.max(1) {
                 break;
@@ -247,6 +274,7 @@ impl Dispatch for RedisDispatch {
             self.retry_lanes.clone(),
             self.delayed.clone(),
             self.snapshot.clone(),
+            self.doorbell.clone(),
         ]);
         let mut con = self.con.clone();
         con.del::<_, ()>(&keys).await?;
