@@ -114,7 +114,8 @@ impl Bell {
         + 'static,
     ) {
         let mut listener = self.listener.lock().unwrap();
-        if listener.is_some() {
+        // A listener that could not connect (Redis down at the time) is started again.
+        if listener.as_ref().is_some_and(|task| !task.is_finished()) {
             return;
         }
         let (bell, key) = (self.clone(), doorbell.to_string());
