@@ -41,7 +41,7 @@ def write(out):
     (tok_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (tok_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"),
-                              pad_token="!")
+                              pad_token="!", model_max_length=77)
     scheduler = EulerDiscreteScheduler.from_config(
         json.loads((CONFIGS / "scheduler/scheduler_config.json").read_text()))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,

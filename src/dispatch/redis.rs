@@ -343,8 +343,18 @@ impl RedisDispatch {
         let share = count.max(1).div_ceil(streams.len());
         let mut con = self.blocking.clone();
         if self.bell.blocked_client() == 0 {
-            let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut con).await?;
-            self.bell.set_blocked_client(id);
+            let id: Result<i64, redis::RedisError> =
+                redis::cmd("CLIENT").arg("ID").query_async(&mut con).await;
+            match id {
+                Ok(id) => self.bell.set_blocked_client(id),
+                // A managed Redis that refuses CLIENT: no ring can end a wait, so
+                // reads wait briefly and look for new streams each time, as a poll.
+                Err(e) if e.code().is_some() => {
+                    tracing::warn!("Redis refuses CLIENT ID ({e}): idle workers poll");
+                    self.bell.set_blocked_client(doorbell::CANNOT_UNBLOCK);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod pipeline;
 pub mod sampling;
+pub mod tensors;
 pub mod tiny;
 pub mod tokenizer;
 pub mod weights;

@@ -21,6 +21,11 @@ const LISTEN_BLOCK_MS: u64 = 10_000;
 /// reconnect, a stream deleted and made again).
 const STREAMS_FRESH: Duration = Duration::from_secs(60);
 
+/// The blocking connection's id when Redis refuses CLIENT: rings cannot end a wait.
+pub(super) const CANNOT_UNBLOCK: i64 = -1;
+/// How long a read waits at once when rings cannot end it.
+pub(super) const POLL_MS: u64 = 100;
+
 /// What a dispatch knows of its doorbell.
 pub(super) struct Bell {
     /// Rings heard so far.
@@ -59,7 +64,14 @@ impl Bell {
     /// Whether the last fetch found nothing and nothing rang since: the next can wait
     /// at once (a blocking read returns what arrived meanwhile on the streams it names).
     pub(super) fn quiet(&self) -> bool {
-        self.listening() && self.quiet_at.load(Ordering::Acquire) == self.rings()
+        self.can_unblock()
+            && self.listening()
+            && self.quiet_at.load(Ordering::Acquire) == self.rings()
+    }
+
+    /// Whether a ring can end a blocking read (Redis lets renderq use CLIENT).
+    pub(super) fn can_unblock(&self) -> bool {
+        self.blocked_client() != CANNOT_UNBLOCK
     }
 
     fn listening(&self) -> bool {
@@ -75,7 +87,7 @@ impl Bell {
     /// The streams as last read, if no ring came since and they are fresh.
     pub(super) fn streams(&self) -> Option<Vec<String>> {
         let cached = self.streams.lock().unwrap();
-        if !self.listening() {
+        if !self.listening() || !self.can_unblock() {
             return None;
         }
         match &*cached {
@@ -180,7 +192,7 @@ impl Bell {
                     }
                     self.rings.fetch_add(1, Ordering::AcqRel);
                     let id = self.blocked_client();
-                    if id != 0 {
+                    if id > 0 {
                         let _ = redis::cmd("CLIENT")
                             .arg("UNBLOCK")
                             .arg(id)

@@ -107,7 +107,10 @@ impl Dispatch for RedisDispatch {
                 self.bell.set_quiet(alone.then_some(rings));
                 return Ok(Vec::new());
             }
-            let block = (left.as_millis() as u64).max(1);
+            let mut block = (left.as_millis() as u64).max(1);
+            if !self.bell.can_unblock() {
+                block = block.min(doorbell::POLL_MS);
+            }
             match self.read_blocking(consumer, count, block).await? {
                 Some(got) if !got.is_empty() => {
                     self.bell.set_quiet(None);

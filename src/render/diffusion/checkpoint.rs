@@ -12,7 +12,6 @@ pub mod keys;
 
 use std::{
     collections::BTreeMap,
-    io::Read,
     path::{Path, PathBuf},
 };
 
@@ -66,30 +65,19 @@ struct Shapes(BTreeMap<String, Vec<usize>>);
 
 impl Shapes {
     fn read(path: &Path) -> Result<Self, String> {
-        let fail = |why: String| format!("{}: not a safetensors file: {why}", path.display());
-        let mut file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-        let mut len = [0u8; 8];
-        file.read_exact(&mut len).map_err(|e| fail(e.to_string()))?;
-        let len = u64::from_le_bytes(len);
-        // safetensors itself refuses headers over 100 MB.
-        if len > 100_000_000 {
-            return Err(fail(format!("a header of {len} bytes")));
-        }
-        let mut header = vec![0u8; len as usize];
-        file.read_exact(&mut header)
-            .map_err(|e| fail(e.to_string()))?;
-        let parsed: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&header).map_err(|e| fail(e.to_string()))?;
+        let (_, tensors) = super::tensors::header(path)?;
         let mut shapes = BTreeMap::new();
-        for (name, info) in parsed {
-            if name == "__metadata__" {
-                continue;
-            }
+        for (name, info) in tensors {
             let shape = info
                 .get("shape")
                 .and_then(|s| s.as_array())
                 .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-                .ok_or_else(|| fail(format!("tensor `{name}` has no shape")))?;
+                .ok_or_else(|| {
+                    format!(
+                        "{}: not a safetensors file: tensor `{name}` has no shape",
+                        path.display()
+                    )
+                })?;
             shapes.insert(name, shape);
         }
         Ok(Shapes(shapes))

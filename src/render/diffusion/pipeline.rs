@@ -4,12 +4,11 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use candle_core::{D, DType, Device, Module, Tensor, safetensors::BufferedSafetensors};
+use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{
     clip::text_model::ClipTextTransformer,
@@ -27,6 +26,7 @@ use super::{
     arch::{Architecture, TextArch},
     checkpoint::backend::Backend,
     sampling::{self, Noise, Sampler},
+    tensors::FileTensors,
     weights::{ModelFiles, TokenizerFiles, Weights},
 };
 
@@ -190,25 +190,29 @@ pub struct Pipeline {
     vae: AutoEncoderKL,
 }
 
-/// Reads safetensors files; a missing or corrupt one is an error naming it. A
-/// single-file checkpoint is read once for all its parts, and freed with the reader.
+/// Reads safetensors files tensor by tensor (`tensors.rs`); a missing or corrupt one
+/// is an error naming it. A single-file checkpoint's header is read once for all its
+/// parts.
 #[derive(Default)]
 struct WeightReader {
-    checkpoints: HashMap<std::path::PathBuf, Arc<BufferedSafetensors>>,
+    checkpoints: HashMap<std::path::PathBuf, Arc<FileTensors>>,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, PipelineError> {
-    std::fs::read(path)
-        .map_err(|e| PipelineError::File(format!("cannot read {}: {e}", path.display())))
-}
-
-fn invalid(path: &Path) -> impl Fn(candle_core::Error) -> PipelineError + '_ {
-    move |e| {
-        PipelineError::File(format!(
-            "{} is not a valid safetensors file: {e}",
-            path.display()
-        ))
+fn open(files: &[std::path::PathBuf]) -> Result<FileTensors, PipelineError> {
+    for file in files {
+        if !file.is_file() {
+            return Err(PipelineError::File(format!(
+                "cannot read {}: no such file",
+                file.display()
+            )));
+        }
     }
+    FileTensors::open(files).map_err(|e| {
+        PipelineError::File(e.replace(
+            ": not a safetensors file",
+            " is not a valid safetensors file",
+        ))
+    })
 }
 
 impl WeightReader {
@@ -219,33 +223,28 @@ impl WeightReader {
         device: &Device,
     ) -> Result<VarBuilder<'static>, PipelineError> {
         if let (Some(part), [file]) = (&files.part, files.files.as_slice()) {
-            let buffer = match self.checkpoints.get(file) {
-                Some(b) => b.clone(),
+            let tensors = match self.checkpoints.get(file) {
+                Some(t) => t.clone(),
                 None => {
-                    let b = Arc::new(BufferedSafetensors::new(read(file)?).map_err(invalid(file))?);
-                    self.checkpoints.insert(file.clone(), b.clone());
-                    b
+                    let t = Arc::new(open(std::slice::from_ref(file))?);
+                    self.checkpoints.insert(file.clone(), t.clone());
+                    t
                 }
             };
-            let backend = Backend::new(buffer, part.clone());
+            let backend = Backend::new(tensors, part.clone());
             return Ok(VarBuilder::from_backend(
                 Box::new(backend),
                 dtype,
                 device.clone(),
             ));
         }
-        if let [one] = files.files.as_slice() {
-            return VarBuilder::from_buffered_safetensors(read(one)?, dtype, device)
-                .map_err(invalid(one));
-        }
-        // Shards: every tensor of every file, under its own name.
-        let mut tensors = HashMap::new();
-        for shard in &files.files {
-            let loaded = candle_core::safetensors::load_buffer(&read(shard)?, &Device::Cpu)
-                .map_err(invalid(shard))?;
-            tensors.extend(loaded);
-        }
-        Ok(VarBuilder::from_tensors(tensors, dtype, device))
+        // One file, or the shards of an index: every tensor under its own name.
+        let tensors = open(&files.files)?;
+        Ok(VarBuilder::from_backend(
+            Box::new(tensors),
+            dtype,
+            device.clone(),
+        ))
     }
 }
 

@@ -3,20 +3,21 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Error, Result, Shape, Tensor, safetensors::BufferedSafetensors};
+use candle_core::{DType, Device, Error, Result, Shape, Tensor};
 use candle_nn::{Init, var_builder::SimpleBackend};
 
 use super::keys::{Component, Source};
+use crate::render::diffusion::tensors::{FileTensors, shaped};
 
-/// One component of a checkpoint file read into memory (shared by its components).
+/// One component of a checkpoint file (whose tensors its components share).
 pub struct Backend {
-    file: Arc<BufferedSafetensors>,
+    file: Arc<FileTensors>,
     component: Component,
 }
 
 impl Backend {
     /// `component` of `file`.
-    pub fn new(file: Arc<BufferedSafetensors>, component: Component) -> Self {
+    pub fn new(file: Arc<FileTensors>, component: Component) -> Self {
         Backend { file, component }
     }
 
@@ -50,30 +51,9 @@ impl Backend {
     }
 }
 
-/// The dimensions without trailing ones: a 1×1 convolution's weight and the linear
-/// layer's that replaces it compare equal.
-fn squeezed(shape: &Shape) -> &[usize] {
-    let dims = shape.dims();
-    let keep = dims.iter().rposition(|&d| d != 1).map_or(0, |i| i + 1);
-    &dims[..keep]
-}
-
 impl SimpleBackend for Backend {
     fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let tensor = self.load(name, dev)?;
-        let tensor = if tensor.shape() == &s {
-            tensor
-        } else if squeezed(tensor.shape()) == squeezed(&s) {
-            tensor.reshape(s)?
-        } else {
-            return Err(Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name}"),
-                expected: s,
-                got: tensor.shape().clone(),
-            }
-            .bt());
-        };
-        tensor.to_dtype(dtype)
+        shaped(self.load(name, dev)?, s, name)?.to_dtype(dtype)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
@@ -84,7 +64,7 @@ impl SimpleBackend for Backend {
         match self.component.source(name) {
             Some(
                 Source::Tensor(key) | Source::Transposed(key) | Source::Slice { name: key, .. },
-            ) => self.file.get(&key).is_ok(),
+            ) => self.file.contains(&key),
             None => false,
         }
     }
@@ -172,8 +152,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("checkpoint.safetensors");
         candle_core::safetensors::save(&original, &file).unwrap();
-        let buffer = BufferedSafetensors::new(std::fs::read(&file).unwrap()).unwrap();
-        let backend = Backend::new(Arc::new(buffer), keys);
+        let read = FileTensors::open(&[file]).unwrap();
+        let backend = Backend::new(Arc::new(read), keys);
         for (name, want) in &tensors {
             assert!(backend.contains_tensor(name), "{name}");
             let got = backend
@@ -211,8 +191,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vae.safetensors");
         candle_core::safetensors::save(&original, &file).unwrap();
-        let buffer = BufferedSafetensors::new(std::fs::read(&file).unwrap()).unwrap();
-        let backend = Backend::new(Arc::new(buffer), Component::Vae { levels: 2 });
+        let tensors = FileTensors::open(&[file]).unwrap();
+        let backend = Backend::new(Arc::new(tensors), Component::Vae { levels: 2 });
         let name = "decoder.mid_block.attentions.0.to_q.weight";
         let linear = backend
             .get(
