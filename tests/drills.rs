@@ -174,6 +174,53 @@ async fn drill_redis_flushall_then_restart() {
     );
 }
 
+/// Redis managed by Sentinel: the master is killed mid-batch and never comes back, the
+/// sentinel promotes the replica, and the workers find the new master on their own.
+/// What the replica had not yet received when the master died (asynchronous
+/// replication) is what the reconciler puts back from the record.
+#[tokio::test]
+async fn drill_sentinel_failover_mid_batch() {
+    let mut d = Drill::new(None).await;
+    let mut redis = PrivateSentinel::start().await;
+    d.redis_url = Some(redis.url());
+    let n = 300;
+    d.submit(n, None);
+    d.spawn_worker(&["--lease-secs", "2"], 100);
+    d.spawn_worker(&["--lease-secs", "2"], 100);
+    let succeeded = |rows: &[renderq::db::JobRow]| {
+        rows.iter()
+            .filter(|r| r.state == renderq::job::JobState::Succeeded)
+            .count()
+    };
+    d.until(Duration::from_secs(30), "some done", |rows| {
+        succeeded(rows) >= 40
+    })
+    .await;
+    let old = redis.master.port;
+    redis.master.kill();
+    let killed = Instant::now();
+    let done_at_kill = succeeded(&d.rows().await);
+    assert!(done_at_kill < n, "the batch ended before the failover");
+    while redis.master_port() == old {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no failover within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let promoted = killed.elapsed();
+    assert_eq!(redis.master_port(), redis.replica.port);
+    let (lost, dup) = d.verify(n, true).await;
+    let finished = killed.elapsed();
+    d.stop_workers().await;
+    eprintln!(
+        "DRILL Sentinel failover mid-batch: promoted after {:.1} s, batch done {:.1} s after the kill ({} of {n} done before it), lost {lost}, duplicate successes {dup}",
+        promoted.as_secs_f64(),
+        finished.as_secs_f64(),
+        done_at_kill
+    );
+}
+
 #[tokio::test]
 async fn drill_object_store_down_for_30_seconds() {
     let mut d = Drill::new(None).await;

@@ -19,10 +19,15 @@
 //! behind a big one. Finished entries are acknowledged and deleted at once: Redis
 //! holds only work in flight.
 
+mod connection;
 mod delayed;
 mod doorbell;
 mod queue;
 mod repair;
+mod target;
+
+pub use connection::Connection;
+pub use target::Target;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -35,8 +40,7 @@ use std::{
 
 use async_trait::async_trait;
 use redis::{
-    AsyncCommands, Client, Script,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    AsyncCommands, Script,
     streams::{StreamAutoClaimReply, StreamId, StreamReadReply},
 };
 
@@ -59,6 +63,9 @@ const XADD_CHUNK: usize = 2_000;
 const PIPELINED_CHUNKS: usize = 10;
 /// Most streams one blocking read waits on.
 const BLOCK_STREAMS: usize = 64;
+/// How long a connection that sends XREAD … BLOCK waits for a reply (the longest
+/// BLOCK is 10 s, the doorbell's).
+const BLOCKING_RESPONSE: Duration = Duration::from_secs(30);
 /// Separates a batch stream's id from the entry id in a delivery's handle.
 const HANDLE_SEP: char = '|';
 
@@ -80,11 +87,11 @@ pub struct RedisDispatch {
     doorbell: String,
     bell: Arc<doorbell::Bell>,
     /// For the doorbell's own connections, made when a worker first reads.
-    client: Client,
+    target: Target,
     /// Commands that answer at once.
-    con: ConnectionManager,
+    con: Connection,
     /// XREADGROUP … BLOCK holds its connection; it gets one of its own.
-    blocking: ConnectionManager,
+    blocking: Connection,
     heartbeat: Script,
     move_due: Script,
     fair_read: Script,
@@ -141,22 +148,12 @@ pub fn lane_stream_key(queue: &str, batch: BatchId, priority: i32) -> String {
 }
 
 impl RedisDispatch {
-    /// Connects to the Redis `url` names and loads the scripts for `queue`.
+    /// Connects to the Redis `url` names (one server, Sentinel or Cluster: `Target`)
+    /// and loads the scripts for `queue`.
     pub async fn connect(url: &str, queue: &str) -> Result<Self, DispatchError> {
-        let client = Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(5))
-            .set_response_timeout(Duration::from_secs(10))
-            .set_number_of_retries(3)
-            .set_max_delay(2_000);
-        let con = client
-            .get_connection_manager_with_config(config.clone())
-            .await?;
-        let blocking = client
-            .get_connection_manager_with_config(
-                config.set_response_timeout(Duration::from_secs(30)),
-            )
-            .await?;
+        let target = Target::parse(url)?;
+        let con = target.connect(Duration::from_secs(10)).await?;
+        let blocking = target.connect(BLOCKING_RESPONSE).await?;
         // The scripts that add to a batch's stream share `lane.lua`'s functions.
         let with_lanes = |script: &str| Script::new(&format!("{LANE_LUA}{script}"));
         let dispatch = RedisDispatch {
@@ -170,7 +167,7 @@ impl RedisDispatch {
             snapshot: format!("renderq:{{{queue}}}:reconcile:held"),
             doorbell: format!("renderq:{{{queue}}}:doorbell"),
             bell: Arc::default(),
-            client: client.clone(),
+            target,
             con,
             blocking,
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
@@ -261,14 +258,11 @@ impl RedisDispatch {
     /// Listens for the doorbell from now on (once): a reader's blocking reads then wake
     /// for streams opened while they wait.
     fn listen(&self) {
-        let client = self.client.clone();
+        let target = self.target.clone();
         self.bell.start(&self.doorbell, async move {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Duration::from_secs(5))
-                .set_response_timeout(Duration::from_secs(30));
-            let listen = client.get_connection_manager_with_config(config.clone());
-            let unblock = client.get_connection_manager_with_config(config);
-            Some((listen.await.ok()?, unblock.await.ok()?))
+            let listen = target.connect(BLOCKING_RESPONSE).await.ok()?;
+            let unblock = target.connect(Duration::from_secs(10)).await.ok()?;
+            Some((listen, unblock))
         });
     }
 
@@ -343,8 +337,10 @@ impl RedisDispatch {
         let share = count.max(1).div_ceil(streams.len());
         let mut con = self.blocking.clone();
         if self.bell.blocked_client() == 0 {
-            let id: Result<i64, redis::RedisError> =
-                redis::cmd("CLIENT").arg("ID").query_async(&mut con).await;
+            // On a cluster, the id on the server that holds the queue's streams.
+            let id: Result<i64, redis::RedisError> = con
+                .on_server_of(&self.stream, redis::cmd("CLIENT").arg("ID"))
+                .await;
             match id {
                 Ok(id) => self.bell.set_blocked_client(id),
                 // A managed Redis that refuses CLIENT: no ring can end a wait, so

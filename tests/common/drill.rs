@@ -111,6 +111,105 @@ impl PrivateRedis {
     }
 }
 
+/// A master, its replica and one sentinel watching them (quorum 1, down after 1 s),
+/// the drill's own. Killing the master makes the sentinel promote the replica.
+pub struct PrivateSentinel {
+    pub sentinel: Server,
+    pub replica: Server,
+    pub master: Server,
+    pub _dir: tempfile::TempDir,
+}
+
+impl PrivateSentinel {
+    pub const MASTER_NAME: &str = "drill";
+
+    pub async fn start() -> Self {
+        let plain = |port: u16| {
+            let mut c = Command::new("redis-server");
+            c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"]);
+            c
+        };
+        let master = Server::start(plain).await;
+        let master_port = master.port.to_string();
+        let replica = Server::start(move |port| {
+            let mut c = plain(port);
+            c.args(["--replicaof", "127.0.0.1", &master_port]);
+            c
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let (root, master_port) = (dir.path().to_path_buf(), master.port);
+        let sentinel = Server::start(move |port| {
+            let conf = root.join("sentinel.conf");
+            let name = Self::MASTER_NAME;
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 5000\n",
+                    root.display()
+                ),
+            )
+            .unwrap();
+            let mut c = Command::new("redis-server");
+            c.arg(&conf).arg("--sentinel");
+            c
+        })
+        .await;
+        let s = PrivateSentinel {
+            sentinel,
+            replica,
+            master,
+            _dir: dir,
+        };
+        // The sentinel knows the replica once it has asked the master (every 10 s at
+        // first, sooner after it connects); a failover before then has nowhere to go.
+        let end = Instant::now() + Duration::from_secs(30);
+        while s.replicas_known() == 0 {
+            assert!(Instant::now() < end, "the sentinel never saw the replica");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "redis+sentinel://127.0.0.1:{}/{}",
+            self.sentinel.port,
+            Self::MASTER_NAME
+        )
+    }
+
+    fn ask(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.sentinel.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn replicas_known(&self) -> usize {
+        self.ask(&["SENTINEL", "REPLICAS", Self::MASTER_NAME])
+            .lines()
+            .filter(|l| *l == "ip")
+            .count()
+    }
+
+    /// The port the sentinel names as the master's now.
+    pub fn master_port(&self) -> u16 {
+        let reply = self.ask(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER_NAME]);
+        reply
+            .lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 /// An s3s-fs server of the drill's own, on a directory that survives restarts (the
 /// server is declared first, so it stops before the directory goes).
 pub struct PrivateS3 {
@@ -144,6 +243,8 @@ pub struct Drill {
     pub record: Arc<dyn Record>,
     pub queue: String,
     pub redis: PrivateRedis,
+    /// The `REDIS_URL` workers get, when not `redis`'s (a Sentinel's, say).
+    pub redis_url: Option<String>,
     pub s3: PrivateS3,
     pub store: S3Store,
     pub workers: Vec<(String, Child)>,
@@ -200,6 +301,7 @@ impl Drill {
             record,
             queue: unique("d"),
             redis,
+            redis_url: None,
             s3,
             store,
             workers: Vec::new(),
@@ -212,7 +314,8 @@ impl Drill {
         let mut c = Command::new(env!("CARGO_BIN_EXE_renderq"));
         c.args(args).env("DATABASE_URL", &self.db_url);
         if self.use_redis {
-            c.env("REDIS_URL", self.redis.url());
+            let url = self.redis_url.clone().unwrap_or_else(|| self.redis.url());
+            c.env("REDIS_URL", url);
         } else {
             c.env_remove("REDIS_URL");
         }

@@ -294,10 +294,12 @@ impl Env {
         }
     }
 
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(redis_url())
+    /// A connection to the test Redis: one server, or a Sentinel or Cluster URL as
+    /// `scripts/redis-topologies.sh` sets it.
+    pub async fn redis(&self) -> renderq::dispatch::redis::Connection {
+        renderq::dispatch::redis::Target::parse(&redis_url())
             .unwrap()
-            .get_multiplexed_async_connection()
+            .connect(Duration::from_secs(10))
             .await
             .unwrap()
     }

@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::{aio::ConnectionManager, streams::StreamReadReply};
+use redis::streams::StreamReadReply;
+
+use super::Connection;
 
 /// How long a listener's XREAD waits before asking again.
 const LISTEN_BLOCK_MS: u64 = 10_000;
@@ -121,9 +123,7 @@ impl Bell {
     pub(super) fn start(
         self: &Arc<Self>,
         doorbell: &str,
-        listen: impl std::future::Future<Output = Option<(ConnectionManager, ConnectionManager)>>
-        + Send
-        + 'static,
+        listen: impl std::future::Future<Output = Option<(Connection, Connection)>> + Send + 'static,
     ) {
         let mut listener = self.listener.lock().unwrap();
         // A listener that could not connect (Redis down at the time) is started again.
@@ -145,12 +145,7 @@ impl Bell {
         }
     }
 
-    async fn listen(
-        &self,
-        mut con: ConnectionManager,
-        mut unblock: ConnectionManager,
-        key: String,
-    ) {
+    async fn listen(&self, mut con: Connection, mut unblock: Connection, key: String) {
         // From the last ring there is: streams opened before are in the first read.
         let mut last = "0-0".to_string();
         loop {
@@ -193,10 +188,8 @@ impl Bell {
                     self.rings.fetch_add(1, Ordering::AcqRel);
                     let id = self.blocked_client();
                     if id > 0 {
-                        let _ = redis::cmd("CLIENT")
-                            .arg("UNBLOCK")
-                            .arg(id)
-                            .query_async::<i64>(&mut unblock)
+                        let _ = unblock
+                            .on_server_of::<i64>(&key, redis::cmd("CLIENT").arg("UNBLOCK").arg(id))
                             .await;
                     }
                 }
