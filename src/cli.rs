@@ -53,7 +53,8 @@ pub struct Global {
     /// The record: postgres://user:password@host/db or sqlite://path [default: sqlite://renderq.db]
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Dispatch: redis://host:6379 [default: none, dispatch through the database]
+    /// Dispatch: redis://host:6379, redis+sentinel://sentinel:26379[,…]/<master name>, or
+    /// redis+cluster://node:6379[,…] [default: none, dispatch through the database]
     #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Where images go: s3://bucket/prefix, or a local directory
