@@ -125,6 +125,30 @@ async fn no_secret_is_printed_on_success_or_error_paths() {
             vec!["submit", file.to_str().unwrap()],
         ),
         (
+            "unreachable sentinels",
+            vec![
+                ("DATABASE_URL", db_url.clone()),
+                (
+                    "REDIS_URL",
+                    format!(
+                        "redis+sentinel://:{REDIS_SECRET}@127.0.0.1:1/m?sentinel_password={REDIS_SECRET}"
+                    ),
+                ),
+            ],
+            vec!["submit", file.to_str().unwrap()],
+        ),
+        (
+            "unreachable cluster",
+            vec![
+                ("DATABASE_URL", db_url.clone()),
+                (
+                    "REDIS_URL",
+                    format!("redis+cluster://:{REDIS_SECRET}@127.0.0.1:1,127.0.0.1:2"),
+                ),
+            ],
+            vec!["submit", file.to_str().unwrap()],
+        ),
+        (
             "unreachable postgres",
             vec![(
                 "DATABASE_URL",
