@@ -174,51 +174,104 @@ async fn drill_redis_flushall_then_restart() {
     );
 }
 
+fn succeeded(rows: &[renderq::db::JobRow]) -> usize {
+    rows.iter()
+        .filter(|r| r.state == renderq::job::JobState::Succeeded)
+        .count()
+}
+
+/// A failover drill on the Redis `url` names: 300 jobs, two workers; once 40 are done
+/// `kill_master` kills the master of the drill's queue (it never comes back),
+/// `promoted` says when the topology has a new one, and then every job must still
+/// succeed exactly once. Both are given the key of the queue's main stream.
+async fn failover_mid_batch(
+    what: &str,
+    url: String,
+    kill_master: impl FnOnce(&str),
+    promoted: impl Fn(&str) -> Result<(), String>,
+) {
+    let mut d = Drill::new(None).await;
+    d.redis_url = Some(url);
+    let n = 300;
+    d.submit(n, None);
+    d.spawn_worker(&["--lease-secs", "2"], 100);
+    d.spawn_worker(&["--lease-secs", "2"], 100);
+    d.until(Duration::from_secs(30), "some done", |rows| {
+        succeeded(rows) >= 40
+    })
+    .await;
+    let stream = format!("renderq:{{{}}}:stream", d.queue);
+    kill_master(&stream);
+    let killed = Instant::now();
+    let done_at_kill = succeeded(&d.rows().await);
+    assert!(done_at_kill < n, "the batch ended before the failover");
+    while let Err(seen) = promoted(&stream) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no failover within 30 s: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let promoted = killed.elapsed();
+    let (lost, dup) = d.verify(n, true).await;
+    let finished = killed.elapsed();
+    d.stop_workers().await;
+    eprintln!(
+        "DRILL {what} failover mid-batch: promoted after {:.1} s, batch done {:.1} s after the kill ({done_at_kill} of {n} done before it), lost {lost}, duplicate successes {dup}",
+        promoted.as_secs_f64(),
+        finished.as_secs_f64(),
+    );
+}
+
 /// Redis managed by Sentinel: the master is killed mid-batch and never comes back, the
 /// sentinel promotes the replica, and the workers find the new master on their own.
 /// What the replica had not yet received when the master died (asynchronous
 /// replication) is what the reconciler puts back from the record.
 #[tokio::test]
 async fn drill_sentinel_failover_mid_batch() {
-    let mut d = Drill::new(None).await;
-    let mut redis = PrivateSentinel::start().await;
-    d.redis_url = Some(redis.url());
-    let n = 300;
-    d.submit(n, None);
-    d.spawn_worker(&["--lease-secs", "2"], 100);
-    d.spawn_worker(&["--lease-secs", "2"], 100);
-    let succeeded = |rows: &[renderq::db::JobRow]| {
-        rows.iter()
-            .filter(|r| r.state == renderq::job::JobState::Succeeded)
-            .count()
-    };
-    d.until(Duration::from_secs(30), "some done", |rows| {
-        succeeded(rows) >= 40
-    })
+    let redis = std::sync::Mutex::new(PrivateSentinel::start().await);
+    let url = redis.lock().unwrap().url();
+    failover_mid_batch(
+        "Sentinel",
+        url,
+        |_| redis.lock().unwrap().master.kill(),
+        |_| {
+            let r = redis.lock().unwrap();
+            match r.master_port() {
+                p if p == r.replica.port => Ok(()),
+                p => Err(format!("the sentinel names port {p}")),
+            }
+        },
+    )
     .await;
-    let old = redis.master.port;
-    redis.master.kill();
-    let killed = Instant::now();
-    let done_at_kill = succeeded(&d.rows().await);
-    assert!(done_at_kill < n, "the batch ended before the failover");
-    while redis.master_port() == old {
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "no failover within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let promoted = killed.elapsed();
-    assert_eq!(redis.master_port(), redis.replica.port);
-    let (lost, dup) = d.verify(n, true).await;
-    let finished = killed.elapsed();
-    d.stop_workers().await;
-    eprintln!(
-        "DRILL Sentinel failover mid-batch: promoted after {:.1} s, batch done {:.1} s after the kill ({} of {n} done before it), lost {lost}, duplicate successes {dup}",
-        promoted.as_secs_f64(),
-        finished.as_secs_f64(),
-        done_at_kill
-    );
+}
+
+/// A Redis Cluster of three masters with a replica each: the master that holds the
+/// queue's slot is killed mid-batch and never comes back, the cluster promotes its
+/// replica, and the workers follow the slot to it on their own.
+#[tokio::test]
+async fn drill_cluster_failover_mid_batch() {
+    let redis = std::sync::Mutex::new(PrivateCluster::start().await);
+    let url = redis.lock().unwrap().url();
+    let old = std::sync::Mutex::new(0);
+    failover_mid_batch(
+        "Cluster",
+        url,
+        |stream| {
+            let mut r = redis.lock().unwrap();
+            let port = r.master_of(stream);
+            *old.lock().unwrap() = port;
+            r.node(port).kill();
+        },
+        |stream| {
+            let r = redis.lock().unwrap();
+            match r.master_of(stream) {
+                p if p != 0 && p != *old.lock().unwrap() => Ok(()),
+                _ => Err(r.nodes_seen()),
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -59,8 +59,14 @@ pub struct Server {
 
 impl Server {
     pub async fn start(command: impl Fn(u16) -> Command + Send + Sync + 'static) -> Self {
+        Self::start_on(free_port(), command).await
+    }
+    pub async fn start_on(
+        port: u16,
+        command: impl Fn(u16) -> Command + Send + Sync + 'static,
+    ) -> Self {
         let mut s = Server {
-            port: free_port(),
+            port,
             command: Box::new(command),
             child: None,
         };
@@ -207,6 +213,126 @@ impl PrivateSentinel {
             .nth(1)
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or(0)
+    }
+}
+
+/// A Redis Cluster of the drill's own: three masters, each with a replica (node
+/// timeout 1 s), so killing a master makes the cluster promote its replica.
+pub struct PrivateCluster {
+    pub nodes: Vec<Server>,
+    pub _dir: tempfile::TempDir,
+}
+
+/// A free port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = 20_000 + (rand_u16() % 20_000);
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    let b = uuid::Uuid::new_v4().into_bytes();
+    u16::from_le_bytes([b[0], b[1]])
+}
+
+impl PrivateCluster {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let root = dir.path().to_path_buf();
+            let node = Server::start_on(free_cluster_port(), move |port| {
+                let mut c = Command::new("redis-server");
+                c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                    // With a 1 s node timeout the replica's data counts as stale after
+                    // 10 s without writes; let it fail over anyway.
+                    .args(["--cluster-replica-validity-factor", "0"])
+                    .arg("--cluster-config-file")
+                    .arg(root.join(format!("nodes-{port}.conf")));
+                c
+            })
+            .await;
+            nodes.push(node);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        sh("redis-cli", &args);
+        let c = PrivateCluster { nodes, _dir: dir };
+        let end = Instant::now() + Duration::from_secs(30);
+        while !c
+            .ask(c.nodes[0].port, &["CLUSTER", "INFO"])
+            .contains("cluster_state:ok")
+        {
+            assert!(Instant::now() < end, "the cluster never came up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        c
+    }
+
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self.nodes[..3]
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    fn ask(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The port of the master that serves `key`'s slot now, as a live node sees it.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let alive = self.nodes.iter().find(|n| n.child.is_some()).unwrap().port;
+        let slot: u16 = self
+            .ask(alive, &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap();
+        for line in self.ask(alive, &["CLUSTER", "NODES"]).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let serves = f[8..].iter().any(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                match (a.parse::<u16>(), b.parse::<u16>()) {
+                    (Ok(a), Ok(b)) => (a..=b).contains(&slot),
+                    _ => false,
+                }
+            });
+            if serves {
+                let addr = f[1].split('@').next().unwrap();
+                return addr.rsplit(':').next().unwrap().parse().unwrap();
+            }
+        }
+        0
+    }
+
+    /// CLUSTER NODES as a live node sees it.
+    pub fn nodes_seen(&self) -> String {
+        let alive = self.nodes.iter().find(|n| n.child.is_some()).unwrap().port;
+        self.ask(alive, &["CLUSTER", "NODES"])
+    }
+
+    pub fn node(&mut self, port: u16) -> &mut Server {
+        self.nodes.iter_mut().find(|n| n.port == port).unwrap()
     }
 }
 
