@@ -234,7 +234,21 @@ async fn drill_sentinel_failover_mid_batch() {
     failover_mid_batch(
         "Sentinel",
         url,
-        |_| redis.lock().unwrap().master.kill(),
+        |_| {
+            // The replica stops for half a second (less than the sentinel's 1 s
+            // down-after, so it stays eligible) while the master takes writes it will
+            // never pass on: the master then dies with those writes.
+            let mut r = redis.lock().unwrap();
+            let replica = r.replica.child.as_ref().unwrap().id().to_string();
+            let before = PrivateSentinel::offset(r.master.port);
+            sh("kill", &["-STOP", &replica]);
+            std::thread::sleep(Duration::from_millis(500));
+            let unreplicated = PrivateSentinel::offset(r.master.port) - before;
+            r.master.kill();
+            sh("kill", &["-CONT", &replica]);
+            assert!(unreplicated > 0, "the workers wrote nothing meanwhile");
+            eprintln!("DRILL Sentinel: the master died {unreplicated} bytes of writes ahead of its replica");
+        },
         |_| {
             let r = redis.lock().unwrap();
             match r.master_port() {

@@ -205,6 +205,19 @@ impl PrivateSentinel {
             .count()
     }
 
+    /// The replication offset a node reports (`master_repl_offset`).
+    pub fn offset(port: u16) -> u64 {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "INFO", "replication"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("master_repl_offset:"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The port the sentinel names as the master's now.
     pub fn master_port(&self) -> u16 {
         let reply = self.ask(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER_NAME]);
