@@ -130,13 +130,20 @@ impl PrivateSentinel {
     pub const MASTER_NAME: &str = "drill";
 
     pub async fn start() -> Self {
-        let plain = |port: u16| {
+        // The master writes an RDB file to bring its replica up to date: into the
+        // drill's directory, not the working one.
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_path_buf();
+        let plain = move |port: u16| {
             let mut c = Command::new("redis-server");
             c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"]);
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&data)
+                .args(["--dbfilename", &format!("dump-{port}.rdb")]);
             c
         };
-        let master = Server::start(plain).await;
+        let master = Server::start(plain.clone()).await;
         let master_port = master.port.to_string();
         let replica = Server::start(move |port| {
             let mut c = plain(port);
@@ -144,7 +151,6 @@ impl PrivateSentinel {
             c
         })
         .await;
-        let dir = tempfile::tempdir().unwrap();
         let (root, master_port) = (dir.path().to_path_buf(), master.port);
         let sentinel = Server::start(move |port| {
             let conf = root.join("sentinel.conf");
@@ -267,7 +273,10 @@ impl PrivateCluster {
                     // 10 s without writes; let it fail over anyway.
                     .args(["--cluster-replica-validity-factor", "0"])
                     .arg("--cluster-config-file")
-                    .arg(root.join(format!("nodes-{port}.conf")));
+                    .arg(root.join(format!("nodes-{port}.conf")))
+                    .arg("--dir")
+                    .arg(&root)
+                    .args(["--dbfilename", &format!("dump-{port}.rdb")]);
                 c
             })
             .await;
