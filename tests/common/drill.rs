@@ -400,6 +400,28 @@ pub struct Drill {
     pub use_redis: bool,
     /// `succeeded` events seen per job (NOTIFY renderq_events).
     pub succeeded_events: Arc<Mutex<HashMap<String, usize>>>,
+    /// The output of every `renderq` the drill ran, shown when the drill fails.
+    pub logs: tempfile::TempDir,
+    log_seq: std::sync::atomic::AtomicUsize,
+}
+
+impl Drill {
+    /// What the drill's processes said, the last lines of each: shown when it fails.
+    fn show_logs(&self) {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.logs.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!("--- {} (last {} lines)", file.display(), tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
 }
 
 impl Drill {
@@ -455,6 +477,8 @@ impl Drill {
             workers: Vec::new(),
             use_redis: true,
             succeeded_events,
+            logs: tempfile::tempdir().unwrap(),
+            log_seq: Default::default(),
         }
     }
 
@@ -474,9 +498,13 @@ impl Drill {
             .env("AWS_ACCESS_KEY_ID", ACCESS)
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
             .env("RENDERQ_RECONCILE_SECS", "1")
-            .env("RENDERQ_LOG", "renderq=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .env("RENDERQ_LOG", "renderq=info");
+        let n = self
+            .log_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{n:03}-{}.log", args.first().unwrap_or(&"renderq"));
+        let log = std::fs::File::create(self.logs.path().join(name)).unwrap();
+        c.stdout(log.try_clone().unwrap()).stderr(log);
         c
     }
 
@@ -653,6 +681,9 @@ impl Drill {
 
 impl Drop for Drill {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.show_logs();
+        }
         for (_, c) in &mut self.workers {
             let _ = c.kill();
             let _ = c.wait();
