@@ -16,14 +16,15 @@ cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-target/release/renderq}")
 shift || true
 [ "${1:-}" = "--" ] && shift
+command -v bc >/dev/null || { echo "fleet-cost: needs bc (apt-get install bc)" >&2; exit 1; }
 eval "$(scripts/services.sh)"
 admin=$RENDERQ_TEST_DATABASE_URL
 db=rq_cost_$$
+out=$(mktemp -d "${RENDERQ_COST_DIR:-/dev/shm}/renderq-cost.XXXXXX")
+trap 'psql "$admin" -qc "drop database if exists $db" >/dev/null 2>&1 || true; rm -rf "$out" "$out".*' EXIT
 psql "$admin" -qc "create database $db"
-trap 'psql "$admin" -qc "drop database if exists $db" >/dev/null 2>&1 || true; rm -rf "$out"' EXIT
 export DATABASE_URL=${admin%/*}/$db
 export REDIS_URL=${REDIS_URL:-$RENDERQ_TEST_REDIS_URL}
-out=$(mktemp -d "${RENDERQ_COST_DIR:-/dev/shm}/renderq-cost.XXXXXX")
 export RENDERQ_STORE=$out RENDERQ_LOG=warn
 "$BIN" migrate >/dev/null
 [ -n "${RENDERQ_COST_SQL:-}" ] && psql "$DATABASE_URL" -qc "$RENDERQ_COST_SQL"
@@ -78,4 +79,3 @@ echo "renderq CPU: $(echo "scale=3; ($bu + $bs) * 1000000 / $jobs" | bc) µs per
 echo "redis commands per job:"
 join -a2 -e0 -o 2.1,1.2,2.2 "$out.calls0" "$out.calls1" |
   awk -v n="$jobs" '{d = $3 - $2; if (d > 0) printf "  %-14s %.3f\n", $1, d / n; t += d} END {printf "  %-14s %.3f\n", "total", t / n}'
-rm -f "$out".*

@@ -6,7 +6,8 @@
 #   scripts/redis-topologies.sh [cluster|sentinel]...   (default: both)
 #
 # Needs the environment of scripts/services.sh (Postgres, s3s-fs) and the test
-# binaries built by `cargo test`; scripts/test.sh runs it after the suite.
+# binaries built by `cargo test`; scripts/test.sh runs it after the suite. The servers
+# take ports 17100-17112 (RENDERQ_TOPOLOGY_PORT moves the base).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/services.sh)"
@@ -35,7 +36,7 @@ serve() {
   pids+=($!)
 }
 
-wait_for() { # port, what it must answer to PING
+wait_for() { # until the server on port $1 answers PING
   for _ in $(seq 200); do
     [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ] && return 0
     sleep 0.05
@@ -86,13 +87,13 @@ EOF
   suite "redis+sentinel://127.0.0.1:$sentinel/mymaster"
 }
 
-for topology in "${@:-cluster sentinel}"; do
-  for t in $topology; do
-    case $t in
-      cluster) cluster ;;
-      sentinel) sentinel ;;
-      *) log "unknown topology $t (cluster, sentinel)"; exit 2 ;;
-    esac
-  done
+topologies=("$@")
+[ ${#topologies[@]} -gt 0 ] || topologies=(cluster sentinel)
+for t in "${topologies[@]}"; do
+  case $t in
+    cluster) cluster ;;
+    sentinel) sentinel ;;
+    *) log "unknown topology $t (cluster, sentinel)"; exit 2 ;;
+  esac
 done
 log ok

@@ -13,7 +13,7 @@ use redis::{
     AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError,
     RedisFuture, RedisResult, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
-    cluster::{ClusterClientBuilder, ClusterConfig},
+    cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
     cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr},
     sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
@@ -54,12 +54,7 @@ impl Target {
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(response)
                     .build()?;
-                let config = ClusterConfig::new()
-                    .set_connection_timeout(CONNECT_TIMEOUT)
-                    .set_response_timeout(response);
-                Ok(Connection::Cluster(
-                    client.get_async_connection_with_config(config).await?,
-                ))
+                Ok(Connection::Cluster(client.get_async_connection().await?))
             }
             Target::Sentinel {
                 sentinels,

@@ -48,29 +48,13 @@ fn node(spec: &str, auth: &RedisConnectionInfo) -> Result<ConnectionInfo, Dispat
     Ok(info)
 }
 
-/// Splits `[user:password@]rest`, percent-decoding both parts.
-fn credentials(authority: &str) -> Result<(RedisConnectionInfo, &str), DispatchError> {
-    let mut auth = RedisConnectionInfo::default();
-    let Some((userinfo, rest)) = authority.rsplit_once('@') else {
-        return Ok((auth, authority));
-    };
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8()
-            .map(|s| s.into_owned())
-            .map_err(|_| invalid("the user or password is not valid UTF-8".into()))
-    };
-    let (user, password) = match userinfo.split_once(':') {
-        Some((user, password)) => (user, Some(password)),
-        None => ("", Some(userinfo)),
-    };
-    if !user.is_empty() {
-        auth.username = Some(decode(user)?);
-    }
-    if let Some(p) = password.filter(|p| !p.is_empty()) {
-        auth.password = Some(decode(p)?);
-    }
-    Ok((auth, rest))
+/// The credentials of a percent-encoded `user:password`, read as the redis crate reads
+/// them in a `redis://` URL (a bare `name` is a user).
+fn credentials(userinfo: &str) -> Result<RedisConnectionInfo, DispatchError> {
+    format!("redis://{userinfo}@localhost")
+        .into_connection_info()
+        .map(|info| info.redis)
+        .map_err(|_| invalid("the user or password is not valid".into()))
 }
 
 impl Target {
@@ -91,7 +75,10 @@ impl Target {
         };
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (mut auth, hosts) = credentials(authority)?;
+        let (mut auth, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (credentials(userinfo)?, hosts),
+            None => (RedisConnectionInfo::default(), authority),
+        };
         let nodes = |auth: &RedisConnectionInfo| {
             hosts
                 .split(',')
@@ -121,15 +108,12 @@ impl Target {
                 .parse()
                 .map_err(|_| invalid(format!("database `{db}` is not a number")))?;
         }
-        let mut sentinel_auth = RedisConnectionInfo::default();
+        let (mut user, mut password) = ("", "");
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_encoding::percent_decode_str(value)
-                .decode_utf8_lossy()
-                .into_owned();
             match name {
-                "sentinel_password" => sentinel_auth.password = Some(value),
-                "sentinel_username" => sentinel_auth.username = Some(value),
+                "sentinel_password" => password = value,
+                "sentinel_username" => user = value,
                 other => {
                     return Err(invalid(format!(
                         "unknown parameter `{other}` (known: sentinel_username, sentinel_password)"
@@ -137,6 +121,7 @@ impl Target {
                 }
             }
         }
+        let sentinel_auth = credentials(&format!("{user}:{password}"))?;
         Ok(Target::Sentinel {
             sentinels: nodes(&sentinel_auth)?,
             master_name,
@@ -205,6 +190,16 @@ mod tests {
                 .iter()
                 .all(|n| n.redis.password.as_deref() == Some("secret"))
         );
+        // Credentials read as in a one-server URL: a bare name is a user.
+        let Target::Cluster(nodes) = Target::parse("redis+cluster://bob@a:7000").unwrap() else {
+            panic!("not cluster");
+        };
+        let Target::Single(one) = Target::parse("redis://bob@a:7000").unwrap() else {
+            panic!("not single");
+        };
+        assert_eq!(nodes[0].redis.username, one.redis.username);
+        assert_eq!(nodes[0].redis.username.as_deref(), Some("bob"));
+        assert_eq!(nodes[0].redis.password, None);
     }
 
     #[test]
