@@ -7,7 +7,9 @@ mod logging;
 mod manifest;
 mod run;
 mod schedules;
+mod serve;
 mod submit;
+mod token;
 mod watch;
 mod worker;
 
@@ -120,6 +122,11 @@ pub enum Command {
     Scheduler(listen::ListenArgs),
     /// Measure drain throughput and submit time (noop model, tiny images)
     Bench(BenchArgs),
+    /// Serve the HTTP API (/v1) until SIGTERM / SIGINT
+    Serve(serve::ServeArgs),
+    /// The HTTP API's bearer tokens
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// Entry point of the binary.
@@ -185,6 +192,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         } => watch::retry(g, &batch, max_attempts).await,
         Command::Manifest(args) => manifest::command(g, args).await,
         Command::Bench(args) => bench::run(g, args).await,
+        Command::Serve(args) => serve::command(g, args).await,
+        Command::Token(cmd) => token::command(g, cmd).await,
     }
 }
 

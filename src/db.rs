@@ -4,7 +4,8 @@
 //! The record is the truth; dispatch (Redis, or the database itself) only hands jobs
 //! to workers. The trait is cut by role: [`Batches`] (producers and operators),
 //! [`Attempts`] (the worker's fenced writes), [`Status`] (reads), [`Schedules`],
-//! [`Webhooks`] and [`Fleet`] (workers, the leader, the reconciler). Every write that moves a running job
+//! [`Webhooks`], [`Fleet`] (workers, the leader, the reconciler), [`Browse`] (the
+//! HTTP API's paged reads) and [`Tokens`] (the API's bearer tokens). Every write that moves a running job
 //! is fenced by its attempt number (`WHERE id = … AND attempt = … AND state =
 //! 'running'`), so a worker that lost its lease changes nothing when it wakes up.
 
@@ -18,6 +19,7 @@ use chrono::{DateTime, Utc};
 use crate::{
     job::{BatchId, ClaimedJob, JobId, JobSpec, JobState, NewJob, Placed},
     schedule::Schedule,
+    token::Scope,
 };
 
 pub use postgres::PgRecord;
@@ -224,7 +226,9 @@ pub struct WorkerInfo {
 /// (the embedded default). Every method that moves a running job is fenced by attempt.
 /// Its methods are grouped by role in the traits below; a `dyn Record` has them all.
 #[async_trait]
-pub trait Record: Batches + Attempts + Status + Schedules + Webhooks + Fleet {
+pub trait Record:
+    Batches + Attempts + Status + Schedules + Webhooks + Fleet + Browse + Tokens
+{
     /// Applies this backend's migrations.
     async fn migrate(&self) -> Result<(), DbError>;
     /// One round trip to the database, for readiness.
@@ -409,4 +413,118 @@ pub trait Fleet: Send + Sync {
     async fn backlog(&self, queue: &str) -> Result<Vec<(JobState, i64)>, DbError>;
     /// Tries to become the one leader for `name` among all processes on this record.
     async fn lead(&self, name: &str) -> Result<Option<Leadership>, DbError>;
+}
+
+/// Which batches a page holds: newest first, before a cursor, filtered.
+#[derive(Debug, Clone, Default)]
+pub struct BatchQuery {
+    /// Only batches whose name contains this (any case).
+    pub name: Option<String>,
+    /// Only finished (`true`) or unfinished (`false`) batches.
+    pub done: Option<bool>,
+    /// Only batches older than this one (the previous page's last id).
+    pub before: Option<BatchId>,
+    /// Most batches in the page.
+    pub limit: i64,
+}
+
+/// A batch with its counts, its queue and when it finished.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchInfo {
+    /// Its counts, as `renderq.batch_progress` has them.
+    pub progress: Progress,
+    /// The queue it was submitted to.
+    pub queue: String,
+    /// When its last job reached a terminal state; `None` while it runs.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Which jobs of a batch a page holds: by id after a cursor, filtered.
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs whose prompt contains this (any case).
+    pub search: Option<String>,
+    /// Only jobs after this one (the previous page's last id).
+    pub after: Option<JobId>,
+    /// Most jobs in the page.
+    pub limit: i64,
+}
+
+/// One job with everything the record holds about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobDetail {
+    /// The columns `renderq status` reads.
+    pub row: JobRow,
+    /// Its queue.
+    pub queue: String,
+    /// The spec as submitted (validated), as stored.
+    pub spec: serde_json::Value,
+    /// Attempts it may use.
+    pub max_attempts: i32,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+    /// When its latest attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When a `retrying` job is due again.
+    pub run_at: Option<DateTime<Utc>>,
+}
+
+/// The paged reads of the HTTP API: batches newest first, a batch's jobs by cursor.
+#[async_trait]
+pub trait Browse: Send + Sync {
+    /// A page of batches, newest first.
+    async fn batch_page(&self, query: &BatchQuery) -> Result<Vec<BatchInfo>, DbError>;
+    /// One batch; `None` for an unknown id.
+    async fn batch_info(&self, batch: BatchId) -> Result<Option<BatchInfo>, DbError>;
+    /// A page of a batch's jobs, by id.
+    async fn job_page(&self, batch: BatchId, query: &JobQuery) -> Result<Vec<JobRow>, DbError>;
+    /// One job; `None` for an unknown id.
+    async fn job_detail(&self, job: JobId) -> Result<Option<JobDetail>, DbError>;
+}
+
+/// An API token as `renderq token list` shows it (its secret is never stored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenInfo {
+    /// The token's public part, `rq_<id>_…`.
+    pub id: String,
+    /// Who or what holds it.
+    pub name: String,
+    /// What it may do.
+    pub scope: Scope,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it last authenticated a request (kept to the minute).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When it was revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The HTTP API's bearer tokens, stored as hashes of their secrets.
+#[async_trait]
+pub trait Tokens: Send + Sync {
+    /// Stores a new token.
+    async fn create_token(
+        &self,
+        id: &str,
+        name: &str,
+        scope: Scope,
+        secret_hash: &[u8],
+    ) -> Result<(), DbError>;
+    /// The scope and secret hash of an unrevoked token, and when it was last used.
+    async fn active_token(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Scope, Vec<u8>, Option<DateTime<Utc>>)>, DbError>;
+    /// Records that the token authenticated a request now.
+    async fn touch_token(&self, id: &str) -> Result<(), DbError>;
+    /// Whether any unrevoked token exists (then the API requires one).
+    async fn any_active_token(&self) -> Result<bool, DbError>;
+    /// Every token, revoked ones included, oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenInfo>, DbError>;
+    /// Revokes the tokens with this id or name; returns how many were revoked now.
+    async fn revoke_token(&self, id_or_name: &str) -> Result<u64, DbError>;
 }

@@ -7,6 +7,7 @@
 //! - [`job`]: ids, the lifecycle ([`job::JobState`]), the job JSON and its limits, and
 //!   the shapes a job takes on its way (new, placed in a lane, claimed).
 //! - [`redact`]: keeping secrets out of what is printed.
+//! - [`token`]: the HTTP API's bearer tokens and their scopes.
 //! - [`telemetry`]: Prometheus metrics, liveness and readiness, served on `--listen`.
 //! - [`input`]: a submit file (JSON Lines, or CSV through templates) read into
 //!   validated jobs, with the one [`input::SubmitOptions`].
@@ -18,8 +19,10 @@
 //! - [`submit`]: writing a batch to the record, then dispatching it.
 //! - [`webhook`]: the signed summary POSTed when a batch finishes.
 //! - [`sheet`]: the contact sheet `renderq run` writes.
+//! - [`manifest`]: a batch's results as CSV or JSON Lines.
 //! - [`worker`]: the claim → render → encode → upload → record pipeline.
 //! - [`scheduler`]: firing due schedules, one batch per firing.
+//! - [`serve`]: the HTTP API (`renderq serve`) on the record, dispatch and store.
 //! - [`backend`]: choosing the record and dispatch backends from the URLs.
 //! - [`cli`]: the `renderq` command line, one file per command; the binary only calls
 //!   [`cli::main`].
@@ -36,14 +39,17 @@ pub mod db;
 pub mod dispatch;
 pub mod input;
 pub mod job;
+pub mod manifest;
 pub mod redact;
 pub mod render;
 pub mod schedule;
 pub mod scheduler;
+pub mod serve;
 pub mod sheet;
 pub mod store;
 pub mod submit;
 pub mod telemetry;
+pub mod token;
 pub mod webhook;
 pub mod worker;
 

@@ -74,6 +74,11 @@ pub trait Store: Send + Sync {
     fn prefix(&self) -> &str;
     /// Where a person or program finds the object.
     fn url(&self, key: &str) -> String;
+    /// Whether [`Store::share_url`] makes a URL that works for anyone holding it
+    /// (presigned), rather than a location only this machine can read.
+    fn presigns(&self) -> bool {
+        false
+    }
     /// A URL that lets anyone holding it read the object until `expires` (presigned
     /// on S3); stores without access control return `url`.
     async fn share_url(

@@ -10,6 +10,7 @@
 
 mod attempts;
 mod batches;
+mod browse;
 mod fleet;
 mod schedules;
 mod status;
@@ -30,13 +31,14 @@ use super::rows::{
     JOB_ROW, PROGRESS, SCHEDULE, failed_job, job_and_batch, job_row, progress, schedule,
 };
 use super::{
-    Attempts, Batches, Cancelled, ClaimRequest, Claimed, DbError, FailedJob, Fleet, JobRow,
-    Leadership, Outcome, Progress, Record, Recorded, Rescued, Schedules, Status, WORKER_DIED,
-    Webhook, Webhooks, WorkerInfo,
+    Attempts, BatchInfo, BatchQuery, Batches, Browse, Cancelled, ClaimRequest, Claimed, DbError,
+    FailedJob, Fleet, JobDetail, JobQuery, JobRow, Leadership, Outcome, Progress, Record, Recorded,
+    Rescued, Schedules, Status, TokenInfo, Tokens, WORKER_DIED, Webhook, Webhooks, WorkerInfo,
 };
 use crate::{
     job::{BatchId, ClaimedJob, JobId, JobSpec, JobState, NewJob, Placed},
     schedule::Schedule,
+    token::Scope,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

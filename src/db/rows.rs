@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{DbError, FailedJob, JobRow, Progress};
+use super::{
+    BatchInfo, BatchQuery, DbError, FailedJob, JobDetail, JobQuery, JobRow, Progress, TokenInfo,
+};
 use crate::{
     job::{BatchId, JobId, JobState},
     schedule::Schedule,
@@ -195,4 +197,216 @@ pub(crate) fn backlog(row: &impl Columns) -> Result<Vec<(JobState, i64)>, DbErro
         .enumerate()
         .map(|(i, s)| Ok((*s, row.int(i)?)))
         .collect()
+}
+
+/// A value bound to a statement built at run time, in the backend's encoding.
+pub(crate) enum Param {
+    Text(String),
+    Id(Uuid),
+    Int(i64),
+}
+
+/// How a backend spells what the paged reads need.
+pub(crate) struct Dialect {
+    /// The tables' prefix: `renderq.` or nothing.
+    pub schema: &'static str,
+    /// The spec's prompt as text.
+    pub prompt: &'static str,
+    /// The position of `needle` in `hay` (0 when absent): `strpos` or `instr`.
+    pub position: &'static str,
+    /// Parameter number `n` (from 1): `$n` or `?n`.
+    pub param: fn(usize) -> String,
+}
+
+/// Collects the parameters of a statement as its conditions are added.
+struct Binds<'d> {
+    dialect: &'d Dialect,
+    params: Vec<Param>,
+}
+
+impl Binds<'_> {
+    fn add(&mut self, p: Param) -> String {
+        self.params.push(p);
+        (self.dialect.param)(self.params.len())
+    }
+}
+
+/// The columns [`batch_info`] reads: [`PROGRESS`]'s, then queue and finish time.
+const BATCH_INFO: &str = "b.id, b.name, b.created_at, count(j.id), \
+     count(CASE WHEN j.state IN ('queued', 'retrying') THEN 1 END), \
+     count(CASE WHEN j.state = 'running' THEN 1 END), \
+     count(CASE WHEN j.state = 'succeeded' THEN 1 END), \
+     count(CASE WHEN j.state = 'failed' THEN 1 END), \
+     count(CASE WHEN j.state = 'cancelled' THEN 1 END), \
+     count(j.id) = count(CASE WHEN j.state IN ('succeeded', 'failed', 'cancelled') THEN 1 END), \
+     b.queue, b.finished_at";
+
+/// A page of batches (or one, by id), newest first: the batches are chosen first,
+/// then only their jobs are counted, through the (batch_id, state) index.
+pub(crate) fn batch_page_sql(
+    d: &Dialect,
+    query: &BatchQuery,
+    one: Option<BatchId>,
+) -> (String, Vec<Param>) {
+    let mut b = Binds {
+        dialect: d,
+        params: Vec::new(),
+    };
+    let mut conditions = Vec::new();
+    if let Some(id) = one {
+        conditions.push(format!("id = {}", b.add(Param::Id(id.0))));
+    }
+    if let Some(before) = query.before {
+        conditions.push(format!("id < {}", b.add(Param::Id(before.0))));
+    }
+    if let Some(name) = &query.name {
+        let p = b.add(Param::Text(name.to_lowercase()));
+        conditions.push(format!("{}(lower(name), {p}) > 0", d.position));
+    }
+    match query.done {
+        Some(true) => conditions.push("finished_at IS NOT NULL".into()),
+        Some(false) => conditions.push("finished_at IS NULL".into()),
+        None => {}
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let limit = b.add(Param::Int(query.limit.max(1)));
+    let s = d.schema;
+    let sql = format!(
+        "SELECT {BATCH_INFO} FROM
+           (SELECT id, name, created_at, queue, finished_at FROM {s}batches {filter}
+            ORDER BY id DESC LIMIT {limit}) b
+         LEFT JOIN {s}jobs j ON j.batch_id = b.id
+         GROUP BY b.id, b.name, b.created_at, b.queue, b.finished_at
+         ORDER BY b.id DESC"
+    );
+    (sql, b.params)
+}
+
+pub(crate) fn batch_info(r: &impl Columns) -> Result<BatchInfo, DbError> {
+    Ok(BatchInfo {
+        progress: progress(r)?,
+        queue: r.text(10)?,
+        finished_at: r.opt_time(11)?,
+    })
+}
+
+/// A page of a batch's jobs by id; `columns` is the backend's [`JOB_ROW`].
+pub(crate) fn job_page_sql(
+    d: &Dialect,
+    columns: &str,
+    batch: BatchId,
+    query: &JobQuery,
+) -> (String, Vec<Param>) {
+    let mut b = Binds {
+        dialect: d,
+        params: Vec::new(),
+    };
+    let mut conditions = vec![format!("batch_id = {}", b.add(Param::Id(batch.0)))];
+    if let Some(state) = query.state {
+        conditions.push(format!(
+            "state = {}",
+            b.add(Param::Text(state.as_str().into()))
+        ));
+    }
+    if let Some(text) = &query.search {
+        let p = b.add(Param::Text(text.to_lowercase()));
+        conditions.push(format!(
+            "{}(lower(coalesce({}, '')), {p}) > 0",
+            d.position, d.prompt
+        ));
+    }
+    if let Some(after) = query.after {
+        conditions.push(format!("id > {}", b.add(Param::Id(after.0))));
+    }
+    let limit = b.add(Param::Int(query.limit.max(1)));
+    let sql = format!(
+        "SELECT {columns} FROM {}jobs WHERE {} ORDER BY id LIMIT {limit}",
+        d.schema,
+        conditions.join(" AND ")
+    );
+    (sql, b.params)
+}
+
+/// `impl Browse for $record`: the same on both backends once `DIALECT` spells the
+/// SQL, `job_columns()` the job columns and `bound` binds the parameters.
+macro_rules! browse_impl {
+    ($record:ty) => {
+        #[async_trait]
+        impl Browse for $record {
+            async fn batch_page(&self, query: &BatchQuery) -> Result<Vec<BatchInfo>, DbError> {
+                let (sql, params) = batch_page_sql(&DIALECT, query, None);
+                let rows = bound(&sql, params).fetch_all(&self.pool).await?;
+                rows.iter().map(batch_info).collect()
+            }
+
+            async fn batch_info(&self, batch: BatchId) -> Result<Option<BatchInfo>, DbError> {
+                let query = BatchQuery {
+                    limit: 1,
+                    ..BatchQuery::default()
+                };
+                let (sql, params) = batch_page_sql(&DIALECT, &query, Some(batch));
+                let row = bound(&sql, params).fetch_optional(&self.pool).await?;
+                row.as_ref().map(batch_info).transpose()
+            }
+
+            async fn job_page(
+                &self,
+                batch: BatchId,
+                query: &JobQuery,
+            ) -> Result<Vec<JobRow>, DbError> {
+                let (sql, params) = job_page_sql(&DIALECT, &job_columns(), batch, query);
+                let rows = bound(&sql, params).fetch_all(&self.pool).await?;
+                rows.iter().map(job_row).collect()
+            }
+
+            async fn job_detail(&self, job: JobId) -> Result<Option<JobDetail>, DbError> {
+                let sql = format!(
+                    "SELECT {}, {JOB_DETAIL} FROM {}jobs WHERE id = {}",
+                    job_columns(),
+                    DIALECT.schema,
+                    (DIALECT.param)(1)
+                );
+                let row = bound(&sql, vec![Param::Id(job.0)])
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(job_detail).transpose()
+            }
+        }
+    };
+}
+pub(crate) use browse_impl;
+
+/// The columns [`job_detail`] reads after the backend's [`JOB_ROW`].
+pub(crate) const JOB_DETAIL: &str =
+    "queue, spec, max_attempts, created_at, started_at, finished_at, run_at";
+
+pub(crate) fn job_detail(r: &impl Columns) -> Result<JobDetail, DbError> {
+    Ok(JobDetail {
+        row: job_row(r)?,
+        queue: r.text(10)?,
+        spec: r.opt_json(11)?.unwrap_or_default(),
+        max_attempts: r.int32(12)?,
+        created_at: r.time(13)?,
+        started_at: r.opt_time(14)?,
+        finished_at: r.opt_time(15)?,
+        run_at: r.opt_time(16)?,
+    })
+}
+
+/// The columns [`token_info`] reads.
+pub(crate) const TOKEN_INFO: &str = "id, name, scope, created_at, last_used_at, revoked_at";
+
+pub(crate) fn token_info(r: &impl Columns) -> Result<TokenInfo, DbError> {
+    Ok(TokenInfo {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        scope: r.text(2)?.parse().map_err(DbError::Invalid)?,
+        created_at: r.time(3)?,
+        last_used_at: r.opt_time(4)?,
+        revoked_at: r.opt_time(5)?,
+    })
 }

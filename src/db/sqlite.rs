@@ -6,6 +6,7 @@
 
 mod attempts;
 mod batches;
+mod browse;
 mod fleet;
 mod schedules;
 mod status;
@@ -26,13 +27,14 @@ use super::rows::{
     progress, schedule, state,
 };
 use super::{
-    Attempts, Batches, Cancelled, ClaimRequest, Claimed, DbError, FailedJob, Fleet, JobRow,
-    Leadership, Outcome, Progress, Record, Recorded, Rescued, Schedules, Status, WORKER_DIED,
-    Webhook, Webhooks, WorkerInfo,
+    Attempts, BatchInfo, BatchQuery, Batches, Browse, Cancelled, ClaimRequest, Claimed, DbError,
+    FailedJob, Fleet, JobDetail, JobQuery, JobRow, Leadership, Outcome, Progress, Record, Recorded,
+    Rescued, Schedules, Status, TokenInfo, Tokens, WORKER_DIED, Webhook, Webhooks, WorkerInfo,
 };
 use crate::{
     job::{BatchId, ClaimedJob, JobId, JobSpec, JobState, NewJob, Placed},
     schedule::Schedule,
+    token::Scope,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

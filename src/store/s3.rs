@@ -230,6 +230,10 @@ impl Store for S3Store {
         &self.prefix
     }
 
+    fn presigns(&self) -> bool {
+        true
+    }
+
     async fn share_url(&self, key: &str, expires: Duration) -> Result<String, StoreError> {
         let config = PresigningConfig::expires_in(expires).map_err(|e| StoreError {
             message: format!("presigning: {e}"),

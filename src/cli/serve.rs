@@ -1,0 +1,72 @@
+//! `renderq serve`: the HTTP API, on the record, dispatch and store named by the
+//! global flags, until SIGTERM / SIGINT.
+
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::{Global, connect, signal_shutdown};
+use crate::{
+    job::Limits,
+    serve::{self, Api, AuthMode},
+    store,
+    worker::WorkerConfig,
+};
+
+/// Where to listen, and whether to ask for tokens.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The address to serve the API on (host:port)
+    #[arg(long, env = "RENDERQ_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Serve without tokens, even on an address other machines can reach
+    #[arg(long)]
+    pub no_auth: bool,
+    /// The largest request body, in bytes
+    #[arg(long, env = "RENDERQ_MAX_BODY_BYTES", default_value_t = serve::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+}
+
+pub async fn command(g: &Global, args: ServeArgs) -> Result<ExitCode> {
+    let (record, dispatch) = connect(g, WorkerConfig::default().lease).await?;
+    let store = store::open(&g.store).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot listen there", args.listen))?;
+    let bound = listener.local_addr()?;
+    let auth = if args.no_auth {
+        AuthMode::Off
+    } else if serve::is_loopback(&bound) {
+        AuthMode::OnceAnyToken
+    } else if record.any_active_token().await? {
+        AuthMode::Required
+    } else {
+        bail!(
+            "--listen {bound} is reachable from other machines and the record holds no API token: \
+             create one with `renderq token create --scope admin --name NAME`, or pass --no-auth"
+        );
+    };
+    let api = Arc::new(Api {
+        record,
+        dispatch,
+        store: Arc::from(store),
+        auth,
+        limits: Limits::default(),
+        max_body_bytes: args.max_body_bytes,
+    });
+    let stop = CancellationToken::new();
+    tokio::spawn(signal_shutdown(stop.clone()));
+    eprintln!(
+        "serving the API on http://{bound}/v1 (queue `{}`; {})",
+        g.queue,
+        match auth {
+            AuthMode::Off => "no tokens asked (--no-auth)",
+            AuthMode::Required => "a token is required",
+            AuthMode::OnceAnyToken => "a token is required once one exists",
+        }
+    );
+    serve::serve(listener, serve::router(api), stop).await?;
+    Ok(ExitCode::SUCCESS)
+}

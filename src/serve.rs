@@ -1,0 +1,114 @@
+//! `renderq serve`: the HTTP API under `/v1`, on the same record, dispatch and store
+//! the other commands use. It renders nothing itself: workers do.
+
+mod auth;
+mod batches;
+mod error;
+mod jobs;
+mod submit;
+mod views;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::StatusCode,
+    routing::{get, post},
+};
+use tokio_util::sync::CancellationToken;
+
+pub use auth::AuthMode;
+pub use error::ApiError;
+
+use crate::{
+    db::{BatchInfo, JobDetail, Record},
+    dispatch::Dispatch,
+    job::{BatchId, JobId, Limits},
+    store::Store,
+};
+
+/// The largest request body by default: a 40,000-row catalogue is a few MB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+/// Most rows one page of a list holds.
+pub const MAX_PAGE: i64 = 500;
+
+/// What every handler reads: the record, dispatch and store, and the rules.
+pub struct Api {
+    /// The record.
+    pub record: Arc<dyn Record>,
+    /// Where submitted and retried jobs are dispatched (the queue `serve` was given).
+    pub dispatch: Arc<dyn Dispatch>,
+    /// Where images are read from.
+    pub store: Arc<dyn Store>,
+    /// When a token is needed.
+    pub auth: AuthMode,
+    /// The limits a submitted job is held to.
+    pub limits: Limits,
+    /// The largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Api {
+    /// The batch a path names.
+    async fn batch(&self, id: &str) -> Result<BatchInfo, ApiError> {
+        let id: BatchId = views::parse_id(id, "batch")?;
+        self.record
+            .batch_info(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("batch", id))
+    }
+
+    /// The job a path names.
+    async fn job(&self, id: &str) -> Result<JobDetail, ApiError> {
+        let id: JobId = views::parse_id(id, "job")?;
+        self.record
+            .job_detail(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("job", id))
+    }
+}
+
+/// The API's routes on `api`.
+pub fn router(api: Arc<Api>) -> Router {
+    let limit = api.max_body_bytes;
+    Router::new()
+        .route("/v1/batches", post(submit::submit_batch).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::one))
+        .route("/v1/batches/{id}/jobs", get(batches::jobs))
+        .route("/v1/batches/{id}/manifest", get(batches::manifest))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
+        .route("/v1/batches/{id}/retry", post(batches::retry))
+        .route("/v1/jobs/{id}", get(jobs::one))
+        .route("/v1/jobs/{id}/image", get(jobs::image))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(api)
+}
+
+/// Whether an address is reachable only from this machine.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// Serves `router` on `listener` until `stop` is cancelled, then finishes the
+/// requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}

@@ -1,0 +1,246 @@
+//! `/v1/batches/…`: pages of batches and of a batch's jobs, one batch's progress, its
+//! manifest, and the actions on it (cancel, retry).
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::QueryRejection},
+    http::{HeaderMap, header},
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    Api,
+    error::{ApiError, rejection},
+    views::{self, page_size, parse_id, parse_state},
+};
+use crate::{
+    db::{BatchQuery, JobQuery},
+    job::{BatchId, JobId},
+    manifest::{self, Format},
+    token::Scope,
+};
+
+/// Unwraps a query string, or answers why it does not parse.
+pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| rejection(e.status(), e.body_text()))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    name: Option<String>,
+    /// `running` or `done`.
+    state: Option<String>,
+    before: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/batches`: newest first; `next` is the cursor of the following page.
+pub async fn list(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    api.authorize(&headers, Scope::Read).await?;
+    let q = query(q)?;
+    let done = match q.state.as_deref() {
+        None => None,
+        Some("running") => Some(false),
+        Some("done") => Some(true),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "state `{}` is not running or done",
+                views::shown(other)
+            )));
+        }
+    };
+    let limit = page_size(q.limit)?;
+    let before = q
+        .before
+        .as_deref()
+        .map(|b| parse_id::<BatchId>(b, "batch"))
+        .transpose()?;
+    let page = api
+        .record
+        .batch_page(&BatchQuery {
+            name: q.name.filter(|n| !n.is_empty()),
+            done,
+            before,
+            limit,
+        })
+        .await?;
+    let next = (page.len() as i64 == limit)
+        .then(|| page.last().map(|b| b.progress.batch_id.to_string()))
+        .flatten();
+    let batches: Vec<Value> = page.iter().map(|b| views::batch(b, None, None)).collect();
+    Ok(Json(json!({ "batches": batches, "next": next })))
+}
+
+/// `GET /v1/batches/{id}`: counts, throughput, ETA and the webhook's outcome.
+pub async fn one(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    api.authorize(&headers, Scope::Read).await?;
+    let info = api.batch(&id).await?;
+    let id = info.progress.batch_id;
+    let times = api.record.batch_times(id).await?;
+    let webhook = api.record.webhook(id).await?;
+    Ok(Json(views::batch(&info, Some(times), webhook.as_ref())))
+}
+
+#[derive(Deserialize)]
+pub struct JobsQuery {
+    state: Option<String>,
+    /// Text the prompt contains.
+    q: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/batches/{id}/jobs`: by id, from `after`; filtered by state and prompt.
+pub async fn jobs(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Result<Query<JobsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    api.authorize(&headers, Scope::Read).await?;
+    let q = query(q)?;
+    let limit = page_size(q.limit)?;
+    let query = JobQuery {
+        state: q.state.as_deref().map(parse_state).transpose()?,
+        search: q.q.filter(|s| !s.is_empty()),
+        after: q
+            .after
+            .as_deref()
+            .map(|a| parse_id::<JobId>(a, "job"))
+            .transpose()?,
+        limit,
+    };
+    let id = api.batch(&id).await?.progress.batch_id;
+    let page = api.record.job_page(id, &query).await?;
+    let next = (page.len() as i64 == limit)
+        .then(|| page.last().map(|j| j.id.to_string()))
+        .flatten();
+    let jobs: Vec<Value> = page.iter().map(views::job).collect();
+    Ok(Json(json!({ "jobs": jobs, "next": next })))
+}
+
+#[derive(Deserialize)]
+pub struct ManifestQuery {
+    format: Option<String>,
+    expires_secs: Option<u64>,
+}
+
+/// The longest a manifest's presigned URLs may stay valid (S3's own limit).
+const MAX_EXPIRES: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `GET /v1/batches/{id}/manifest?format=csv|jsonl`: as `renderq manifest` writes it.
+pub async fn manifest(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Result<Query<ManifestQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    api.authorize(&headers, Scope::Read).await?;
+    let q = query(q)?;
+    let format: Format = q
+        .format
+        .as_deref()
+        .unwrap_or("csv")
+        .parse()
+        .map_err(|e: String| ApiError::bad_request(format!("format {e}")))?;
+    let expires = q.expires_secs.map_or(MAX_EXPIRES, Duration::from_secs);
+    if expires.is_zero() || expires > MAX_EXPIRES {
+        return Err(ApiError::bad_request(format!(
+            "expires_secs must be 1 to {}",
+            MAX_EXPIRES.as_secs()
+        )));
+    }
+    let id = api.batch(&id).await?.progress.batch_id;
+    let mut out = Vec::new();
+    manifest::write(
+        api.record.as_ref(),
+        api.store.as_ref(),
+        id,
+        format,
+        expires,
+        &mut out,
+    )
+    .await
+    .map_err(|e| ApiError::internal("writing the manifest", e))?;
+    let content_type = match format {
+        Format::Csv => "text/csv; charset=utf-8",
+        Format::Jsonl => "application/jsonl; charset=utf-8",
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], out).into_response())
+}
+
+/// `POST /v1/batches/{id}/cancel`: every unfinished job of the batch.
+pub async fn cancel(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    api.authorize(&headers, Scope::Admin).await?;
+    let batch = api.batch(&id).await?;
+    cancelled(&api, batch.progress.batch_id.0).await
+}
+
+/// Cancels a job or a batch the caller found, and ends the batch when that was its
+/// last unfinished job.
+pub async fn cancelled(api: &Api, id: uuid::Uuid) -> Result<Json<Value>, ApiError> {
+    let done = api.record.cancel(id).await?;
+    let finished = match done.batch {
+        Some(batch) => !api.record.finish_batches(&[batch]).await?.is_empty(),
+        None => false,
+    };
+    Ok(Json(
+        json!({ "cancelled": done.jobs, "batch_finished": finished }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct RetryQuery {
+    max_attempts: Option<i32>,
+}
+
+/// `POST /v1/batches/{id}/retry?max_attempts=N`: the batch's failed jobs, queued
+/// again with N more attempts (3 by default).
+pub async fn retry(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Result<Query<RetryQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    api.authorize(&headers, Scope::Admin).await?;
+    let attempts = query(q)?.max_attempts.unwrap_or(3);
+    if !(1..=100).contains(&attempts) {
+        return Err(ApiError::bad_request("max_attempts must be 1 to 100"));
+    }
+    let info = api.batch(&id).await?;
+    let id = info.progress.batch_id;
+    if info.queue != api.dispatch.queue() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "other_queue",
+            format!(
+                "batch {id} is on queue `{}`; this server dispatches to `{}`",
+                info.queue,
+                api.dispatch.queue()
+            ),
+        ));
+    }
+    let ids = api.record.retry_failed(id, attempts).await?;
+    let placed = api.record.placement(&ids).await?;
+    crate::dispatch::enqueue_placed(api.dispatch.as_ref(), &placed)
+        .await
+        .map_err(|e| ApiError::internal("dispatching the retried jobs", e))?;
+    Ok(Json(json!({ "requeued": ids.len() })))
+}

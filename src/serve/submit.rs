@@ -1,0 +1,284 @@
+//! `POST /v1/batches`: a batch from JSON Lines, a JSON array (or `{"jobs": […], …}`),
+//! or CSV through a template, checked as `renderq submit` checks a file: every refused
+//! line named with its field, and nothing queued unless every line is valid.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Query, State, rejection::BytesRejection, rejection::QueryRejection},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    Api,
+    batches::query,
+    error::{ApiError, rejection},
+};
+use crate::{
+    input::{self, SubmitOptions},
+    job::{Limits, NewJob},
+    submit::{self, SubmitError},
+    token::Scope,
+};
+
+/// The batch's name and how the body becomes jobs: the query string, or the fields
+/// beside `jobs` in a JSON object. The names are `renderq submit`'s flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitFields {
+    name: Option<String>,
+    webhook: Option<String>,
+    max_attempts: Option<i32>,
+    template: Option<String>,
+    variants: Option<u32>,
+    key: Option<String>,
+    width: Option<u32>,
+    height: Option<u32>,
+    model: Option<String>,
+    steps: Option<u32>,
+    scheduler: Option<String>,
+    format: Option<String>,
+}
+
+/// A JSON object body: the jobs and the fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonBatch {
+    jobs: Vec<Value>,
+    #[serde(flatten)]
+    fields: SubmitFields,
+}
+
+/// The longest batch name.
+const MAX_NAME_CHARS: usize = 200;
+
+impl SubmitFields {
+    /// Fields given both in the query and the body are refused: which would win is
+    /// not obvious to a reader of the request.
+    fn merge(self, body: SubmitFields) -> Result<SubmitFields, ApiError> {
+        macro_rules! one {
+            ($($f:ident),*) => {
+                SubmitFields { $($f: match (self.$f, body.$f) {
+                    (Some(_), Some(_)) => return Err(ApiError::bad_request(concat!(
+                        "`", stringify!($f), "` is given in both the query and the body"))),
+                    (a, b) => a.or(b),
+                }),* }
+            };
+        }
+        Ok(one!(
+            name,
+            webhook,
+            max_attempts,
+            template,
+            variants,
+            key,
+            width,
+            height,
+            model,
+            steps,
+            scheduler,
+            format
+        ))
+    }
+
+    fn options(&self) -> Result<SubmitOptions, ApiError> {
+        let d = SubmitOptions::default();
+        let max_attempts = self.max_attempts.unwrap_or(d.max_attempts);
+        if !(1..=100).contains(&max_attempts) {
+            return Err(ApiError::bad_request("max_attempts must be 1 to 100"));
+        }
+        Ok(SubmitOptions {
+            max_attempts,
+            template: self.template.clone(),
+            variants: self.variants.unwrap_or(d.variants),
+            key: self.key.clone(),
+            width: self.width,
+            height: self.height,
+            model: self.model.clone(),
+            steps: self.steps,
+            scheduler: named(
+                "scheduler",
+                &self.scheduler,
+                "ddim, euler, euler_a, dpmpp_2m, lcm",
+            )?,
+            format: named("format", &self.format, "png, webp, jpeg")?,
+        })
+    }
+}
+
+/// A named choice (`scheduler`, `format`) as the job JSON spells it.
+fn named<T: serde::de::DeserializeOwned>(
+    field: &str,
+    value: &Option<String>,
+    choices: &str,
+) -> Result<Option<T>, ApiError> {
+    value
+        .as_deref()
+        .map(|t| {
+            serde_json::from_value(Value::from(t)).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "{field} `{}` is not one of {choices}",
+                    super::views::shown(t)
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// What the body holds, from its `Content-Type`.
+enum BodyKind {
+    Jsonl,
+    Json,
+    Csv,
+}
+
+fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(BodyKind::Jsonl);
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/jsonl"
+        | "application/x-ndjson"
+        | "application/x-jsonlines"
+        | "text/plain"
+        | "" => Ok(BodyKind::Jsonl),
+        "application/json" => Ok(BodyKind::Json),
+        "text/csv" => Ok(BodyKind::Csv),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Content-Type `{}` is not application/jsonl, application/json or text/csv",
+                super::views::shown(other)
+            ),
+        )),
+    }
+}
+
+/// `POST /v1/batches`: `201 {"batch_id", "jobs", "duplicates"}` once every job is
+/// recorded and dispatched.
+pub async fn submit_batch(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    q: Result<Query<SubmitFields>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    api.authorize(&headers, Scope::Submit).await?;
+    let from_query = query(q)?;
+    let body = body.map_err(|e| rejection(e.status(), e.body_text()))?;
+    let kind = body_kind(&headers)?;
+    let (fields, text) = match kind {
+        BodyKind::Json => json_body(&body, from_query)?,
+        BodyKind::Jsonl | BodyKind::Csv => (from_query, body),
+    };
+    let options = fields.options()?;
+    let name = fields.name.clone().unwrap_or_else(|| "api".into());
+    if name.trim().is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "name must be 1 to {MAX_NAME_CHARS} characters"
+        )));
+    }
+    if let Some(url) = &fields.webhook {
+        crate::webhook::validate(url).map_err(ApiError::bad_request)?;
+    }
+    let csv = matches!(kind, BodyKind::Csv);
+    let (limits, max_attempts) = (api.limits.clone(), options.max_attempts);
+    let jobs = tokio::task::spawn_blocking(move || parse(&text, csv, &options, &limits))
+        .await
+        .map_err(|e| ApiError::internal("reading the jobs", e))??;
+    let done = submit::submit_with_webhook(
+        api.record.as_ref(),
+        api.dispatch.as_ref(),
+        &name,
+        &jobs,
+        max_attempts,
+        fields.webhook.as_deref(),
+    )
+    .await
+    .map_err(|e| match e {
+        SubmitError::Db(e) => ApiError::from(e),
+        e @ SubmitError::Dispatch(_) => {
+            tracing::error!("{e}");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "dispatch_unavailable",
+                "the jobs are recorded but could not be dispatched now; the reconciler dispatches them when dispatch is back",
+            )
+        }
+    })?;
+    let location = format!("/v1/batches/{}", done.batch);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(json!({
+            "batch_id": done.batch.to_string(),
+            "jobs": done.jobs,
+            "duplicates": done.duplicates,
+        })),
+    )
+        .into_response())
+}
+
+/// A JSON body: an array of jobs, or an object with `jobs` and the fields. Either
+/// becomes JSON Lines, one job per line, so line N is the array's Nth job.
+fn json_body(body: &[u8], from_query: SubmitFields) -> Result<(SubmitFields, Bytes), ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    let (jobs, fields) = match value {
+        Value::Array(jobs) => (jobs, from_query),
+        object @ Value::Object(_) => {
+            let batch: JsonBatch = serde_json::from_value(object).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the body is neither an array of jobs nor {{\"jobs\": […], …}}: {e}"
+                ))
+            })?;
+            (batch.jobs, from_query.merge(batch.fields)?)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "the body is neither an array of jobs nor {\"jobs\": […], …}",
+            ));
+        }
+    };
+    let mut lines = Vec::with_capacity(body.len());
+    for job in &jobs {
+        serde_json::to_writer(&mut lines, job)
+            .map_err(|e| ApiError::internal("re-encoding a job", e))?;
+        lines.push(b'\n');
+    }
+    Ok((fields, Bytes::from(lines)))
+}
+
+fn parse(
+    text: &[u8],
+    csv: bool,
+    options: &SubmitOptions,
+    limits: &Limits,
+) -> Result<Vec<NewJob>, ApiError> {
+    let jobs = if csv {
+        let Some(catalogue) = options.catalogue()? else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_options",
+                "a CSV body needs `template`: how a row becomes a prompt, e.g. template=photo of {name}",
+            ));
+        };
+        catalogue.parse(text, limits)?
+    } else {
+        input::parse_jsonl_with(text, limits, options)?
+    };
+    Ok(jobs)
+}

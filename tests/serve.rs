@@ -1,0 +1,684 @@
+//! `renderq serve`: the HTTP API on real Postgres, Redis and SQLite, over a real
+//! socket. Every endpoint, the one error shape, tokens and scopes, and hostile input
+//! that must change nothing.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::*;
+use renderq::{
+    job::Limits,
+    render::{PanicOn, Renderers},
+    serve::{self, Api, AuthMode},
+    store::{DirStore, Store},
+    token::{self, Scope},
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// A running API on an ephemeral port, and the directory its store writes to.
+struct Served {
+    base: String,
+    http: reqwest::Client,
+    store: Arc<dyn Store>,
+    dir: tempfile::TempDir,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+async fn serve_on(env: &Env, auth: AuthMode, max_body_bytes: usize) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(DirStore::new(dir.path()));
+    let api = Arc::new(Api {
+        record: env.record.clone(),
+        dispatch: env.dispatch.clone(),
+        store: store.clone(),
+        auth,
+        limits: Limits::default(),
+        max_body_bytes,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(serve::serve(listener, serve::router(api), stop.clone()));
+    Served {
+        base,
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        store,
+        dir,
+        _stop: stop.drop_guard(),
+    }
+}
+
+impl Served {
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Runs a worker on the environment until `n` jobs are terminal.
+    async fn work(&self, env: &Env, n: usize, renderers: Renderers) {
+        let (stop, handle) = env.spawn_worker(fast_config(), self.store.clone(), renderers);
+        env.wait_terminal(n, Duration::from_secs(60)).await;
+        stop.cancel();
+        handle.await.unwrap();
+    }
+}
+
+fn lines(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(r#"{{"prompt":"red shoe {i}","width":64,"height":64,"model":"placeholder"}}"#)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The `code` of an error answer, checking its shape on the way.
+fn code(body: &Value) -> &str {
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    e["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
+}
+
+async fn submit_read_page_and_fetch(env: Env) {
+    let s = serve_on(&env, AuthMode::Off, serve::DEFAULT_MAX_BODY_BYTES).await;
+    let (status, body) = s
+        .post("/v1/batches?name=shoes-fall", "application/jsonl", lines(5))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["jobs"], 5);
+    let batch = body["batch_id"].as_str().unwrap().to_string();
+
+    // The batch, queued, in the list and through the name filter, and not among the done.
+    let (_, b) = s.get(&format!("/v1/batches/{batch}")).await;
+    assert_eq!(b["name"], "shoes-fall");
+    assert_eq!(b["queue"], env.queue.as_str());
+    assert_eq!(b["total"], 5);
+    assert_eq!(b["counts"]["queued"], 5);
+    assert_eq!(b["done"], false);
+    let (_, list) = s.get("/v1/batches?name=SHOES").await;
+    assert_eq!(list["batches"][0]["id"], batch.as_str());
+    let (_, list) = s.get("/v1/batches?name=hats").await;
+    assert_eq!(list["batches"].as_array().unwrap().len(), 0);
+    let (_, list) = s.get("/v1/batches?state=done").await;
+    assert_eq!(list["batches"].as_array().unwrap().len(), 0);
+
+    // Pages of two by cursor give every job once, in id order.
+    let mut seen = Vec::new();
+    let mut path = format!("/v1/batches/{batch}/jobs?limit=2");
+    loop {
+        let (status, page) = s.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        for j in page["jobs"].as_array().unwrap() {
+            seen.push(j["id"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/batches/{batch}/jobs?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted);
+    assert_eq!(seen.len(), 5);
+    let (_, found) = s.get(&format!("/v1/batches/{batch}/jobs?q=SHOE%203")).await;
+    let found = found["jobs"].as_array().unwrap().clone();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["prompt"], "red shoe 3");
+
+    s.work(&env, 5, Renderers::builtin(0)).await;
+
+    let (_, b) = s.get(&format!("/v1/batches/{batch}")).await;
+    assert_eq!(b["done"], true, "{b}");
+    assert_eq!(b["counts"]["succeeded"], 5);
+    assert_eq!(b["progress"], 1.0);
+    assert!(b["jobs_per_second"].as_f64().unwrap() > 0.0);
+    assert!(b["finished_at"].is_string());
+    let (_, done) = s.get("/v1/batches?state=done").await;
+    assert_eq!(done["batches"][0]["id"], batch.as_str());
+    let (_, ok) = s
+        .get(&format!("/v1/batches/{batch}/jobs?state=succeeded"))
+        .await;
+    assert_eq!(ok["jobs"].as_array().unwrap().len(), 5);
+
+    // One job in full, and its image: the very bytes the store holds.
+    let job = &found[0]["id"];
+    let (status, j) = s.get(&format!("/v1/jobs/{}", job.as_str().unwrap())).await;
+    assert_eq!(status, 200);
+    assert_eq!(j["state"], "succeeded");
+    assert_eq!(j["attempt"], 1);
+    assert_eq!(j["spec"]["prompt"], "red shoe 3");
+    assert_eq!(j["max_attempts"], 3);
+    assert!(j["worker"].is_string() && j["started_at"].is_string() && j["finished_at"].is_string());
+    let key = j["object_key"].as_str().unwrap();
+    let image = s
+        .http
+        .get(format!("{}{}", s.base, j["image"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(image.status(), 200);
+    assert_eq!(image.headers()["content-type"], "image/png");
+    let bytes = image.bytes().await.unwrap();
+    let mut stored = Vec::new();
+    s.store.read_into(key, 1 << 30, &mut stored).await.unwrap();
+    assert_eq!(bytes.as_ref(), stored.as_slice());
+    assert!(s.dir.path().exists());
+
+    // The manifest: a header and a row per job, as `renderq manifest` writes it.
+    let csv = s
+        .http
+        .get(format!("{}/v1/batches/{batch}/manifest", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), 200);
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let csv = csv.text().await.unwrap();
+    assert_eq!(csv.lines().count(), 6, "{csv}");
+    assert!(csv.lines().next().unwrap().contains("job_id"));
+    assert_eq!(csv.matches("succeeded").count(), 5);
+    let jsonl = s
+        .http
+        .get(format!(
+            "{}/v1/batches/{batch}/manifest?format=jsonl",
+            s.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rows: Vec<Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r["object_key"].is_string()));
+}
+
+async fn csv_and_json_bodies(env: Env) {
+    let s = serve_on(&env, AuthMode::Off, serve::DEFAULT_MAX_BODY_BYTES).await;
+    let csv = "sku,name\nA1,red shoe\nB2,blue hat\n";
+    let (status, body) = s
+        .post(
+            "/v1/batches?template=photo%20of%20a%20{name}&variants=2&key=shop/{sku}-{variant}&model=noop",
+            "text/csv",
+            csv,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["jobs"], 4);
+    let batch = body["batch_id"].as_str().unwrap();
+    let (_, page) = s.get(&format!("/v1/batches/{batch}/jobs?q=blue")).await;
+    let page = page["jobs"].as_array().unwrap().clone();
+    assert_eq!(page.len(), 2);
+    assert_eq!(page[0]["prompt"], "photo of a blue hat");
+    assert_eq!(page[0]["metadata"]["sku"], "B2");
+
+    // A JSON array, and an object with the fields beside the jobs.
+    let (status, body) = s
+        .post(
+            "/v1/batches?name=arr",
+            "application/json",
+            json!([{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"}]).to_string(),
+        )
+        .await;
+    assert_eq!((status, body["jobs"].clone()), (201, json!(3)), "{body}");
+    let (status, body) = s
+        .post(
+            "/v1/batches",
+            "application/json",
+            json!({"name": "obj", "steps": 7, "jobs": [{"prompt": "a"}]}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let batch = body["batch_id"].as_str().unwrap();
+    let (_, b) = s.get(&format!("/v1/batches/{batch}")).await;
+    assert_eq!(b["name"], "obj");
+    let (_, page) = s.get(&format!("/v1/batches/{batch}/jobs")).await;
+    let id = page["jobs"][0]["id"].as_str().unwrap();
+    let (_, j) = s.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(j["spec"]["steps"], 7, "the body's defaults apply: {j}");
+}
+
+async fn hostile_input_changes_nothing(env: Env) {
+    let s = serve_on(&env, AuthMode::Off, 4096).await;
+    let bad_line = format!(
+        "{}\n{{\"prompt\":\"ok\",\"width\":999999}}\n{{\"prompt\":\"\"}}",
+        lines(1)
+    );
+    let (status, body) = s.post("/v1/batches", "application/jsonl", bad_line).await;
+    assert_eq!((status, code(&body)), (422, "invalid_jobs"), "{body}");
+    let first = &body["error"]["lines"]["first"];
+    assert_eq!(first[0]["line"], 2);
+    assert_eq!(first[0]["field"], "width");
+    assert_eq!(first[1]["line"], 3);
+    assert_eq!(first[1]["field"], "prompt");
+    assert_eq!(body["error"]["lines"]["total"], 2);
+
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "/v1/batches",
+            "application/json",
+            "{not json".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/batches",
+            "application/json",
+            "42".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/batches",
+            "application/json",
+            r#"{"jobs":[],"colour":1}"#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/batches",
+            "text/csv",
+            "a,b\n1,2\n".into(),
+            400,
+            "invalid_options",
+        ),
+        (
+            "/v1/batches?template={missing}",
+            "text/csv",
+            "a,b\n1,2\n".into(),
+            422,
+            "invalid_jobs",
+        ),
+        (
+            "/v1/batches?variants=lots",
+            "application/jsonl",
+            lines(1),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/batches?scheduler=fast",
+            "application/jsonl",
+            lines(1),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/batches?max_attempts=0",
+            "application/jsonl",
+            lines(1),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/batches?webhook=ftp://x",
+            "application/jsonl",
+            lines(1),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/batches",
+            "application/xml",
+            "<jobs/>".into(),
+            415,
+            "unsupported_media_type",
+        ),
+        ("/v1/batches", "application/jsonl", "".into(), 400, "empty"),
+        (
+            "/v1/batches",
+            "application/jsonl",
+            lines(200),
+            413,
+            "too_large",
+        ),
+        (
+            "/v1/batches/not-a-uuid/cancel",
+            "application/json",
+            "".into(),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (path, ct, body, want, want_code) in cases {
+        let (status, answer) = s.post(path, ct, body).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (want, want_code),
+            "{path} {ct}: {answer}"
+        );
+    }
+    let unknown = uuid::Uuid::now_v7();
+    for (path, want) in [
+        ("/v1/batches/..%2F..%2Fetc%2Fpasswd".to_string(), 400),
+        (format!("/v1/batches/{unknown}"), 404),
+        (format!("/v1/batches/{unknown}/jobs"), 404),
+        (format!("/v1/jobs/{unknown}"), 404),
+        (format!("/v1/jobs/{unknown}/image"), 404),
+        (format!("/v1/batches/{unknown}/manifest"), 404),
+        ("/v1/batches?before=zzz".into(), 400),
+        ("/v1/batches?limit=0".into(), 400),
+        ("/v1/batches?limit=100000".into(), 400),
+        ("/v1/batches?state=sideways".into(), 400),
+        (format!("/v1/batches/{unknown}/jobs?after=%27%3B--"), 400),
+        (format!("/v1/batches/{unknown}/manifest?format=xlsx"), 400),
+        ("/v1/nothing".into(), 404),
+    ] {
+        let (status, answer) = s.get(&path).await;
+        assert_eq!(status, want, "{path}: {answer}");
+        code(&answer);
+    }
+    // Nothing above made a batch, a job or a stream entry.
+    assert!(env.rows().await.is_empty());
+    let (_, list) = s.get("/v1/batches").await;
+    assert_eq!(list["batches"].as_array().unwrap().len(), 0);
+    env.assert_dispatch_empty().await;
+}
+
+async fn cancel_and_retry(env: Env) {
+    let s = serve_on(&env, AuthMode::Off, serve::DEFAULT_MAX_BODY_BYTES).await;
+    let body =
+        "{\"prompt\":\"fine\",\"model\":\"noop\"}\n{\"prompt\":\"poison pill\",\"model\":\"noop\"}";
+    let (_, made) = s
+        .post("/v1/batches?max_attempts=1", "application/jsonl", body)
+        .await;
+    let batch = made["batch_id"].as_str().unwrap().to_string();
+    s.work(
+        &env,
+        2,
+        Renderers::builtin_panicking(0, PanicOn::new(Some("poison".into()))),
+    )
+    .await;
+    let (_, b) = s.get(&format!("/v1/batches/{batch}")).await;
+    assert_eq!(
+        (
+            b["counts"]["succeeded"].clone(),
+            b["counts"]["failed"].clone()
+        ),
+        (json!(1), json!(1)),
+        "{b}"
+    );
+    let (_, failed) = s
+        .get(&format!("/v1/batches/{batch}/jobs?state=failed"))
+        .await;
+    assert!(
+        failed["jobs"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("poison"),
+        "{failed}"
+    );
+
+    // Retry puts the failed job back: queued in the record and dispatched again.
+    let (status, r) = s
+        .post(
+            &format!("/v1/batches/{batch}/retry"),
+            "application/json",
+            "",
+        )
+        .await;
+    assert_eq!((status, r["requeued"].clone()), (200, json!(1)), "{r}");
+    let (_, b) = s.get(&format!("/v1/batches/{batch}")).await;
+    assert_eq!(b["counts"]["queued"], 1);
+    assert_eq!(b["done"], false);
+    s.work(&env, 2, Renderers::builtin(0)).await;
+    let (_, b) = s.get(&format!("/v1/batches/{batch}")).await;
+    assert_eq!(b["counts"]["succeeded"], 2, "{b}");
+
+    // Cancel one job, then the rest of another batch; the batch then ends.
+    let (_, made) = s.post("/v1/batches", "application/jsonl", lines(3)).await;
+    let batch = made["batch_id"].as_str().unwrap().to_string();
+    let (_, page) = s.get(&format!("/v1/batches/{batch}/jobs")).await;
+    let one = page["jobs"][0]["id"].as_str().unwrap();
+    let (status, c) = s
+        .post(&format!("/v1/jobs/{one}/cancel"), "application/json", "")
+        .await;
+    assert_eq!((status, c["cancelled"].clone()), (200, json!(1)), "{c}");
+    let (_, c) = s
+        .post(
+            &format!("/v1/batches/{batch}/cancel"),
+            "application/json",
+            "",
+        )
+        .await;
+    assert_eq!(
+        (c["cancelled"].clone(), c["batch_finished"].clone()),
+        (json!(2), json!(true)),
+        "{c}"
+    );
+    let (_, b) = s.get(&format!("/v1/batches/{batch}")).await;
+    assert_eq!(
+        (b["counts"]["cancelled"].clone(), b["done"].clone()),
+        (json!(3), json!(true))
+    );
+    let (status, e) = s.get(&format!("/v1/jobs/{one}/image")).await;
+    assert_eq!((status, code(&e)), (409, "no_image"));
+}
+
+conformance!(
+    submit_read_page_and_fetch,
+    csv_and_json_bodies,
+    hostile_input_changes_nothing,
+    cancel_and_retry
+);
+
+/// A token made the way `renderq token create` makes it.
+async fn token_for(env: &Env, scope: Scope, name: &str) -> String {
+    let t = token::generate();
+    env.record
+        .create_token(&t.id, name, scope, &t.secret_hash)
+        .await
+        .unwrap();
+    t.text
+}
+
+async fn send(
+    s: &Served,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut r = s.http.request(method, format!("{}{path}", s.base));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if path == "/v1/batches" {
+        r = r.header("content-type", "application/jsonl").body(lines(1));
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn tokens_and_scopes() {
+    let env = Env::with(Kind::PgRedis).await;
+    let s = serve_on(&env, AuthMode::Required, serve::DEFAULT_MAX_BODY_BYTES).await;
+    let (get, post) = (reqwest::Method::GET, reqwest::Method::POST);
+    let read = token_for(&env, Scope::Read, "dashboards").await;
+    let submit = token_for(&env, Scope::Submit, "ci").await;
+    let admin = token_for(&env, Scope::Admin, "ops").await;
+
+    let (status, e) = send(&s, get.clone(), "/v1/batches", None).await;
+    assert_eq!((status, code(&e)), (401, "unauthorized"));
+    assert_eq!(
+        send(&s, get.clone(), "/v1/batches", Some(&read)).await.0,
+        200
+    );
+    let (status, e) = send(&s, post.clone(), "/v1/batches", Some(&read)).await;
+    assert_eq!((status, code(&e)), (403, "forbidden"));
+    let (status, made) = send(&s, post.clone(), "/v1/batches", Some(&submit)).await;
+    assert_eq!(status, 201, "{made}");
+    let cancel = format!("/v1/batches/{}/cancel", made["batch_id"].as_str().unwrap());
+    assert_eq!(send(&s, post.clone(), &cancel, Some(&submit)).await.0, 403);
+    assert_eq!(send(&s, post.clone(), &cancel, Some(&read)).await.0, 403);
+    assert_eq!(send(&s, post.clone(), &cancel, Some(&admin)).await.0, 200);
+
+    // A right id with a wrong secret, a made-up token, and a revoked one.
+    let (id, _) = token::parse(&admin).unwrap();
+    let forged = format!("rq_{id}_{}", "0".repeat(64));
+    for bad in [forged.as_str(), "rq_nonsense", "Bearer"] {
+        let (status, e) = send(&s, get.clone(), "/v1/batches", Some(bad)).await;
+        assert_eq!((status, code(&e)), (401, "unauthorized"), "{bad}");
+        assert!(
+            !e.to_string().contains(id) || bad != forged,
+            "no echo of the token"
+        );
+    }
+    assert_eq!(env.record.revoke_token("ci").await.unwrap(), 1);
+    assert_eq!(
+        send(&s, post.clone(), "/v1/batches", Some(&submit)).await.0,
+        401
+    );
+    let listed = env.record.tokens().await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(
+        listed
+            .iter()
+            .any(|t| t.name == "ci" && t.revoked_at.is_some())
+    );
+    // Only hashes are stored: no listed field holds a secret.
+    let (_, secret) = token::parse(&read).unwrap();
+    assert!(!format!("{listed:?}").contains(secret));
+}
+
+#[tokio::test]
+async fn a_loopback_server_is_open_until_a_token_exists() {
+    let env = Env::with(Kind::Sqlite).await;
+    let s = serve_on(&env, AuthMode::OnceAnyToken, serve::DEFAULT_MAX_BODY_BYTES).await;
+    assert_eq!(
+        send(&s, reqwest::Method::GET, "/v1/batches", None).await.0,
+        200
+    );
+    let read = token_for(&env, Scope::Read, "me").await;
+    assert_eq!(
+        send(&s, reqwest::Method::GET, "/v1/batches", None).await.0,
+        401
+    );
+    assert_eq!(
+        send(&s, reqwest::Method::GET, "/v1/batches", Some(&read))
+            .await
+            .0,
+        200
+    );
+}
+
+/// The binary end to end: `token create` prints a token `serve` then accepts; `serve`
+/// refuses an address other machines reach while the record holds no token; SIGTERM
+/// stops it with exit 0.
+#[tokio::test]
+async fn the_serve_and_token_commands() {
+    let env = Env::with(Kind::PgRedis).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = env
+        .renderq()
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env("RENDERQ_STORE", dir.path())
+        .output()
+        .unwrap();
+    let (code, text) = exit_and_text(out);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("renderq token create"), "{text}");
+
+    let out = env
+        .renderq()
+        .args(["token", "create", "--scope", "submit", "--name", "ci"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", exit_and_text(out).1);
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token::parse(&token).is_some(), "{token}");
+    let listed = env.renderq().args(["token", "list"]).output().unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        listed.contains("submit") && listed.contains("ci"),
+        "{listed}"
+    );
+    assert!(!listed.contains(token::parse(&token).unwrap().1));
+
+    let port = drill::free_port();
+    let mut server = env
+        .renderq()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("RENDERQ_STORE", dir.path())
+        .spawn()
+        .unwrap();
+    drill::wait_port(port).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/v1/batches");
+    let anonymous = http.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let made = http
+        .post(&url)
+        .bearer_auth(&token)
+        .body(lines(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 201);
+    let made: Value = made.json().await.unwrap();
+    assert_eq!(env.rows().await.len(), 2);
+    assert_eq!(
+        env.rows().await[0].batch_id.unwrap().to_string(),
+        made["batch_id"].as_str().unwrap()
+    );
+
+    let revoked = env
+        .renderq()
+        .args(["token", "revoke", "ci"])
+        .output()
+        .unwrap();
+    assert!(revoked.status.success());
+    let after = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(after.status(), 401);
+
+    drill::sh("kill", &["-TERM", &server.id().to_string()]);
+    let status = tokio::task::spawn_blocking(move || server.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
