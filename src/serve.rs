@@ -4,6 +4,7 @@
 mod auth;
 mod batches;
 mod error;
+mod images;
 mod jobs;
 mod submit;
 mod views;
@@ -30,6 +31,8 @@ use crate::{
 
 /// The largest request body by default: a 40,000-row catalogue is a few MB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+/// How long `POST /v1/images/generations` waits for its images by default.
+pub const DEFAULT_GENERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// Most rows one page of a list holds.
 pub const MAX_PAGE: i64 = 500;
 
@@ -47,6 +50,8 @@ pub struct Api {
     pub limits: Limits,
     /// The largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// How long `POST /v1/images/generations` waits for its images.
+    pub generation_timeout: std::time::Duration,
 }
 
 impl Api {
@@ -82,6 +87,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/jobs/{id}", get(jobs::one))
         .route("/v1/jobs/{id}/image", get(jobs::image))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/images/generations", post(images::generate))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -27,6 +27,15 @@ struct Served {
 }
 
 async fn serve_on(env: &Env, auth: AuthMode, max_body_bytes: usize) -> Served {
+    serve_with(env, auth, max_body_bytes, Duration::from_secs(30)).await
+}
+
+async fn serve_with(
+    env: &Env,
+    auth: AuthMode,
+    max_body_bytes: usize,
+    generation_timeout: Duration,
+) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(DirStore::new(dir.path()));
     let api = Arc::new(Api {
@@ -36,6 +45,7 @@ async fn serve_on(env: &Env, auth: AuthMode, max_body_bytes: usize) -> Served {
         auth,
         limits: Limits::default(),
         max_body_bytes,
+        generation_timeout,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -499,7 +509,111 @@ async fn cancel_and_retry(env: Env) {
     assert_eq!((status, code(&e)), (409, "no_image"));
 }
 
+async fn openai_images_endpoint(env: Env) {
+    let path = "/v1/images/generations";
+    let s = serve_on(&env, AuthMode::Off, serve::DEFAULT_MAX_BODY_BYTES).await;
+    let (stop, worker) = env.spawn_worker(fast_config(), s.store.clone(), Renderers::builtin(0));
+    let request = json!({
+        "prompt": "a brass lamp", "n": 2, "size": "96x64", "response_format": "b64_json",
+        "model": "placeholder", "seed": 7, "negative_prompt": "blur",
+        "num_inference_steps": 4, "guidance_scale": 2.5, "quality": "standard", "user": "u1",
+    });
+    let (status, answer) = s.post(path, "application/json", request.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["created"].as_i64().unwrap() > 0);
+    let data = answer["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    use base64::Engine;
+    let images: Vec<image::RgbImage> = data
+        .iter()
+        .map(|d| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(d["b64_json"].as_str().unwrap())
+                .unwrap();
+            image::load_from_memory(&bytes).unwrap().to_rgb8()
+        })
+        .collect();
+    assert_eq!(images[0].dimensions(), (96, 64));
+    assert_ne!(images[0], images[1], "seeds 7 and 8 draw different images");
+    let seeds: Vec<u64> = env
+        .rows()
+        .await
+        .iter()
+        .filter(|r| r.prompt == "a brass lamp")
+        .map(|r| r.seed)
+        .collect();
+    assert_eq!(seeds, vec![7, 8]);
+
+    let (status, answer) = s
+        .post(
+            path,
+            "application/json",
+            json!({"prompt": "a chair", "size": "64x64"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let url = answer["data"][0]["url"].as_str().unwrap();
+    let image = s.http.get(url).send().await.unwrap();
+    assert_eq!(image.status(), 200);
+    let image = image::load_from_memory(&image.bytes().await.unwrap()).unwrap();
+    assert_eq!((image.width(), image.height()), (64, 64));
+
+    for (body, want, want_code) in [
+        (json!({"prompt": "x", "n": 0}), 400, "bad_request"),
+        (json!({"prompt": "x", "n": 1000}), 400, "bad_request"),
+        (json!({"prompt": "x", "size": "large"}), 400, "bad_request"),
+        (
+            json!({"prompt": "x", "response_format": "png"}),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"prompt": "x", "size": "99999x64"}),
+            422,
+            "invalid_jobs",
+        ),
+        (json!({"prompt": ""}), 422, "invalid_jobs"),
+        (json!({"n": 1}), 400, "bad_request"),
+    ] {
+        let (status, e) = s.post(path, "application/json", body.to_string()).await;
+        assert_eq!((status, code(&e)), (want, want_code), "{body}: {e}");
+    }
+    stop.cancel();
+    worker.await.unwrap();
+
+    // No worker now: the answer times out, naming the batch that holds the job.
+    let before = env.rows().await.len();
+    let s = serve_with(
+        &env,
+        AuthMode::Off,
+        serve::DEFAULT_MAX_BODY_BYTES,
+        Duration::from_secs(1),
+    )
+    .await;
+    let (status, e) = s
+        .post(
+            path,
+            "application/json",
+            json!({"prompt": "a lamp"}).to_string(),
+        )
+        .await;
+    assert_eq!((status, code(&e)), (504, "timeout"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/batches/")
+    );
+    let rows = env.rows().await;
+    assert_eq!(rows.len(), before + 1);
+    assert!(
+        rows.iter()
+            .any(|r| r.prompt == "a lamp" && r.state == renderq::job::JobState::Queued)
+    );
+}
+
 conformance!(
+    openai_images_endpoint,
     submit_read_page_and_fetch,
     csv_and_json_bodies,
     hostile_input_changes_nothing,

@@ -27,6 +27,9 @@ pub struct ServeArgs {
     /// The largest request body, in bytes
     #[arg(long, env = "RENDERQ_MAX_BODY_BYTES", default_value_t = serve::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// How long POST /v1/images/generations waits for its images, in seconds
+    #[arg(long, env = "RENDERQ_GENERATION_TIMEOUT_SECS", default_value_t = serve::DEFAULT_GENERATION_TIMEOUT.as_secs())]
+    pub generation_timeout_secs: u64,
 }
 
 pub async fn command(g: &Global, args: ServeArgs) -> Result<ExitCode> {
@@ -55,6 +58,7 @@ pub async fn command(g: &Global, args: ServeArgs) -> Result<ExitCode> {
         auth,
         limits: Limits::default(),
         max_body_bytes: args.max_body_bytes,
+        generation_timeout: std::time::Duration::from_secs(args.generation_timeout_secs.max(1)),
     });
     let stop = CancellationToken::new();
     tokio::spawn(signal_shutdown(stop.clone()));
