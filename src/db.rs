@@ -235,6 +235,37 @@ pub trait Record:
     async fn ping(&self) -> Result<(), DbError>;
 }
 
+/// What makes a batch unique, so that a repeat writes nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Once<'a> {
+    /// Nothing: every call makes a batch.
+    #[default]
+    Always,
+    /// A schedule's firing: `(schedule, scheduled_for)`.
+    Firing(&'a str, DateTime<Utc>),
+    /// An API request's `Idempotency-Key` (as stored), and a hash of the request, kept
+    /// to tell a repeat from another request that reuses the key.
+    Request(&'a str, &'a [u8]),
+}
+
+impl<'a> Once<'a> {
+    /// The schedule and time of a firing.
+    pub fn firing(&self) -> (Option<&'a str>, Option<DateTime<Utc>>) {
+        match *self {
+            Once::Firing(name, at) => (Some(name), Some(at)),
+            _ => (None, None),
+        }
+    }
+
+    /// The key and request hash of an API request.
+    pub fn request(&self) -> (Option<&'a str>, Option<&'a [u8]>) {
+        match *self {
+            Once::Request(key, hash) => (Some(key), Some(hash)),
+            _ => (None, None),
+        }
+    }
+}
+
 /// Writing batches and steering them: what producers and operators do.
 #[async_trait]
 pub trait Batches: Send + Sync {
@@ -247,20 +278,23 @@ pub trait Batches: Send + Sync {
         jobs: &[NewJob],
         max_attempts: i32,
     ) -> Result<(BatchId, Vec<JobId>), DbError> {
-        self.create_batch_for(name, queue, jobs, max_attempts, None)
+        self.create_batch_for(name, queue, jobs, max_attempts, Once::Always)
             .await?
             .ok_or_else(|| DbError::Invalid("a batch without a schedule cannot collide".into()))
     }
-    /// As `create_batch`, for a schedule's firing `(schedule, scheduled_for)`: writes
-    /// nothing and returns `None` when that firing's batch exists.
+    /// As `create_batch`, once per schedule firing or per request key: writes nothing
+    /// and returns `None` when that firing's or that key's batch exists.
     async fn create_batch_for(
         &self,
         name: &str,
         queue: &str,
         jobs: &[NewJob],
         max_attempts: i32,
-        firing: Option<(&str, DateTime<Utc>)>,
+        once: Once<'_>,
     ) -> Result<Option<(BatchId, Vec<JobId>)>, DbError>;
+    /// The batch an API request made under `key` (see [`Once::Request`]): its id, its
+    /// number of jobs, and the request's hash.
+    async fn batch_for_key(&self, key: &str) -> Result<Option<(BatchId, i64, Vec<u8>)>, DbError>;
     /// Creates the row of a job that arrived without one (a raw producer); no-op if it exists.
     async fn ensure_raw_job(
         &self,

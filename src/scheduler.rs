@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    db::{DbError, Record},
+    db::{DbError, Once, Record},
     dispatch::Dispatch,
     input,
     job::{BatchId, Limits},
@@ -69,7 +69,7 @@ pub async fn fire(
             &schedule.queue,
             &jobs,
             schedule.options.max_attempts,
-            Some((&schedule.name, scheduled_for)),
+            Once::Firing(&schedule.name, scheduled_for),
         )
         .await?;
     record.mark_fired(&schedule.name, scheduled_for).await?;

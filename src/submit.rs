@@ -3,7 +3,7 @@
 //! jobs come from [`crate::input`], which refuses a file before anything is written.
 
 use crate::{
-    db::{DbError, Record},
+    db::{DbError, Once, Record},
     dispatch::{Dispatch, DispatchError},
     job::{BatchId, JobId, NewJob, Placed},
 };
@@ -65,16 +65,47 @@ pub async fn submit_with_webhook(
     max_attempts: i32,
     webhook: Option<&str>,
 ) -> Result<Submitted, SubmitError> {
-    let (batch, inserted) = record
-        .create_batch(name, dispatch.queue(), jobs, max_attempts)
-        .await?;
+    let done = submit_once(
+        record,
+        dispatch,
+        name,
+        jobs,
+        max_attempts,
+        webhook,
+        Once::Always,
+    )
+    .await?;
+    done.ok_or_else(|| {
+        SubmitError::Db(DbError::Invalid(
+            "a batch without a schedule or key cannot collide".into(),
+        ))
+    })
+}
+
+/// As `submit_with_webhook`, once per schedule firing or request key (see [`Once`]):
+/// `None` when that firing's or key's batch exists, and then nothing is written.
+pub async fn submit_once(
+    record: &dyn Record,
+    dispatch: &dyn Dispatch,
+    name: &str,
+    jobs: &[NewJob],
+    max_attempts: i32,
+    webhook: Option<&str>,
+    once: Once<'_>,
+) -> Result<Option<Submitted>, SubmitError> {
+    let Some((batch, inserted)) = record
+        .create_batch_for(name, dispatch.queue(), jobs, max_attempts, once)
+        .await?
+    else {
+        return Ok(None);
+    };
     if let Some(url) = webhook {
         record.set_webhook(batch, url).await?;
     }
     crate::dispatch::enqueue_placed(dispatch, &placed(batch, jobs, &inserted)).await?;
-    Ok(Submitted {
+    Ok(Some(Submitted {
         batch,
         jobs: inserted.len(),
         duplicates: jobs.len() - inserted.len(),
-    })
+    }))
 }

@@ -612,7 +612,65 @@ async fn openai_images_endpoint(env: Env) {
     );
 }
 
+async fn idempotency_key_makes_one_batch(env: Env) {
+    let s = serve_on(&env, AuthMode::Off, serve::DEFAULT_MAX_BODY_BYTES).await;
+    let post = |key: &'static str, body: String| {
+        let request = s
+            .http
+            .post(format!("{}/v1/batches?name=keyed", s.base))
+            .header("content-type", "application/jsonl")
+            .header("idempotency-key", key)
+            .body(body);
+        async move {
+            let r = request.send().await.unwrap();
+            let replayed = r.headers().contains_key("idempotent-replayed");
+            (
+                r.status().as_u16(),
+                replayed,
+                r.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, replayed, first) = post("order-1", lines(3)).await;
+    assert_eq!((status, replayed), (201, false), "{first}");
+    let (status, replayed, again) = post("order-1", lines(3)).await;
+    assert_eq!((status, replayed), (201, true), "{again}");
+    assert_eq!(again["batch_id"], first["batch_id"]);
+    assert_eq!(again["jobs"], 3);
+    let (status, _, other) = post("order-1", lines(4)).await;
+    assert_eq!(
+        (status, code(&other)),
+        (422, "idempotency_key_reused"),
+        "{other}"
+    );
+    assert_eq!(env.rows().await.len(), 3);
+
+    // Eight at once with one key: one batch, and every answer names it.
+    let answers = futures::future::join_all((0..8).map(|_| post("order-2", lines(2)))).await;
+    let ids: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|(status, _, a)| {
+            assert_eq!(*status, 201, "{a}");
+            a["batch_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert_eq!(env.rows().await.len(), 5);
+    let (_, list) = s.get("/v1/batches?name=keyed").await;
+    assert_eq!(list["batches"].as_array().unwrap().len(), 2);
+
+    // A refused request keeps nothing under its key: the corrected one goes through.
+    let (status, _, e) = post("order-3", "{\"prompt\":\"\"}".into()).await;
+    assert_eq!((status, code(&e)), (422, "invalid_jobs"));
+    let (status, replayed, ok) = post("order-3", lines(1)).await;
+    assert_eq!((status, replayed), (201, false), "{ok}");
+    let (status, _, e) = post("bad key with spaces", lines(1)).await;
+    assert_eq!((status, code(&e)), (400, "bad_request"));
+    assert_eq!(env.rows().await.len(), 6);
+}
+
 conformance!(
+    idempotency_key_makes_one_batch,
     openai_images_endpoint,
     submit_read_page_and_fetch,
     csv_and_json_bodies,

@@ -28,8 +28,9 @@ use super::rows::{
 };
 use super::{
     Attempts, BatchInfo, BatchQuery, Batches, Browse, Cancelled, ClaimRequest, Claimed, DbError,
-    FailedJob, Fleet, JobDetail, JobQuery, JobRow, Leadership, Outcome, Progress, Record, Recorded,
-    Rescued, Schedules, Status, TokenInfo, Tokens, WORKER_DIED, Webhook, Webhooks, WorkerInfo,
+    FailedJob, Fleet, JobDetail, JobQuery, JobRow, Leadership, Once, Outcome, Progress, Record,
+    Recorded, Rescued, Schedules, Status, TokenInfo, Tokens, WORKER_DIED, Webhook, Webhooks,
+    WorkerInfo,
 };
 use crate::{
     job::{BatchId, ClaimedJob, JobId, JobSpec, JobState, NewJob, Placed},

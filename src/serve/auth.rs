@@ -24,8 +24,13 @@ pub enum AuthMode {
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 impl Api {
-    /// Checks the request's token against the scope it needs.
-    pub async fn authorize(&self, headers: &HeaderMap, needed: Scope) -> Result<(), ApiError> {
+    /// Checks the request's token against the scope it needs; returns the token's id
+    /// when one was checked.
+    pub async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        needed: Scope,
+    ) -> Result<Option<String>, ApiError> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -33,15 +38,15 @@ impl Api {
             .map(str::trim);
         let Some(presented) = presented else {
             return match self.auth {
-                AuthMode::Off => Ok(()),
-                AuthMode::OnceAnyToken if !self.record.any_active_token().await? => Ok(()),
+                AuthMode::Off => Ok(None),
+                AuthMode::OnceAnyToken if !self.record.any_active_token().await? => Ok(None),
                 _ => Err(unauthorized(
                     "this API needs a token: Authorization: Bearer rq_…",
                 )),
             };
         };
         if self.auth == AuthMode::Off {
-            return Ok(());
+            return Ok(None);
         }
         let refused = || unauthorized("the token is not valid (unknown, malformed or revoked)");
         let (id, secret) = token::parse(presented).ok_or_else(refused)?;
@@ -66,7 +71,7 @@ impl Api {
                 }
             });
         }
-        Ok(())
+        Ok(Some(id.to_string()))
     }
 }
 

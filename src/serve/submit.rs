@@ -8,11 +8,12 @@ use axum::{
     Json,
     body::Bytes,
     extract::{Query, State, rejection::BytesRejection, rejection::QueryRejection},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::{
     Api,
@@ -20,8 +21,9 @@ use super::{
     error::{ApiError, rejection},
 };
 use crate::{
+    db::Once,
     input::{self, SubmitOptions},
-    job::{Limits, NewJob},
+    job::{BatchId, Limits, NewJob},
     submit::{self, SubmitError},
     token::Scope,
 };
@@ -168,17 +170,99 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     }
 }
 
+/// The longest `Idempotency-Key`.
+const MAX_KEY_LEN: usize = 255;
+
+/// The request's `Idempotency-Key`, as stored: under the token that sent it, so two
+/// clients' keys never meet.
+fn idempotency_key(headers: &HeaderMap, token: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=MAX_KEY_LEN).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Idempotency-Key must be 1 to {MAX_KEY_LEN} printable ASCII characters"
+            ))
+        })?;
+    Ok(Some(format!("{}:{key}", token.unwrap_or("-"))))
+}
+
+/// The answer to a request whose key made a batch already: the same answer if it is
+/// the same request, else a refusal (the key was reused for another one).
+async fn replay(api: &Api, key: &str, hash: &[u8]) -> Result<Option<Response>, ApiError> {
+    let Some((batch, jobs, stored)) = api.record.batch_for_key(key).await? else {
+        return Ok(None);
+    };
+    if stored != hash {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            format!(
+                "this Idempotency-Key made batch {batch} from a different request; use a new key"
+            ),
+        ));
+    }
+    Ok(Some(created(batch, jobs as usize, 0, true)))
+}
+
+fn created(batch: BatchId, jobs: usize, duplicates: usize, replayed: bool) -> Response {
+    let mut answer = (
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/v1/batches/{batch}"))],
+        Json(json!({
+            "batch_id": batch.to_string(),
+            "jobs": jobs,
+            "duplicates": duplicates,
+        })),
+    )
+        .into_response();
+    if replayed {
+        answer.headers_mut().insert(
+            "idempotent-replayed",
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    answer
+}
+
+/// A hash of what makes two requests the same: body type, query and body.
+fn request_hash(headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    for part in [content_type, uri.query().unwrap_or("").as_bytes(), body] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().to_vec()
+}
+
 /// `POST /v1/batches`: `201 {"batch_id", "jobs", "duplicates"}` once every job is
-/// recorded and dispatched.
+/// recorded and dispatched. With `Idempotency-Key`, a repeat of the request answers
+/// the same and makes nothing (`Idempotent-Replayed: true`).
 pub async fn submit_batch(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
+    uri: Uri,
     q: Result<Query<SubmitFields>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    api.authorize(&headers, Scope::Submit).await?;
+    let token = api.authorize(&headers, Scope::Submit).await?;
+    let key = idempotency_key(&headers, token.as_deref())?;
     let from_query = query(q)?;
     let body = body.map_err(|e| rejection(e.status(), e.body_text()))?;
+    let hash = request_hash(&headers, &uri, &body);
+    if let Some(key) = &key
+        && let Some(answer) = replay(&api, key, &hash).await?
+    {
+        return Ok(answer);
+    }
     let kind = body_kind(&headers)?;
     let (fields, text) = match kind {
         BodyKind::Json => json_body(&body, from_query)?,
@@ -199,13 +283,18 @@ pub async fn submit_batch(
     let jobs = tokio::task::spawn_blocking(move || parse(&text, csv, &options, &limits))
         .await
         .map_err(|e| ApiError::internal("reading the jobs", e))??;
-    let done = submit::submit_with_webhook(
+    let once = match &key {
+        Some(key) => Once::Request(key, &hash),
+        None => Once::Always,
+    };
+    let done = submit::submit_once(
         api.record.as_ref(),
         api.dispatch.as_ref(),
         &name,
         &jobs,
         max_attempts,
         fields.webhook.as_deref(),
+        once,
     )
     .await
     .map_err(|e| match e {
@@ -219,17 +308,17 @@ pub async fn submit_batch(
             )
         }
     })?;
-    let location = format!("/v1/batches/{}", done.batch);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(json!({
-            "batch_id": done.batch.to_string(),
-            "jobs": done.jobs,
-            "duplicates": done.duplicates,
-        })),
-    )
-        .into_response())
+    match (done, &key) {
+        (Some(done), _) => Ok(created(done.batch, done.jobs, done.duplicates, false)),
+        // Another request with the same key committed first: answer as it did.
+        (None, Some(key)) => replay(&api, key, &hash)
+            .await?
+            .ok_or_else(|| ApiError::internal("replaying a keyed request", "its batch is gone")),
+        (None, None) => Err(ApiError::internal(
+            "submitting",
+            "an unkeyed batch collided",
+        )),
+    }
 }
 
 /// A JSON body: an array of jobs, or an object with `jobs` and the fields. Either

@@ -12,25 +12,31 @@ impl Batches for PgRecord {
         queue: &str,
         jobs: &[NewJob],
         max_attempts: i32,
-        firing: Option<(&str, DateTime<Utc>)>,
+        once: Once<'_>,
     ) -> Result<Option<(BatchId, Vec<JobId>)>, DbError> {
         let batch = BatchId::generate();
+        let ((schedule, at), (key, hash)) = (once.firing(), once.request());
         let mut tx = self.pool.begin().await?;
+        // Without a conflict target, both unique constraints are arbiters: a firing's
+        // (schedule, scheduled_for) and a request's idempotency key.
         let made = sqlx::query(
-            "INSERT INTO renderq.batches (id, name, queue, total, schedule, scheduled_for)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT ON CONSTRAINT batches_schedule_firing_unique DO NOTHING",
+            "INSERT INTO renderq.batches
+                 (id, name, queue, total, schedule, scheduled_for, idempotency_key, idempotency_hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT DO NOTHING",
         )
         .bind(batch.0)
         .bind(name)
         .bind(queue)
         .bind(jobs.len() as i32)
-        .bind(firing.map(|f| f.0))
-        .bind(firing.map(|f| f.1))
+        .bind(schedule)
+        .bind(at)
+        .bind(key)
+        .bind(hash)
         .execute(&mut *tx)
         .await?;
         if made.rows_affected() == 0 {
-            return Ok(None); // this firing's batch exists: another scheduler won
+            return Ok(None); // this firing's (or key's) batch exists: another call won
         }
         let mut inserted = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(INSERT_CHUNK) {
@@ -67,6 +73,23 @@ impl Batches for PgRecord {
         }
         tx.commit().await?;
         Ok(Some((batch, inserted)))
+    }
+
+    async fn batch_for_key(&self, key: &str) -> Result<Option<(BatchId, i64, Vec<u8>)>, DbError> {
+        let row = sqlx::query(
+            "SELECT id, total, idempotency_hash FROM renderq.batches WHERE idempotency_key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok((
+                BatchId(r.try_get(0)?),
+                r.try_get::<i32, _>(1)? as i64,
+                r.try_get(2)?,
+            ))
+        })
+        .transpose()
     }
 
     /// Creates the row of a job that arrived on the stream without one (a raw producer).

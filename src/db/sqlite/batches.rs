@@ -10,23 +10,27 @@ impl Batches for SqliteRecord {
         queue: &str,
         jobs: &[NewJob],
         max_attempts: i32,
-        firing: Option<(&str, DateTime<Utc>)>,
+        once: Once<'_>,
     ) -> Result<Option<(BatchId, Vec<JobId>)>, DbError> {
         let batch = BatchId::generate();
         let now = now_ms();
+        let ((schedule, at), (key, hash)) = (once.firing(), once.request());
         let mut con = self.pool.acquire().await?;
         let mut tx = con.begin_with("BEGIN IMMEDIATE").await?;
         let made = sqlx::query(
-            "INSERT INTO batches (id, name, queue, total, created_at, schedule, scheduled_for)
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (schedule, scheduled_for) DO NOTHING",
+            "INSERT INTO batches (id, name, queue, total, created_at, schedule, scheduled_for,
+                                  idempotency_key, idempotency_hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .bind(batch.to_string())
         .bind(name)
         .bind(queue)
         .bind(jobs.len() as i64)
         .bind(now)
-        .bind(firing.map(|f| f.0))
-        .bind(firing.map(|f| f.1.timestamp_millis()))
+        .bind(schedule)
+        .bind(at.map(|t| t.timestamp_millis()))
+        .bind(key)
+        .bind(hash)
         .execute(&mut *tx)
         .await?;
         if made.rows_affected() == 0 {
@@ -55,6 +59,17 @@ impl Batches for SqliteRecord {
         }
         tx.commit().await?;
         Ok(Some((batch, inserted)))
+    }
+
+    async fn batch_for_key(&self, key: &str) -> Result<Option<(BatchId, i64, Vec<u8>)>, DbError> {
+        let row = sqlx::query(
+            "SELECT id, total, idempotency_hash FROM batches WHERE idempotency_key = ?",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((BatchId(r.uuid(0)?), r.int(1)?, r.try_get(2)?)))
+            .transpose()
     }
 
     async fn ensure_raw_job(
