@@ -4,6 +4,7 @@
 mod auth;
 mod batches;
 mod error;
+mod events;
 mod images;
 mod jobs;
 mod submit;
@@ -52,6 +53,17 @@ pub struct Api {
     pub max_body_bytes: usize,
     /// How long `POST /v1/images/generations` waits for its images.
     pub generation_timeout: std::time::Duration,
+    /// `renderq_events` as Postgres announces them (see [`relay_events`]); `None` on
+    /// SQLite, where `/v1/events` only polls.
+    pub events: Option<tokio::sync::broadcast::Sender<serde_json::Value>>,
+}
+
+/// Starts relaying Postgres's `renderq_events` (LISTEN on `database_url`) to
+/// `/v1/events` clients; returns what [`Api::events`] takes.
+pub fn relay_events(database_url: &str) -> tokio::sync::broadcast::Sender<serde_json::Value> {
+    let (tx, _) = tokio::sync::broadcast::channel(events::BACKLOG);
+    tokio::spawn(events::relay(database_url.to_string(), tx.clone()));
+    tx
 }
 
 impl Api {
@@ -88,6 +100,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/jobs/{id}/image", get(jobs::image))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/images/generations", post(images::generate))
+        .route("/v1/events", get(events::events))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -46,6 +46,7 @@ async fn serve_with(
         limits: Limits::default(),
         max_body_bytes,
         generation_timeout,
+        events: (env.kind != Kind::Sqlite).then(|| serve::relay_events(&env.db_url)),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -669,7 +670,124 @@ async fn idempotency_key_makes_one_batch(env: Env) {
     assert_eq!(env.rows().await.len(), 6);
 }
 
+/// Reads server-sent events: `(event, data)` pairs as they arrive.
+struct Events {
+    stream: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+    /// Keep-alives arrive every 15 s: the test fails past this, not at the first silence.
+    deadline: tokio::time::Instant,
+}
+
+impl Events {
+    async fn next(&mut self) -> (String, Value) {
+        use futures::StreamExt;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut event, mut data) = (String::from("message"), String::new());
+                for line in block.lines() {
+                    if let Some(e) = line.strip_prefix("event:") {
+                        event = e.trim().to_string();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return (event, serde_json::from_str(&data).unwrap());
+            }
+            let chunk = tokio::time::timeout_at(self.deadline, self.stream.next())
+                .await
+                .expect("the events expected within 60 s")
+                .expect("the stream stays open")
+                .unwrap();
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+async fn events_follow_a_batch(env: Env) {
+    let s = serve_on(&env, AuthMode::Off, serve::DEFAULT_MAX_BODY_BYTES).await;
+    let (_, made) = s.post("/v1/batches", "application/jsonl", lines(4)).await;
+    let batch = made["batch_id"].as_str().unwrap().to_string();
+    let (_, other) = s.post("/v1/batches", "application/jsonl", lines(2)).await;
+    let other = other["batch_id"].as_str().unwrap().to_string();
+    let response = s
+        .http
+        .get(format!("{}/v1/events?batch={batch}", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut events = Events {
+        stream: Box::pin(response.bytes_stream()),
+        buffer: String::new(),
+        deadline: tokio::time::Instant::now() + Duration::from_secs(60),
+    };
+    let (kind, first) = events.next().await;
+    assert_eq!(kind, "progress");
+    assert_eq!(
+        (first["id"].as_str(), first["counts"]["queued"].as_i64()),
+        (Some(batch.as_str()), Some(4))
+    );
+    // Give the shared LISTEN connection a moment to be listening before work starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (stop, worker) = env.spawn_worker(fast_config(), s.store.clone(), Renderers::builtin(0));
+    let mut succeeded_seen = Vec::new();
+    let mut job_done = std::collections::BTreeSet::new();
+    let mut batch_done = false;
+    loop {
+        let (kind, data) = events.next().await;
+        assert!(
+            !data.to_string().contains(&other),
+            "an event of another batch: {data}"
+        );
+        match kind.as_str() {
+            "progress" => {
+                assert_eq!(data["id"], batch.as_str());
+                succeeded_seen.push(data["counts"]["succeeded"].as_i64().unwrap());
+                if data["done"] == true {
+                    break;
+                }
+            }
+            "job" => {
+                assert_eq!(data["batch_id"], batch.as_str());
+                if data["state"] == "succeeded" {
+                    job_done.insert(data["job_id"].as_str().unwrap().to_string());
+                }
+            }
+            "batch" => batch_done = data["state"] == "done",
+            other => panic!("unexpected event {other}: {data}"),
+        }
+    }
+    assert_eq!(succeeded_seen.last(), Some(&4));
+    assert!(
+        succeeded_seen.windows(2).all(|w| w[0] < w[1]),
+        "{succeeded_seen:?}"
+    );
+    if env.kind != Kind::Sqlite {
+        // The progress poll may see the end before the last notifications are read.
+        while job_done.len() < 4 || !batch_done {
+            let (kind, data) = events.next().await;
+            match kind.as_str() {
+                "job" if data["state"] == "succeeded" => {
+                    job_done.insert(data["job_id"].as_str().unwrap().to_string());
+                }
+                "batch" => batch_done = data["state"] == "done",
+                _ => {}
+            }
+        }
+        assert_eq!(job_done.len(), 4);
+    }
+    stop.cancel();
+    worker.await.unwrap();
+}
+
 conformance!(
+    events_follow_a_batch,
     idempotency_key_makes_one_batch,
     openai_images_endpoint,
     submit_read_page_and_fetch,

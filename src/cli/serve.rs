@@ -59,6 +59,11 @@ pub async fn command(g: &Global, args: ServeArgs) -> Result<ExitCode> {
         limits: Limits::default(),
         max_body_bytes: args.max_body_bytes,
         generation_timeout: std::time::Duration::from_secs(args.generation_timeout_secs.max(1)),
+        events: g
+            .database_url
+            .as_deref()
+            .filter(|u| u.starts_with("postgres"))
+            .map(serve::relay_events),
     });
     let stop = CancellationToken::new();
     tokio::spawn(signal_shutdown(stop.clone()));

@@ -1,0 +1,195 @@
+//! `GET /v1/events`: server-sent events. `progress` (a batch's counts, whenever they
+//! change; read from the record twice a second) on every backend, and on Postgres
+//! also `job` (`{"job_id", "batch_id", "state"}`) and `batch` (`{"batch_id", "state":
+//! "done"}`) as they happen, from `LISTEN renderq_events`: one listening connection
+//! per server, shared by every client. `?batch=ID` keeps one batch's events.
+
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{Query, State, rejection::QueryRejection},
+    http::HeaderMap,
+    response::sse::{Event, KeepAlive, Sse},
+};
+use futures::{SinkExt, Stream, channel::mpsc};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use super::{
+    Api,
+    batches::query,
+    error::ApiError,
+    views::{self, parse_id},
+};
+use crate::{db::BatchQuery, job::BatchId, token::Scope};
+
+/// How often a client's batches are read for `progress`.
+const POLL: Duration = Duration::from_millis(500);
+/// Batches a client without `?batch=` follows: the newest unfinished ones.
+const FOLLOWED: i64 = 20;
+/// Notifications kept for a slow client before it misses some (it is told).
+pub const BACKLOG: usize = 4096;
+
+/// Relays `renderq_events` from Postgres to every client, reconnecting after a
+/// lost connection. Runs until the process ends.
+pub async fn relay(url: String, events: broadcast::Sender<Value>) {
+    loop {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut listener) => match listener.listen("renderq_events").await {
+                Ok(()) => loop {
+                    match listener.recv().await {
+                        Ok(n) => {
+                            if let Ok(v) = serde_json::from_str(n.payload()) {
+                                // No client: nothing to do.
+                                let _ = events.send(v);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("LISTEN renderq_events: {e}; listening again");
+                            break;
+                        }
+                    }
+                },
+                Err(e) => tracing::warn!("LISTEN renderq_events: {e}"),
+            },
+            Err(e) => tracing::warn!("connecting to LISTEN renderq_events: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    batch: Option<String>,
+}
+
+/// `GET /v1/events[?batch=ID]`.
+pub async fn events(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    api.authorize(&headers, Scope::Read).await?;
+    let batch = query(q)?
+        .batch
+        .as_deref()
+        .map(|b| parse_id::<BatchId>(b, "batch"))
+        .transpose()?;
+    if let Some(b) = batch {
+        api.batch(&b.to_string()).await?;
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let notes = api.events.as_ref().map(|e| e.subscribe());
+    tokio::spawn(follow(api, batch, notes, tx));
+    Ok(Sse::new(rx).keep_alive(KeepAlive::default()))
+}
+
+type Sink = mpsc::Sender<Result<Event, Infallible>>;
+
+/// Sends one client its events until it goes away.
+async fn follow(
+    api: Arc<Api>,
+    batch: Option<BatchId>,
+    mut notes: Option<broadcast::Receiver<Value>>,
+    mut tx: Sink,
+) {
+    let mut last: HashMap<BatchId, Value> = HashMap::new();
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        let sent = tokio::select! {
+            _ = tick.tick() => progress(&api, batch, &mut last, &mut tx).await,
+            note = next_note(&mut notes) => match note {
+                Ok(v) => relay_note(v, batch, &mut tx).await,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    send(&mut tx, Event::default().event("lagged").data(n.to_string())).await
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    notes = None;
+                    true
+                }
+            },
+        };
+        if !sent {
+            return; // the client went away
+        }
+    }
+}
+
+async fn next_note(
+    notes: &mut Option<broadcast::Receiver<Value>>,
+) -> Result<Value, broadcast::error::RecvError> {
+    match notes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn send(tx: &mut Sink, event: Event) -> bool {
+    tx.send(Ok(event)).await.is_ok()
+}
+
+/// A notification as a `job` or `batch` event, if it is about the followed batch.
+async fn relay_note(note: Value, batch: Option<BatchId>, tx: &mut Sink) -> bool {
+    let of_batch = note.get("batch_id").and_then(Value::as_str);
+    if let Some(b) = batch
+        && of_batch != Some(b.to_string().as_str())
+    {
+        return true;
+    }
+    // A batch's end carries `"job_id": null`.
+    let kind = if note["job_id"].is_string() {
+        "job"
+    } else {
+        "batch"
+    };
+    match Event::default().event(kind).json_data(&note) {
+        Ok(event) => send(tx, event).await,
+        Err(_) => true,
+    }
+}
+
+/// A `progress` event for each followed batch whose counts changed.
+async fn progress(
+    api: &Api,
+    batch: Option<BatchId>,
+    last: &mut HashMap<BatchId, Value>,
+    tx: &mut Sink,
+) -> bool {
+    let infos = match batch {
+        Some(b) => api
+            .record
+            .batch_info(b)
+            .await
+            .map(|i| i.into_iter().collect()),
+        None => {
+            api.record
+                .batch_page(&BatchQuery {
+                    done: Some(false),
+                    limit: FOLLOWED,
+                    ..BatchQuery::default()
+                })
+                .await
+        }
+    };
+    let infos: Vec<_> = match infos {
+        Ok(infos) => infos,
+        Err(e) => {
+            tracing::warn!("reading progress for /v1/events: {e}");
+            return !tx.is_closed();
+        }
+    };
+    for info in infos {
+        let view = views::batch(&info, None, None);
+        if last.get(&info.progress.batch_id) == Some(&view) {
+            continue;
+        }
+        last.insert(info.progress.batch_id, view.clone());
+        if let Ok(event) = Event::default().event("progress").json_data(&view)
+            && !send(tx, event).await
+        {
+            return false;
+        }
+    }
+    !tx.is_closed()
+}
