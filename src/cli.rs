@@ -2,6 +2,7 @@
 //! defaults) and calls the library.
 
 mod bench;
+mod bench_api;
 mod listen;
 mod logging;
 mod manifest;

@@ -518,6 +518,26 @@ pub trait Browse: Send + Sync {
     async fn job_page(&self, batch: BatchId, query: &JobQuery) -> Result<Vec<JobRow>, DbError>;
     /// One job; `None` for an unknown id.
     async fn job_detail(&self, job: JobId) -> Result<Option<JobDetail>, DbError>;
+    /// Workers as `renderq.workers` has them: running ones first, the latest heartbeat
+    /// first; at most 500.
+    async fn workers(&self) -> Result<Vec<WorkerRow>, DbError>;
+    /// The queues of the newest 1,000 batches and of every worker, by name.
+    async fn queues(&self) -> Result<Vec<String>, DbError>;
+}
+
+/// A row of `renderq.workers`.
+#[derive(Debug, Clone)]
+pub struct WorkerRow {
+    /// Who it is and what it serves.
+    pub info: WorkerInfo,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its latest heartbeat.
+    pub last_heartbeat: DateTime<Utc>,
+    /// Jobs it has finished.
+    pub jobs_done: i64,
+    /// When it said it stopped.
+    pub stopped_at: Option<DateTime<Utc>>,
 }
 
 /// An API token as `renderq token list` shows it (its secret is never stored).

@@ -1,8 +1,10 @@
-//! `renderq serve`: the HTTP API under `/v1`, on the same record, dispatch and store
-//! the other commands use. It renders nothing itself: workers do.
+//! `renderq serve`: the HTTP API under `/v1` and the web dashboard on `/`, on the same
+//! record, dispatch and store the other commands use. It renders nothing itself:
+//! workers do.
 
 mod auth;
 mod batches;
+mod dashboard;
 mod error;
 mod events;
 mod images;
@@ -53,6 +55,8 @@ pub struct Api {
     pub max_body_bytes: usize,
     /// How long `POST /v1/images/generations` waits for its images.
     pub generation_timeout: std::time::Duration,
+    /// The key of the dashboard's CSRF tokens, made at start.
+    pub csrf_secret: [u8; 32],
     /// `renderq_events` as Postgres announces them (see [`relay_events`]); `None` on
     /// SQLite, where `/v1/events` only polls.
     pub events: Option<tokio::sync::broadcast::Sender<serde_json::Value>>,
@@ -101,6 +105,13 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/images/generations", post(images::generate))
         .route("/v1/events", get(events::events))
+        .route("/", get(dashboard::batches))
+        .route("/batches/{id}", get(dashboard::batch))
+        .route("/batches/{id}/{action}", post(dashboard::act))
+        .route("/jobs/{id}", get(dashboard::job))
+        .route("/fleet", get(dashboard::fleet))
+        .route("/login", get(dashboard::login_form).post(dashboard::login))
+        .route("/logout", post(dashboard::logout))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -4,27 +4,18 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use common::*;
 use renderq::{
-    job::Limits,
     render::{PanicOn, Renderers},
-    serve::{self, Api, AuthMode},
-    store::{DirStore, Store},
+    serve::{self, AuthMode},
     token::{self, Scope},
 };
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 /// A running API on an ephemeral port, and the directory its store writes to.
-struct Served {
-    base: String,
-    http: reqwest::Client,
-    store: Arc<dyn Store>,
-    dir: tempfile::TempDir,
-    _stop: tokio_util::sync::DropGuard,
-}
+type Served = ApiServer;
 
 async fn serve_on(env: &Env, auth: AuthMode, max_body_bytes: usize) -> Served {
     serve_with(env, auth, max_body_bytes, Duration::from_secs(30)).await
@@ -36,35 +27,22 @@ async fn serve_with(
     max_body_bytes: usize,
     generation_timeout: Duration,
 ) -> Served {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(DirStore::new(dir.path()));
-    let api = Arc::new(Api {
-        record: env.record.clone(),
-        dispatch: env.dispatch.clone(),
-        store: store.clone(),
-        auth,
-        limits: Limits::default(),
-        max_body_bytes,
-        generation_timeout,
-        events: (env.kind != Kind::Sqlite).then(|| serve::relay_events(&env.db_url)),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(serve::serve(listener, serve::router(api), stop.clone()));
-    Served {
-        base,
-        http: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
-        store,
-        dir,
-        _stop: stop.drop_guard(),
-    }
+    ApiServer::start(env, auth, max_body_bytes, generation_timeout).await
 }
 
-impl Served {
+/// What the tests do with a server.
+trait Requests {
+    async fn get(&self, path: &str) -> (u16, Value);
+    async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value);
+    async fn work(&self, env: &Env, n: usize, renderers: Renderers);
+}
+
+impl Requests for Served {
     async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
             .http

@@ -43,9 +43,22 @@ pub struct BenchArgs {
     /// Calls the noop model takes at once, as that many devices would
     #[arg(long, default_value_t = 1)]
     pub lanes: usize,
+    /// Measure the HTTP API instead: POST /v1/batches of --jobs jobs (3 times), then
+    /// GET /v1/jobs/{id}
+    #[arg(long)]
+    pub api: bool,
+    /// --api: clients reading at once
+    #[arg(long, default_value_t = 32)]
+    pub api_clients: usize,
+    /// --api: seconds of reads
+    #[arg(long, default_value_t = 5.0)]
+    pub api_secs: f64,
 }
 
 pub async fn run(g: &Global, args: BenchArgs) -> Result<ExitCode> {
+    if args.api {
+        return super::bench_api::run(g, &args).await;
+    }
     // A queue of its own, so the bench never mixes with real work.
     let mut g = g.clone();
     g.queue = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);

@@ -59,6 +59,7 @@ pub async fn command(g: &Global, args: ServeArgs) -> Result<ExitCode> {
         limits: Limits::default(),
         max_body_bytes: args.max_body_bytes,
         generation_timeout: std::time::Duration::from_secs(args.generation_timeout_secs.max(1)),
+        csrf_secret: rand::random(),
         events: g
             .database_url
             .as_deref()

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::{
     BatchInfo, BatchQuery, DbError, FailedJob, JobDetail, JobQuery, JobRow, Progress, TokenInfo,
+    WorkerInfo, WorkerRow,
 };
 use crate::{
     job::{BatchId, JobId, JobState},
@@ -216,6 +217,8 @@ pub(crate) struct Dialect {
     pub position: &'static str,
     /// Parameter number `n` (from 1): `$n` or `?n`.
     pub param: fn(usize) -> String,
+    /// A worker's models as one comma-separated text.
+    pub models: &'static str,
 }
 
 /// Collects the parameters of a statement as its conditions are added.
@@ -375,8 +378,50 @@ macro_rules! browse_impl {
                     .await?;
                 row.as_ref().map(job_detail).transpose()
             }
+
+            async fn workers(&self) -> Result<Vec<WorkerRow>, DbError> {
+                let sql = format!(
+                    "SELECT id, host, device, {}, queue, started_at, last_heartbeat, jobs_done, stopped_at
+                     FROM {}workers ORDER BY (stopped_at IS NULL) DESC, last_heartbeat DESC LIMIT 500",
+                    DIALECT.models, DIALECT.schema
+                );
+                let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+                rows.iter().map(worker_row).collect()
+            }
+
+            async fn queues(&self) -> Result<Vec<String>, DbError> {
+                let s = DIALECT.schema;
+                let sql = format!(
+                    "SELECT queue FROM (SELECT queue FROM {s}batches ORDER BY id DESC LIMIT 1000) b
+                     UNION SELECT queue FROM {s}workers ORDER BY 1"
+                );
+                let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+                rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+            }
         }
     };
+}
+
+/// A row of `workers`, from the columns `browse_impl`'s `workers` reads.
+pub(crate) fn worker_row(r: &impl Columns) -> Result<WorkerRow, DbError> {
+    Ok(WorkerRow {
+        info: WorkerInfo {
+            id: r.text(0)?,
+            host: r.text(1)?,
+            device: r.text(2)?,
+            models: r
+                .text(3)?
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .collect(),
+            queue: r.text(4)?,
+        },
+        started_at: r.time(5)?,
+        last_heartbeat: r.time(6)?,
+        jobs_done: r.int(7)?,
+        stopped_at: r.opt_time(8)?,
+    })
 }
 pub(crate) use browse_impl;
 

@@ -30,7 +30,7 @@ use super::{
     Attempts, BatchInfo, BatchQuery, Batches, Browse, Cancelled, ClaimRequest, Claimed, DbError,
     FailedJob, Fleet, JobDetail, JobQuery, JobRow, Leadership, Once, Outcome, Progress, Record,
     Recorded, Rescued, Schedules, Status, TokenInfo, Tokens, WORKER_DIED, Webhook, Webhooks,
-    WorkerInfo,
+    WorkerInfo, WorkerRow,
 };
 use crate::{
     job::{BatchId, ClaimedJob, JobId, JobSpec, JobState, NewJob, Placed},

@@ -35,7 +35,8 @@ impl Api {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .map(str::trim)
+            .or_else(|| signed_in(headers));
         let Some(presented) = presented else {
             return match self.auth {
                 AuthMode::Off => Ok(None),
@@ -73,6 +74,19 @@ impl Api {
         }
         Ok(Some(id.to_string()))
     }
+}
+
+/// The token of a browser signed in to the dashboard (its HttpOnly cookie).
+fn signed_in(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == super::dashboard::COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|v| !v.is_empty())
 }
 
 fn unauthorized(message: &str) -> ApiError {

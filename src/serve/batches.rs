@@ -189,8 +189,13 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     api.authorize(&headers, Scope::Admin).await?;
-    let batch = api.batch(&id).await?;
-    cancelled(&api, batch.progress.batch_id.0).await
+    cancel_batch(&api, &id).await
+}
+
+/// Cancels the batch a path names (the API and the dashboard's button).
+pub async fn cancel_batch(api: &Api, id: &str) -> Result<Json<Value>, ApiError> {
+    let batch = api.batch(id).await?;
+    cancelled(api, batch.progress.batch_id.0).await
 }
 
 /// Cancels a job or a batch the caller found, and ends the batch when that was its
@@ -221,10 +226,16 @@ pub async fn retry(
 ) -> Result<Json<Value>, ApiError> {
     api.authorize(&headers, Scope::Admin).await?;
     let attempts = query(q)?.max_attempts.unwrap_or(3);
+    retry_batch(&api, &id, attempts).await
+}
+
+/// Queues a batch's failed jobs again with `attempts` more attempts (the API and the
+/// dashboard's button).
+pub async fn retry_batch(api: &Api, id: &str, attempts: i32) -> Result<Json<Value>, ApiError> {
     if !(1..=100).contains(&attempts) {
         return Err(ApiError::bad_request("max_attempts must be 1 to 100"));
     }
-    let info = api.batch(&id).await?;
+    let info = api.batch(id).await?;
     let id = info.progress.batch_id;
     if info.queue != api.dispatch.queue() {
         return Err(ApiError::new(

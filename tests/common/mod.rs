@@ -526,3 +526,51 @@ pub fn run_diffusion(
         .unwrap();
     exit_and_text(out)
 }
+
+/// `renderq serve`'s router on an ephemeral port, on this environment's record and
+/// dispatch and a fresh directory store; it stops when the returned guard drops.
+pub struct ApiServer {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub store: Arc<dyn Store>,
+    pub dir: tempfile::TempDir,
+    pub _stop: tokio_util::sync::DropGuard,
+}
+
+impl ApiServer {
+    pub async fn start(
+        env: &Env,
+        auth: renderq::serve::AuthMode,
+        max_body_bytes: usize,
+        generation_timeout: Duration,
+    ) -> ApiServer {
+        use renderq::serve;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(renderq::store::DirStore::new(dir.path()));
+        let api = Arc::new(serve::Api {
+            record: env.record.clone(),
+            dispatch: env.dispatch.clone(),
+            store: store.clone(),
+            auth,
+            limits: Limits::default(),
+            max_body_bytes,
+            generation_timeout,
+            csrf_secret: rand::random(),
+            events: (env.kind != Kind::Sqlite).then(|| serve::relay_events(&env.db_url)),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        tokio::spawn(serve::serve(listener, serve::router(api), stop.clone()));
+        ApiServer {
+            base,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            store,
+            dir,
+            _stop: stop.drop_guard(),
+        }
+    }
+}

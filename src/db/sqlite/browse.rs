@@ -3,13 +3,14 @@
 use super::*;
 use crate::db::rows::{
     Dialect, JOB_DETAIL, Param, TOKEN_INFO, batch_info, batch_page_sql, browse_impl, job_detail,
-    job_page_sql, token_info,
+    job_page_sql, token_info, worker_row,
 };
 
 const DIALECT: Dialect = Dialect {
     schema: "",
     prompt: "json_extract(spec, '$.prompt')",
     position: "instr",
+    models: "models",
     param: |n| format!("?{n}"),
 };
 
