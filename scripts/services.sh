@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Makes sure the servers the tests talk to answer: Postgres, Redis and an
-# S3-compatible server (s3s-fs). Starts each one that does not answer; installs it
-# when missing (Debian packages for Postgres and Redis; `cargo install` for s3s-fs,
-# into ~/.local/renderq-tools so a fresh clone does not build it again).
+# S3-compatible server (s3s-fs), and that Chromium and chromedriver are installed
+# for the dashboard's browser test. Starts each server that does not answer;
+# installs what is missing (Debian packages for Postgres, Redis and Chromium;
+# `cargo install` for s3s-fs, into ~/.local/renderq-tools so a fresh clone does not
+# build it again).
 # Prints the environment the tests read, as `export` lines, on stdout.
 set -euo pipefail
 
@@ -45,6 +47,11 @@ if ! port_open "$REDIS_PORT"; then
   redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" \
     --appendonly no --dir /tmp/renderq-redis --logfile /tmp/renderq-redis/redis.log >&2
   wait_port "$REDIS_PORT" Redis
+fi
+
+# --- Chromium and chromedriver (the dashboard's browser test) -----------------
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  apt_install chromium chromium-driver
 fi
 
 # --- S3 (s3s-fs) --------------------------------------------------------------

@@ -35,7 +35,12 @@ const LIVE: &str = r#"
         var c = el.querySelector('.n-' + k);
         if (c) c.textContent = b.counts[k];
       });
-      if (b.done) el.classList.add('done');
+      if (b.done) {
+        el.classList.add('done');
+        el.querySelectorAll('.while-running').forEach(function (x) { x.remove(); });
+        var f = el.querySelector('.finished');
+        if (f && b.finished_at) f.textContent = b.finished_at.replace('T', ' ').slice(0, 19);
+      }
     });
   });
   es.addEventListener('job', function (e) {
@@ -220,7 +225,7 @@ pub async fn batch(
             p { (progress_bar(&info)) " of " (p.total) " jobs · " (counts(&info)) }
             p {
                 "queue " code { (info.queue) } " · created " (time(Some(p.created_at)))
-                " · finished " (time(info.finished_at))
+                " · finished " span.finished { (time(info.finished_at)) }
                 @if let Some(rate) = view["jobs_per_second"].as_f64() { " · " (format!("{rate:.1}")) " jobs/s" }
                 @if let Some(eta) = view["eta_seconds"].as_f64() { " · about " (eta) " s left" }
             }
@@ -229,7 +234,7 @@ pub async fn batch(
             }
             p {
                 @if !p.done {
-                    form.inline method="post" action=(format!("/batches/{id}/cancel")) {
+                    form.inline.while-running method="post" action=(format!("/batches/{id}/cancel")) {
                         input type="hidden" name="csrf" value=(csrf);
                         button { "cancel the batch" }
                     }
