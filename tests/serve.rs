@@ -917,6 +917,15 @@ async fn the_serve_and_token_commands() {
         .unwrap();
     drill::wait_port(port).await;
     let http = reqwest::Client::new();
+    // Probed like a worker: liveness, readiness (record and dispatch answer), metrics.
+    for path in ["livez", "readyz", "metrics"] {
+        let r = http
+            .get(format!("http://127.0.0.1:{port}/{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "/{path}");
+    }
     let url = format!("http://127.0.0.1:{port}/v1/batches");
     let anonymous = http.get(&url).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);

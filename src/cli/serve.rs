@@ -12,7 +12,8 @@ use crate::{
     job::Limits,
     serve::{self, Api, AuthMode},
     store,
-    worker::WorkerConfig,
+    telemetry::{self, Health},
+    worker::{self, DEFAULT_STALL, WorkerConfig},
 };
 
 /// Where to listen, and whether to ask for tokens.
@@ -51,6 +52,10 @@ pub async fn command(g: &Global, args: ServeArgs) -> Result<ExitCode> {
              create one with `renderq token create --scope admin --name NAME`, or pass --no-auth"
         );
     };
+    // /livez, /readyz (the record and dispatch answer) and /metrics on the same
+    // address, so a serve process is probed like a worker.
+    let health = Health::new(DEFAULT_STALL);
+    worker::probe_record_and_dispatch(&health, record.clone(), dispatch.clone());
     let api = Arc::new(Api {
         record,
         dispatch,
@@ -68,8 +73,13 @@ pub async fn command(g: &Global, args: ServeArgs) -> Result<ExitCode> {
     });
     let stop = CancellationToken::new();
     tokio::spawn(signal_shutdown(stop.clone()));
+    let draining = (stop.clone(), health.clone());
+    tokio::spawn(async move {
+        draining.0.cancelled().await;
+        draining.1.drain();
+    });
     eprintln!(
-        "serving the API on http://{bound}/v1 (queue `{}`; {})",
+        "serving the API on http://{bound}/v1, the dashboard on http://{bound}/ and /livez, /readyz, /metrics (queue `{}`; {})",
         g.queue,
         match auth {
             AuthMode::Off => "no tokens asked (--no-auth)",
@@ -77,6 +87,7 @@ pub async fn command(g: &Global, args: ServeArgs) -> Result<ExitCode> {
             AuthMode::OnceAnyToken => "a token is required once one exists",
         }
     );
-    serve::serve(listener, serve::router(api), stop).await?;
+    let routes = serve::router(api).merge(telemetry::router(health));
+    serve::serve(listener, routes, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
