@@ -76,8 +76,10 @@ pub async fn events(
         .as_deref()
         .map(|b| parse_id::<BatchId>(b, "batch"))
         .transpose()?;
-    if let Some(b) = batch {
-        api.batch(&b.to_string()).await?;
+    if let Some(b) = batch
+        && api.record.batch_info(b).await?.is_none()
+    {
+        return Err(ApiError::not_found("batch", b));
     }
     let (tx, rx) = mpsc::channel(64);
     let notes = api.events.as_ref().map(|e| e.subscribe());

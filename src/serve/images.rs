@@ -140,8 +140,8 @@ pub async fn generate(
     let batch = done.batch;
     let deadline = tokio::time::Instant::now() + api.generation_timeout;
     loop {
-        let info = api.record.batch_info(batch).await?;
-        if info.is_some_and(|b| b.progress.done) {
+        // One row read, not a count of the batch's jobs: set once its last job ends.
+        if api.record.batch_finished_at(batch).await?.is_some() {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
