@@ -14,18 +14,8 @@ if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import openai' 2>/dev
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.40,<3'
 fi
-dir=$(mktemp -d)
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
-pids=()
-trap cleanup EXIT
-export DATABASE_URL=sqlite://$dir/rq.db RENDERQ_STORE=$dir/out RENDERQ_QUEUE=openai
-unset REDIS_URL
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin" migrate >/dev/null
-token=$("$bin" token create --scope submit --name openai-check 2>/dev/null)
-"$bin" serve --listen "127.0.0.1:$port" >"$dir/serve.log" 2>&1 & pids+=($!)
-"$bin" worker >"$dir/worker.log" 2>&1 & pids+=($!)
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+source scripts/embedded-serve.sh
+embedded_serve "$bin" openai submit
 if ! RENDERQ_BASE=http://127.0.0.1:$port/v1 RENDERQ_TOKEN=$token "$venv/bin/python" - <<'PY'
 import base64, os, struct, urllib.request
 import openai

@@ -13,5 +13,6 @@ psql "$RENDERQ_TEST_DATABASE_URL" -qAt -c "select datname from pg_database where
 cargo test -j2 --locked "$@"
 SMOKE_PG=${RENDERQ_TEST_DATABASE_URL%/postgres} bash scripts/contract-smoke.sh target/debug/renderq
 scripts/openai-client-check.sh target/debug/renderq
+scripts/openapi-check.sh target/debug/renderq
 scripts/redis-topologies.sh
 deploy/check.sh lint

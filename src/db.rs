@@ -471,6 +471,12 @@ pub struct BatchInfo {
     pub queue: String,
     /// When its last job reached a terminal state; `None` while it runs.
     pub finished_at: Option<DateTime<Utc>>,
+    /// When its first job started (the earliest `started_at` of its jobs).
+    pub first_started_at: Option<DateTime<Utc>>,
+    /// The latest `finished_at` of its jobs.
+    pub last_finished_at: Option<DateTime<Utc>>,
+    /// Its webhook and that delivery's outcome, if it has one.
+    pub webhook: Option<Webhook>,
 }
 
 /// Which jobs of a batch a page holds: by id after a cursor, filtered.
@@ -505,6 +511,29 @@ pub struct JobDetail {
     pub finished_at: Option<DateTime<Utc>>,
     /// When a `retrying` job is due again.
     pub run_at: Option<DateTime<Utc>>,
+    /// Every attempt so far, oldest first; the latest one from the job's own row.
+    pub attempts: Vec<AttemptRow>,
+}
+
+/// One attempt at a job: who ran it, when, and how it ended (also as the API answers
+/// it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Attempt)]
+pub struct AttemptRow {
+    /// Its number, from 1.
+    pub attempt: i32,
+    /// The worker that claimed it.
+    pub worker: Option<String>,
+    /// When it started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended; `None` while it runs.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// The state it left the job in: `running` while it runs (or, once ended, taken
+    /// over from a silent worker), `succeeded`, `retrying`, `failed`, `queued` (given
+    /// back: its worker stopped or went silent), `cancelled`.
+    pub outcome: String,
+    /// Its error, when it failed.
+    pub error: Option<String>,
 }
 
 /// The paged reads of the HTTP API: batches newest first, a batch's jobs by cursor.
@@ -518,6 +547,14 @@ pub trait Browse: Send + Sync {
     async fn job_page(&self, batch: BatchId, query: &JobQuery) -> Result<Vec<JobRow>, DbError>;
     /// One job; `None` for an unknown id.
     async fn job_detail(&self, job: JobId) -> Result<Option<JobDetail>, DbError>;
+    /// A batch's jobs that started, finished or were put off for a retry at `since`
+    /// or later, with their state now: how `/v1/events` follows jobs where the record
+    /// cannot announce them (SQLite).
+    async fn job_changes(
+        &self,
+        batch: BatchId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(JobId, JobState)>, DbError>;
     /// Workers as `renderq.workers` has them: running ones first, the latest heartbeat
     /// first; at most 500.
     async fn workers(&self) -> Result<Vec<WorkerRow>, DbError>;

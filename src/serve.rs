@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod images;
 mod jobs;
+mod openapi;
 mod submit;
 mod views;
 
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::AuthMode;
 pub use error::ApiError;
+pub use openapi::ApiDoc;
 
 use crate::{
     db::{BatchInfo, JobDetail, Record},
@@ -105,6 +107,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/images/generations", post(images::generate))
         .route("/v1/events", get(events::events))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/", get(dashboard::batches))
         .route("/batches/{id}", get(dashboard::batch))
         .route("/batches/{id}/{action}", post(dashboard::act))

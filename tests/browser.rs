@@ -157,6 +157,14 @@ async fn the_dashboard_in_a_real_browser() {
         json!(true)
     );
     assert_eq!(text(&c, ".n-succeeded").await, "9");
+    // The start and throughput arrived live too (the page was loaded before either).
+    until(
+        &c,
+        "the start time and the throughput, live",
+        "return /^\\d{4}-\\d\\d-\\d\\d /.test(document.querySelector('.started').textContent) \
+         && / jobs\\/s$/.test(document.querySelector('.rate').textContent)",
+    )
+    .await;
     until(
         &c,
         "the finished batch losing its cancel button and gaining its finish time",

@@ -143,6 +143,23 @@ async fn pages_show_batches_sheets_and_jobs(env: Env) {
     let (status, page) = s.page(&format!("/jobs/{job}"), None).await;
     assert_eq!(status, 200);
     assert!(page.contains("succeeded") && page.contains(&format!("src=\"/v1/jobs/{job}/image\"")));
+    // Its one attempt, with the worker that ran it.
+    assert_eq!(
+        page.matches("data-outcome=\"succeeded\"").count(),
+        1,
+        "{page}"
+    );
+    let worker = env.rows().await[0].worker.clone().unwrap();
+    assert!(page.contains(&worker), "{page}");
+    // The list shows the finished batch's start and throughput.
+    let (_, home) = s.page("/", None).await;
+    let row = &home[home.find(&format!("data-batch=\"{batch}\"")).unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains(" jobs/s</td>"), "{row}");
+    assert!(
+        !row.contains("class=\"started\">–<"),
+        "no start shown: {row}"
+    );
     let image = s
         .http
         .get(format!("{}/v1/jobs/{job}/image", s.base))

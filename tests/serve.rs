@@ -458,6 +458,47 @@ async fn cancel_and_retry(env: Env) {
     let (_, b) = s.get(&format!("/v1/batches/{batch}")).await;
     assert_eq!(b["counts"]["succeeded"], 2, "{b}");
 
+    // The retried job keeps its history: the failed attempt (kept when it ended),
+    // then the one that succeeded (the job's own row).
+    let id = failed["jobs"][0]["id"].as_str().unwrap();
+    let (_, job) = s.get(&format!("/v1/jobs/{id}")).await;
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{job}");
+    let (first, second) = (&attempts[0], &attempts[1]);
+    assert_eq!(
+        (first["attempt"].clone(), first["outcome"].clone()),
+        (json!(1), json!("failed")),
+        "{job}"
+    );
+    assert!(first["error"].as_str().unwrap().contains("poison"), "{job}");
+    assert!(
+        first["worker"].is_string() && first["ended_at"].is_string(),
+        "{job}"
+    );
+    assert!(
+        first["started_at"].as_str() <= first["ended_at"].as_str(),
+        "{job}"
+    );
+    assert_eq!(
+        (
+            second["attempt"].clone(),
+            second["outcome"].clone(),
+            second["error"].clone()
+        ),
+        (json!(2), json!("succeeded"), Value::Null),
+        "{job}"
+    );
+    assert!(
+        second["ended_at"].as_str() >= first["ended_at"].as_str(),
+        "{job}"
+    );
+    // The batch's throughput and start are read with its counts.
+    assert!(b["jobs_per_second"].as_f64().unwrap() > 0.0, "{b}");
+    assert!(
+        b["started_at"].is_string() && b["eta_seconds"].is_null(),
+        "{b}"
+    );
+
     // Cancel one job, then the rest of another batch; the batch then ends.
     let (_, made) = s.post("/v1/batches", "application/jsonl", lines(3)).await;
     let batch = made["batch_id"].as_str().unwrap().to_string();
@@ -746,20 +787,20 @@ async fn events_follow_a_batch(env: Env) {
         succeeded_seen.windows(2).all(|w| w[0] < w[1]),
         "{succeeded_seen:?}"
     );
-    if env.kind != Kind::Sqlite {
-        // The progress poll may see the end before the last notifications are read.
-        while job_done.len() < 4 || !batch_done {
-            let (kind, data) = events.next().await;
-            match kind.as_str() {
-                "job" if data["state"] == "succeeded" => {
-                    job_done.insert(data["job_id"].as_str().unwrap().to_string());
-                }
-                "batch" => batch_done = data["state"] == "done",
-                _ => {}
+    // Every backend tells each job's success and the batch's end: Postgres as they
+    // happen (the progress poll may see the end before the last notifications are
+    // read), SQLite from the same reads as the progress, right after it.
+    while job_done.len() < 4 || !batch_done {
+        let (kind, data) = events.next().await;
+        match kind.as_str() {
+            "job" if data["state"] == "succeeded" => {
+                job_done.insert(data["job_id"].as_str().unwrap().to_string());
             }
+            "batch" => batch_done = data["state"] == "done",
+            _ => {}
         }
-        assert_eq!(job_done.len(), 4);
     }
+    assert_eq!(job_done.len(), 4);
     stop.cancel();
     worker.await.unwrap();
 }
@@ -773,6 +814,104 @@ conformance!(
     hostile_input_changes_nothing,
     cancel_and_retry
 );
+
+/// Every endpoint of the API, as the router serves it.
+const ENDPOINTS: &[(&str, &str)] = &[
+    ("get", "/v1/batches"),
+    ("post", "/v1/batches"),
+    ("get", "/v1/batches/{id}"),
+    ("get", "/v1/batches/{id}/jobs"),
+    ("get", "/v1/batches/{id}/manifest"),
+    ("post", "/v1/batches/{id}/cancel"),
+    ("post", "/v1/batches/{id}/retry"),
+    ("get", "/v1/jobs/{id}"),
+    ("get", "/v1/jobs/{id}/image"),
+    ("post", "/v1/jobs/{id}/cancel"),
+    ("post", "/v1/images/generations"),
+    ("get", "/v1/events"),
+];
+
+/// `/v1/openapi.json` describes every endpoint, each described path is served (no
+/// "no such endpoint"), and the answers' types are in it. It is public: it describes
+/// the API, not the record.
+#[tokio::test]
+async fn the_openapi_document_describes_the_router() {
+    let env = Env::with(Kind::Sqlite).await;
+    let s = serve_on(&env, AuthMode::Required, serve::DEFAULT_MAX_BODY_BYTES).await;
+    let (status, doc) = s.get("/v1/openapi.json").await;
+    assert_eq!(status, 200, "{doc}");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let mut described = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                described.push((method.clone(), path.clone()));
+            }
+        }
+    }
+    described.sort();
+    let mut expected: Vec<(String, String)> = ENDPOINTS
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(described, expected);
+    let http = reqwest::Client::new();
+    let id = uuid::Uuid::now_v7();
+    for (method, path) in ENDPOINTS {
+        let url = format!("{}{}", s.base, path.replace("{id}", &id.to_string()));
+        let r = match *method {
+            "get" => http.get(&url),
+            _ => http.post(&url),
+        };
+        let r = r.send().await.unwrap();
+        // Required auth answers 401 before anything else on a served route; an
+        // unserved one would be 404 or 405.
+        assert_eq!(r.status(), 401, "{method} {path}");
+    }
+    // Each operation names its scope and answers errors in the one shape.
+    for (method, path) in ENDPOINTS {
+        let op = &doc["paths"][path][method];
+        let scopes = op["security"][0]["bearer"].as_array().unwrap();
+        assert_eq!(scopes.len(), 1, "{method} {path}");
+        assert_eq!(
+            op["responses"]["401"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ErrorBody",
+            "{method} {path}"
+        );
+    }
+    let schemas = &doc["components"]["schemas"];
+    for name in [
+        "Batch",
+        "JobDetailView",
+        "Attempt",
+        "JobSpec",
+        "Submitted",
+        "Generated",
+    ] {
+        assert!(schemas[name].is_object(), "{name} missing");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    // The job JSON's fields are the job JSON's.
+    let spec = schemas["JobSpec"]["properties"].as_object().unwrap();
+    for field in [
+        "prompt",
+        "width",
+        "height",
+        "steps",
+        "seed",
+        "model",
+        "scheduler",
+        "metadata",
+    ] {
+        assert!(spec.contains_key(field), "JobSpec lacks {field}");
+    }
+    assert_eq!(schemas["JobSpec"]["required"], json!(["prompt"]));
+}
 
 /// A token made the way `renderq token create` makes it.
 async fn token_for(env: &Env, scope: Scope, name: &str) -> String {

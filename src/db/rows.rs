@@ -7,8 +7,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{
-    BatchInfo, BatchQuery, DbError, FailedJob, JobDetail, JobQuery, JobRow, Progress, TokenInfo,
-    WorkerInfo, WorkerRow,
+    AttemptRow, BatchInfo, BatchQuery, DbError, FailedJob, JobDetail, JobQuery, JobRow, Progress,
+    TokenInfo, Webhook, WorkerInfo, WorkerRow,
 };
 use crate::{
     job::{BatchId, JobId, JobState},
@@ -205,6 +205,7 @@ pub(crate) enum Param {
     Text(String),
     Id(Uuid),
     Int(i64),
+    Time(DateTime<Utc>),
 }
 
 /// How a backend spells what the paged reads need.
@@ -234,7 +235,8 @@ impl Binds<'_> {
     }
 }
 
-/// The columns [`batch_info`] reads: [`PROGRESS`]'s, then queue and finish time.
+/// The columns [`batch_info`] reads: [`PROGRESS`]'s, then queue and finish time, its
+/// jobs' first start and last finish, and its webhook.
 const BATCH_INFO: &str = "b.id, b.name, b.created_at, count(j.id), \
      count(CASE WHEN j.state IN ('queued', 'retrying') THEN 1 END), \
      count(CASE WHEN j.state = 'running' THEN 1 END), \
@@ -242,7 +244,7 @@ const BATCH_INFO: &str = "b.id, b.name, b.created_at, count(j.id), \
      count(CASE WHEN j.state = 'failed' THEN 1 END), \
      count(CASE WHEN j.state = 'cancelled' THEN 1 END), \
      count(j.id) = count(CASE WHEN j.state IN ('succeeded', 'failed', 'cancelled') THEN 1 END), \
-     b.queue, b.finished_at";
+     b.queue, b.finished_at, min(j.started_at), max(j.finished_at), b.webhook, b.webhook_status";
 
 /// A page of batches (or one, by id), newest first: the batches are chosen first,
 /// then only their jobs are counted, through the (batch_id, state) index.
@@ -280,10 +282,10 @@ pub(crate) fn batch_page_sql(
     let s = d.schema;
     let sql = format!(
         "SELECT {BATCH_INFO} FROM
-           (SELECT id, name, created_at, queue, finished_at FROM {s}batches {filter}
-            ORDER BY id DESC LIMIT {limit}) b
+           (SELECT id, name, created_at, queue, finished_at, webhook, webhook_status
+            FROM {s}batches {filter} ORDER BY id DESC LIMIT {limit}) b
          LEFT JOIN {s}jobs j ON j.batch_id = b.id
-         GROUP BY b.id, b.name, b.created_at, b.queue, b.finished_at
+         GROUP BY b.id, b.name, b.created_at, b.queue, b.finished_at, b.webhook, b.webhook_status
          ORDER BY b.id DESC"
     );
     (sql, b.params)
@@ -294,6 +296,15 @@ pub(crate) fn batch_info(r: &impl Columns) -> Result<BatchInfo, DbError> {
         progress: progress(r)?,
         queue: r.text(10)?,
         finished_at: r.opt_time(11)?,
+        first_started_at: r.opt_time(12)?,
+        last_finished_at: r.opt_time(13)?,
+        webhook: match r.opt_text(14)? {
+            Some(url) => Some(Webhook {
+                url,
+                status: r.opt_text(15)?,
+            }),
+            None => None,
+        },
     })
 }
 
@@ -376,7 +387,48 @@ macro_rules! browse_impl {
                 let row = bound(&sql, vec![Param::Id(job.0)])
                     .fetch_optional(&self.pool)
                     .await?;
-                row.as_ref().map(job_detail).transpose()
+                let Some(mut detail) = row.as_ref().map(job_detail).transpose()? else {
+                    return Ok(None);
+                };
+                let sql = format!(
+                    "SELECT attempt, worker, started_at, ended_at, outcome, error
+                     FROM {}job_attempts WHERE job_id = {} ORDER BY attempt, ended_at",
+                    DIALECT.schema,
+                    (DIALECT.param)(1)
+                );
+                let ended = bound(&sql, vec![Param::Id(job.0)])
+                    .fetch_all(&self.pool)
+                    .await?;
+                let ended = ended.iter().map(attempt_row).collect::<Result<Vec<_>, _>>()?;
+                detail.attempts = attempt_history(&detail, ended);
+                Ok(Some(detail))
+            }
+
+            async fn job_changes(
+                &self,
+                batch: BatchId,
+                since: DateTime<Utc>,
+            ) -> Result<Vec<(JobId, JobState)>, DbError> {
+                let p = DIALECT.param;
+                let sql = format!(
+                    "SELECT id, state FROM {}jobs WHERE batch_id = {}
+                       AND (started_at >= {} OR finished_at >= {} OR run_at >= {}) ORDER BY id",
+                    DIALECT.schema, p(1), p(2), p(3), p(4)
+                );
+                let rows = bound(&sql, vec![
+                    Param::Id(batch.0),
+                    Param::Time(since),
+                    Param::Time(since),
+                    Param::Time(since),
+                ])
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let state: String = r.try_get(1)?;
+                        Ok((JobId(r.uuid(0)?), state.parse().map_err(DbError::Invalid)?))
+                    })
+                    .collect()
             }
 
             async fn workers(&self) -> Result<Vec<WorkerRow>, DbError> {
@@ -439,7 +491,44 @@ pub(crate) fn job_detail(r: &impl Columns) -> Result<JobDetail, DbError> {
         started_at: r.opt_time(14)?,
         finished_at: r.opt_time(15)?,
         run_at: r.opt_time(16)?,
+        attempts: Vec::new(),
     })
+}
+
+/// An ended attempt, from the columns `job_detail` reads of `job_attempts`.
+pub(crate) fn attempt_row(r: &impl Columns) -> Result<AttemptRow, DbError> {
+    Ok(AttemptRow {
+        attempt: r.int32(0)?,
+        worker: r.opt_text(1)?,
+        started_at: r.opt_time(2)?,
+        ended_at: r.opt_time(3)?,
+        outcome: r.text(4)?,
+        error: r.opt_text(5)?,
+    })
+}
+
+/// A job's attempts: those `job_attempts` kept (they ended without success), then
+/// the latest one from the job's row unless it is among them: running, succeeded, or
+/// ended in a way the row shows alone (cancelled before it ran, say).
+pub(crate) fn attempt_history(job: &JobDetail, mut ended: Vec<AttemptRow>) -> Vec<AttemptRow> {
+    let latest = job.row.attempt;
+    if latest > 0 && !ended.iter().any(|a| a.attempt == latest) {
+        let state = job.row.state;
+        let running = state == JobState::Running;
+        ended.push(AttemptRow {
+            attempt: latest,
+            worker: job.row.worker.clone(),
+            started_at: job.started_at,
+            ended_at: if running { None } else { job.finished_at },
+            outcome: state.as_str().to_string(),
+            error: if state == JobState::Succeeded {
+                None
+            } else {
+                job.row.error.clone()
+            },
+        });
+    }
+    ended
 }
 
 /// The columns [`token_info`] reads.

@@ -1,11 +1,12 @@
 //! The job JSON (`JobSpec`), its limits and its validation at the edge.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::JobId;
 
 /// Image encodings a job can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     /// PNG, lossless (the default).
@@ -43,7 +44,18 @@ impl ImageFormat {
 /// `lcm`) draw it from the job's seed on the host, so the image depends on the seed
 /// alone, never on the device or the other jobs of its batch. Other models ignore it.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Sampler {
@@ -110,7 +122,7 @@ impl std::str::FromStr for Sampler {
 }
 
 /// The job JSON: one line of a submit file, or the `job` field of a raw Redis message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// What to draw.
@@ -153,6 +165,7 @@ pub struct JobSpec {
     pub output_key: Option<String>,
     /// The producer's own data, kept with the job (CSV rows keep their columns here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 

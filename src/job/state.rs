@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 ///    └──lease expired or worker dead (takeover)
 /// queued | retrying | running ──cancel──▶ cancelled
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting in the stream. Entered at submit (the producer), when a retry is due

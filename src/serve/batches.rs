@@ -10,12 +10,15 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use utoipa::IntoParams;
 
 use super::{
     Api,
-    error::{ApiError, rejection},
-    views::{self, page_size, parse_id, parse_state},
+    error::{ActionRefusals, ApiError, ErrorBody, ItemRefusals, ListRefusals, rejection},
+    views::{
+        self, Batch, BatchList, CancelOutcome, Job, JobList, RetryOutcome, page_size, parse_id,
+        parse_state,
+    },
 };
 use crate::{
     db::{BatchQuery, JobQuery},
@@ -30,21 +33,29 @@ pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
         .map_err(|e| rejection(e.status(), e.body_text()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Text the batch's name contains (any case).
     name: Option<String>,
     /// `running` or `done`.
     state: Option<String>,
+    /// The `next` of the previous page.
     before: Option<String>,
+    /// Batches per page, 1 to 500 (50).
     limit: Option<i64>,
 }
 
-/// `GET /v1/batches`: newest first; `next` is the cursor of the following page.
+/// Batches, newest first; `next` is the cursor of the following page.
+#[utoipa::path(get, path = "/v1/batches", operation_id = "list_batches", tag = "batches", params(ListQuery),
+    security(("bearer" = ["read"])),
+    responses((status = 200, description = "A page of batches", body = BatchList),
+              ListRefusals))]
 pub async fn list(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchList>, ApiError> {
     api.authorize(&headers, Scope::Read).await?;
     let q = query(q)?;
     let done = match q.state.as_deref() {
@@ -76,40 +87,51 @@ pub async fn list(
     let next = (page.len() as i64 == limit)
         .then(|| page.last().map(|b| b.progress.batch_id.to_string()))
         .flatten();
-    let batches: Vec<Value> = page.iter().map(|b| views::batch(b, None, None)).collect();
-    Ok(Json(json!({ "batches": batches, "next": next })))
+    let batches = page.iter().map(Batch::of).collect();
+    Ok(Json(BatchList { batches, next }))
 }
 
-/// `GET /v1/batches/{id}`: counts, throughput, ETA and the webhook's outcome.
+/// One batch: counts, throughput, ETA and the webhook's outcome.
+#[utoipa::path(get, path = "/v1/batches/{id}", operation_id = "get_batch", tag = "batches",
+    params(("id" = uuid::Uuid, Path, description = "The batch's id")),
+    security(("bearer" = ["read"])),
+    responses((status = 200, description = "The batch", body = Batch),
+              ItemRefusals))]
 pub async fn one(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Batch>, ApiError> {
     api.authorize(&headers, Scope::Read).await?;
     let info = api.batch(&id).await?;
-    let id = info.progress.batch_id;
-    let times = api.record.batch_times(id).await?;
-    let webhook = api.record.webhook(id).await?;
-    Ok(Json(views::batch(&info, Some(times), webhook.as_ref())))
+    Ok(Json(Batch::of(&info)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobsQuery {
+    /// Only jobs in this state: queued, running, retrying, succeeded, failed, cancelled.
     state: Option<String>,
-    /// Text the prompt contains.
+    /// Text the prompt contains (any case).
     q: Option<String>,
+    /// The `next` of the previous page.
     after: Option<String>,
+    /// Jobs per page, 1 to 500 (50).
     limit: Option<i64>,
 }
 
-/// `GET /v1/batches/{id}/jobs`: by id, from `after`; filtered by state and prompt.
+/// A batch's jobs by id, from `after`; filtered by state and prompt.
+#[utoipa::path(get, path = "/v1/batches/{id}/jobs", operation_id = "list_batch_jobs", tag = "batches",
+    params(("id" = uuid::Uuid, Path, description = "The batch's id"), JobsQuery),
+    security(("bearer" = ["read"])),
+    responses((status = 200, description = "A page of the batch's jobs", body = JobList),
+              ItemRefusals))]
 pub async fn jobs(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     q: Result<Query<JobsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobList>, ApiError> {
     api.authorize(&headers, Scope::Read).await?;
     let q = query(q)?;
     let limit = page_size(q.limit)?;
@@ -128,20 +150,30 @@ pub async fn jobs(
     let next = (page.len() as i64 == limit)
         .then(|| page.last().map(|j| j.id.to_string()))
         .flatten();
-    let jobs: Vec<Value> = page.iter().map(views::job).collect();
-    Ok(Json(json!({ "jobs": jobs, "next": next })))
+    let jobs = page.iter().map(Job::of).collect();
+    Ok(Json(JobList { jobs, next }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ManifestQuery {
+    /// `csv` (the default) or `jsonl`.
     format: Option<String>,
+    /// How long the presigned URLs stay valid, 1 to 604800 seconds (604800).
     expires_secs: Option<u64>,
 }
 
 /// The longest a manifest's presigned URLs may stay valid (S3's own limit).
 const MAX_EXPIRES: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// `GET /v1/batches/{id}/manifest?format=csv|jsonl`: as `renderq manifest` writes it.
+/// A batch's manifest, as `renderq manifest` writes it: one row per job with its state,
+/// object key and a presigned URL.
+#[utoipa::path(get, path = "/v1/batches/{id}/manifest", operation_id = "get_batch_manifest", tag = "batches",
+    params(("id" = uuid::Uuid, Path, description = "The batch's id"), ManifestQuery),
+    security(("bearer" = ["read"])),
+    responses((status = 200, description = "The manifest",
+               content(("text/csv"), ("application/jsonl"))),
+              ItemRefusals))]
 pub async fn manifest(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -182,48 +214,62 @@ pub async fn manifest(
     Ok(([(header::CONTENT_TYPE, content_type)], out).into_response())
 }
 
-/// `POST /v1/batches/{id}/cancel`: every unfinished job of the batch.
+/// Cancels every unfinished job of the batch.
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", operation_id = "cancel_batch", tag = "batches",
+    params(("id" = uuid::Uuid, Path, description = "The batch's id")),
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "What was cancelled", body = CancelOutcome),
+              ActionRefusals))]
 pub async fn cancel(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CancelOutcome>, ApiError> {
     api.authorize(&headers, Scope::Admin).await?;
     cancel_batch(&api, &id).await
 }
 
 /// Cancels the batch a path names (the API and the dashboard's button).
-pub async fn cancel_batch(api: &Api, id: &str) -> Result<Json<Value>, ApiError> {
+pub async fn cancel_batch(api: &Api, id: &str) -> Result<Json<CancelOutcome>, ApiError> {
     let batch = api.batch(id).await?;
     cancelled(api, batch.progress.batch_id.0).await
 }
 
 /// Cancels a job or a batch the caller found, and ends the batch when that was its
 /// last unfinished job.
-pub async fn cancelled(api: &Api, id: uuid::Uuid) -> Result<Json<Value>, ApiError> {
+pub async fn cancelled(api: &Api, id: uuid::Uuid) -> Result<Json<CancelOutcome>, ApiError> {
     let done = api.record.cancel(id).await?;
     let finished = match done.batch {
         Some(batch) => !api.record.finish_batches(&[batch]).await?.is_empty(),
         None => false,
     };
-    Ok(Json(
-        json!({ "cancelled": done.jobs, "batch_finished": finished }),
-    ))
+    Ok(Json(CancelOutcome {
+        cancelled: done.jobs,
+        batch_finished: finished,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RetryQuery {
+    /// More attempts each failed job gets, 1 to 100 (3).
     max_attempts: Option<i32>,
 }
 
-/// `POST /v1/batches/{id}/retry?max_attempts=N`: the batch's failed jobs, queued
-/// again with N more attempts (3 by default).
+/// Queues the batch's failed jobs again, with `max_attempts` more attempts each.
+#[utoipa::path(post, path = "/v1/batches/{id}/retry", operation_id = "retry_batch", tag = "batches",
+    params(("id" = uuid::Uuid, Path, description = "The batch's id"), RetryQuery),
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "What was queued again", body = RetryOutcome),
+              ActionRefusals,
+              (status = 409, description = "The batch is on another queue than this server's",
+               body = ErrorBody)))]
 pub async fn retry(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     q: Result<Query<RetryQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RetryOutcome>, ApiError> {
     api.authorize(&headers, Scope::Admin).await?;
     let attempts = query(q)?.max_attempts.unwrap_or(3);
     retry_batch(&api, &id, attempts).await
@@ -231,7 +277,11 @@ pub async fn retry(
 
 /// Queues a batch's failed jobs again with `attempts` more attempts (the API and the
 /// dashboard's button).
-pub async fn retry_batch(api: &Api, id: &str, attempts: i32) -> Result<Json<Value>, ApiError> {
+pub async fn retry_batch(
+    api: &Api,
+    id: &str,
+    attempts: i32,
+) -> Result<Json<RetryOutcome>, ApiError> {
     if !(1..=100).contains(&attempts) {
         return Err(ApiError::bad_request("max_attempts must be 1 to 100"));
     }
@@ -253,5 +303,7 @@ pub async fn retry_batch(api: &Api, id: &str, attempts: i32) -> Result<Json<Valu
     crate::dispatch::enqueue_placed(api.dispatch.as_ref(), &placed)
         .await
         .map_err(|e| ApiError::internal("dispatching the retried jobs", e))?;
-    Ok(Json(json!({ "requeued": ids.len() })))
+    Ok(Json(RetryOutcome {
+        requeued: ids.len(),
+    }))
 }

@@ -6,9 +6,111 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::{IntoResponses, ToSchema};
 
 use crate::{db::DbError, input::InputError};
+
+/// Every error's body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorObject,
+}
+
+/// What went wrong.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorObject {
+    /// Stable and machine-readable: `bad_request`, `unauthorized`, `forbidden`,
+    /// `not_found`, `invalid_jobs`, `too_large`, `idempotency_key_reused`, `timeout`, …
+    pub code: &'static str,
+    /// What went wrong, for a person; never an internal detail.
+    pub message: String,
+    /// For `invalid_jobs`: the refused lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lines: Option<RefusedLines>,
+}
+
+// The refusals operations share, for the OpenAPI document: each variant is one
+// status the operation may answer, always with an `ErrorBody`. They describe answers
+// and are never built.
+
+/// What a list may refuse.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum ListRefusals {
+    #[response(
+        status = 400,
+        description = "Malformed: a bad id, cursor, limit or option"
+    )]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "No token, or not a valid one")]
+    Unauthorized(ErrorBody),
+}
+
+/// What a read of one batch or job may refuse.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum ItemRefusals {
+    #[response(
+        status = 400,
+        description = "Malformed: a bad id, cursor, limit or option"
+    )]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "No token, or not a valid one")]
+    Unauthorized(ErrorBody),
+    #[response(status = 404, description = "No such batch or job")]
+    NotFound(ErrorBody),
+}
+
+/// What an action on a batch or job may refuse.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum ActionRefusals {
+    #[response(
+        status = 400,
+        description = "Malformed: a bad id, cursor, limit or option"
+    )]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "No token, or not a valid one")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "The token's scope does not cover this")]
+    Forbidden(ErrorBody),
+    #[response(status = 404, description = "No such batch or job")]
+    NotFound(ErrorBody),
+}
+
+/// What a request that makes jobs may refuse before reading them.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum SubmitRefusals {
+    #[response(status = 400, description = "Malformed: a bad option or body")]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "No token, or not a valid one")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "The token's scope does not cover this")]
+    Forbidden(ErrorBody),
+}
+
+/// The lines of a submit that were refused (nothing was queued).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefusedLines {
+    /// How many lines were refused.
+    pub total: usize,
+    /// The first of them.
+    pub first: Vec<RefusedLine>,
+}
+
+/// One refused line: where, which field, why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefusedLine {
+    /// From 1.
+    pub line: usize,
+    /// The CSV column at fault, when it is a column rather than a job field.
+    pub column: Option<String>,
+    /// The job field at fault.
+    pub field: &'static str,
+    pub reason: String,
+}
 
 /// An answer other than success.
 #[derive(Debug)]
@@ -19,8 +121,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong, for a person.
     pub message: String,
-    /// Extra fields of the error object (the refused lines of a submit).
-    pub details: Option<(&'static str, Value)>,
+    /// The refused lines of a submit.
+    pub lines: Option<RefusedLines>,
 }
 
 impl ApiError {
@@ -30,7 +132,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            details: None,
+            lines: None,
         }
     }
 
@@ -61,11 +163,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
-        if let Some((key, value)) = self.details {
-            error[key] = value;
-        }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let error = ErrorObject {
+            code: self.code,
+            message: self.message,
+            lines: self.lines,
+        };
+        (self.status, Json(ErrorBody { error })).into_response()
     }
 }
 
@@ -80,15 +183,13 @@ impl From<InputError> for ApiError {
     fn from(e: InputError) -> Self {
         match e {
             InputError::Invalid { ref errors, total } => {
-                let lines: Vec<Value> = errors
+                let first = errors
                     .iter()
-                    .map(|l| {
-                        json!({
-                            "line": l.line,
-                            "column": l.column,
-                            "field": l.error.field,
-                            "reason": l.error.reason,
-                        })
+                    .map(|l| RefusedLine {
+                        line: l.line,
+                        column: l.column.clone(),
+                        field: l.error.field,
+                        reason: l.error.reason.clone(),
                     })
                     .collect();
                 let mut err = ApiError::new(
@@ -96,7 +197,7 @@ impl From<InputError> for ApiError {
                     "invalid_jobs",
                     e.to_string(),
                 );
-                err.details = Some(("lines", json!({"total": total, "first": lines})));
+                err.lines = Some(RefusedLines { total, first });
                 err
             }
             InputError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),

@@ -1,8 +1,9 @@
 //! `GET /v1/events`: server-sent events. `progress` (a batch's counts, whenever they
-//! change; read from the record twice a second) on every backend, and on Postgres
-//! also `job` (`{"job_id", "batch_id", "state"}`) and `batch` (`{"batch_id", "state":
-//! "done"}`) as they happen, from `LISTEN renderq_events`: one listening connection
-//! per server, shared by every client. `?batch=ID` keeps one batch's events.
+//! change; read from the record twice a second), `job` (`{"job_id", "batch_id",
+//! "state"}`) and `batch` (`{"batch_id", "state": "done"}`). On Postgres the last two
+//! come as they happen from `LISTEN renderq_events` (one listening connection per
+//! server, shared by every client); on SQLite, for a followed batch, from the same
+//! twice-a-second reads. `?batch=ID` keeps one batch's events.
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
@@ -11,18 +12,24 @@ use axum::{
     http::HeaderMap,
     response::sse::{Event, KeepAlive, Sse},
 };
+use chrono::{DateTime, Utc};
 use futures::{SinkExt, Stream, channel::mpsc};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::broadcast;
+use utoipa::IntoParams;
 
 use super::{
     Api,
     batches::query,
-    error::ApiError,
-    views::{self, parse_id},
+    error::{ApiError, ItemRefusals},
+    views::{Batch, Counts, parse_id},
 };
-use crate::{db::BatchQuery, job::BatchId, token::Scope};
+use crate::{
+    db::BatchQuery,
+    job::{BatchId, JobId, JobState},
+    token::Scope,
+};
 
 /// How often a client's batches are read for `progress`.
 const POLL: Duration = Duration::from_millis(500);
@@ -59,12 +66,21 @@ pub async fn relay(url: String, events: broadcast::Sender<Value>) {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Only this batch's events; without it, the newest unfinished batches'.
     batch: Option<String>,
 }
 
-/// `GET /v1/events[?batch=ID]`.
+/// Server-sent events: `progress` (a batch as `GET /v1/batches/{id}` answers, when
+/// its counts change) on every backend; on Postgres also `job` (`{"job_id",
+/// "batch_id", "state"}`) and `batch` (`{"batch_id", "state": "done", "job_id":
+/// null}`) as they happen, and `lagged` (how many a slow client missed).
+#[utoipa::path(get, path = "/v1/events", operation_id = "stream_events", tag = "events", params(EventsQuery),
+    security(("bearer" = ["read"])),
+    responses((status = 200, description = "The event stream", content_type = "text/event-stream"),
+              ItemRefusals))]
 pub async fn events(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -96,11 +112,24 @@ async fn follow(
     mut notes: Option<broadcast::Receiver<Value>>,
     mut tx: Sink,
 ) {
-    let mut last: HashMap<BatchId, Value> = HashMap::new();
+    let mut last: HashMap<BatchId, (Counts, bool)> = HashMap::new();
+    // Without LISTEN (SQLite), a followed batch's job and end events come from
+    // polling the record too.
+    let mut polled = (notes.is_none())
+        .then_some(batch)
+        .flatten()
+        .map(PolledJobs::new);
     let mut tick = tokio::time::interval(POLL);
     loop {
         let sent = tokio::select! {
-            _ = tick.tick() => progress(&api, batch, &mut last, &mut tx).await,
+            _ = tick.tick() => {
+                let ended = progress(&api, batch, &mut last, &mut tx).await;
+                match (&mut polled, ended) {
+                    (_, None) => false,
+                    (Some(p), Some(ended)) => p.poll(&api, ended, &mut tx).await,
+                    (None, Some(_)) => true,
+                }
+            }
             note = next_note(&mut notes) => match note {
                 Ok(v) => relay_note(v, batch, &mut tx).await,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -151,13 +180,69 @@ async fn relay_note(note: Value, batch: Option<BatchId>, tx: &mut Sink) -> bool 
     }
 }
 
-/// A `progress` event for each followed batch whose counts changed.
+/// The jobs of a followed batch as this client was last told of them, and since when
+/// the record has been read.
+struct PolledJobs {
+    batch: BatchId,
+    told: HashMap<JobId, JobState>,
+    since: DateTime<Utc>,
+}
+
+/// How far back each poll reads again: a change committed a little after its
+/// timestamp is still seen (and one seen twice is told once).
+const POLL_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+
+impl PolledJobs {
+    fn new(batch: BatchId) -> Self {
+        PolledJobs {
+            batch,
+            told: HashMap::new(),
+            since: Utc::now(),
+        }
+    }
+
+    /// Sends a `job` event for each job whose state changed since the last poll, and
+    /// the `batch` event if the batch `ended` on this tick. False once the client left.
+    async fn poll(&mut self, api: &Api, ended: bool, tx: &mut Sink) -> bool {
+        let now = Utc::now();
+        let changes = match api
+            .record
+            .job_changes(self.batch, self.since - POLL_OVERLAP)
+            .await
+        {
+            Ok(changes) => changes,
+            Err(e) => {
+                tracing::warn!("reading job changes for /v1/events: {e}");
+                return !tx.is_closed();
+            }
+        };
+        self.since = now;
+        let batch_id = self.batch.to_string();
+        for (id, state) in changes {
+            if self.told.insert(id, state) == Some(state) {
+                continue;
+            }
+            let note = json!({"job_id": id.to_string(), "batch_id": batch_id, "state": state});
+            if !relay_note(note, Some(self.batch), tx).await {
+                return false;
+            }
+        }
+        if ended {
+            let note = json!({"job_id": null, "batch_id": batch_id, "state": "done"});
+            return relay_note(note, Some(self.batch), tx).await;
+        }
+        true
+    }
+}
+
+/// A `progress` event for each followed batch whose counts changed. `None` once the
+/// client left; otherwise whether a followed batch was seen to end on this read.
 async fn progress(
     api: &Api,
     batch: Option<BatchId>,
-    last: &mut HashMap<BatchId, Value>,
+    last: &mut HashMap<BatchId, (Counts, bool)>,
     tx: &mut Sink,
-) -> bool {
+) -> Option<bool> {
     let infos = match batch {
         Some(b) => api
             .record
@@ -178,20 +263,23 @@ async fn progress(
         Ok(infos) => infos,
         Err(e) => {
             tracing::warn!("reading progress for /v1/events: {e}");
-            return !tx.is_closed();
+            return (!tx.is_closed()).then_some(false);
         }
     };
+    let mut ended = false;
     for info in infos {
-        let view = views::batch(&info, None, None);
-        if last.get(&info.progress.batch_id) == Some(&view) {
+        let view = Batch::of(&info);
+        let seen = (view.counts.clone(), view.done);
+        if last.get(&view.id) == Some(&seen) {
             continue;
         }
-        last.insert(info.progress.batch_id, view.clone());
+        ended |= view.done && last.get(&view.id).is_some_and(|(_, done)| !done);
+        last.insert(view.id, seen);
         if let Ok(event) = Event::default().event("progress").json_data(&view)
             && !send(tx, event).await
         {
-            return false;
+            return None;
         }
     }
-    !tx.is_closed()
+    (!tx.is_closed()).then_some(ended)
 }

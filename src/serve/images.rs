@@ -12,12 +12,13 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
 };
 use base64::Engine;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
 
 use super::{
     Api,
-    error::{ApiError, rejection},
+    error::{ApiError, ErrorBody, SubmitRefusals, rejection},
     views::shown,
 };
 use crate::{
@@ -40,17 +41,40 @@ const MAX_IMAGE_BYTES: u64 = 64 << 20;
 /// The request, as OpenAI and SGLang define it. Fields neither renderq nor its models
 /// use (`quality`, `style`, `user`, …) are accepted and ignored, as OpenAI-compatible
 /// servers do.
-#[derive(Deserialize)]
-struct Generation {
+#[derive(Deserialize, ToSchema)]
+pub struct Generation {
+    /// What to draw.
     prompt: String,
+    /// How many images, 1 to 16 (1); image i renders with seed + i.
     n: Option<u32>,
+    /// `WIDTHxHEIGHT` (the job default, 512x512).
     size: Option<String>,
+    /// `url` (the default) or `b64_json`.
     response_format: Option<String>,
+    /// The renderq model (the job default).
     model: Option<String>,
     seed: Option<u64>,
     negative_prompt: Option<String>,
     num_inference_steps: Option<u32>,
     guidance_scale: Option<f64>,
+}
+
+/// The answer, in OpenAI's shape.
+#[derive(Serialize, ToSchema)]
+pub struct Generated {
+    /// Unix seconds.
+    created: i64,
+    data: Vec<GeneratedImage>,
+}
+
+/// One image: `b64_json` or `url`, as the request's `response_format` asked.
+#[derive(Serialize, ToSchema)]
+pub struct GeneratedImage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b64_json: Option<String>,
+    /// A presigned URL on S3 (valid an hour), or this server's image endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
 }
 
 /// `WIDTHxHEIGHT`.
@@ -102,12 +126,21 @@ fn job_lines(g: &Generation, n: u32) -> Result<String, ApiError> {
     Ok(lines)
 }
 
-/// `POST /v1/images/generations`.
+/// Renders `n` images and answers when they are stored, in OpenAI's shape.
+#[utoipa::path(post, path = "/v1/images/generations", operation_id = "create_image", tag = "openai",
+    request_body = Generation,
+    security(("bearer" = ["submit"])),
+    responses((status = 200, description = "The images", body = Generated),
+              SubmitRefusals,
+              (status = 422, description = "Refused input: nothing was done", body = ErrorBody),
+              (status = 500, description = "A job failed", body = ErrorBody),
+              (status = 504, description = "Not ready within the server's timeout; the \
+               message names the batch, whose jobs stay queued", body = ErrorBody)))]
 pub async fn generate(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Generated>, ApiError> {
     api.authorize(&headers, Scope::Submit).await?;
     let body = body.map_err(|e| rejection(e.status(), e.body_text()))?;
     let g: Generation = serde_json::from_slice(&body)
@@ -173,15 +206,21 @@ pub async fn generate(
     let mut data = Vec::with_capacity(rows.len());
     for row in &rows {
         data.push(if b64 {
-            json!({ "b64_json": image_base64(&api, row).await? })
+            GeneratedImage {
+                b64_json: Some(image_base64(&api, row).await?),
+                url: None,
+            }
         } else {
-            json!({ "url": image_url(&api, &headers, row).await? })
+            GeneratedImage {
+                b64_json: None,
+                url: Some(image_url(&api, &headers, row).await?),
+            }
         });
     }
-    Ok(Json(json!({
-        "created": chrono::Utc::now().timestamp(),
-        "data": data,
-    })))
+    Ok(Json(Generated {
+        created: chrono::Utc::now().timestamp(),
+        data,
+    }))
 }
 
 fn key_of(row: &JobRow) -> Result<&str, ApiError> {

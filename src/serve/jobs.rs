@@ -2,35 +2,50 @@
 
 use std::{sync::Arc, time::Duration};
 
+use super::{
+    Api, batches,
+    error::{ActionRefusals, ApiError, ErrorBody, ItemRefusals},
+    views::{CancelOutcome, JobDetailView},
+};
+use crate::{job::JobState, token::Scope};
 use axum::{
     Json,
     extract::{Path, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
 };
-use serde_json::Value;
-
-use super::{Api, batches, error::ApiError, views};
-use crate::{job::JobState, token::Scope};
 
 /// How long the presigned URL an image request redirects to stays valid.
 const IMAGE_URL_EXPIRES: Duration = Duration::from_secs(3600);
 /// The largest image served through the API from a directory store.
 const MAX_IMAGE_BYTES: u64 = 256 << 20;
 
-/// `GET /v1/jobs/{id}`: spec, state, attempts, error, worker, times, object key.
+/// One job: spec, state, every attempt with its worker and times, error, object key.
+#[utoipa::path(get, path = "/v1/jobs/{id}", operation_id = "get_job", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
+    security(("bearer" = ["read"])),
+    responses((status = 200, description = "The job", body = JobDetailView),
+              ItemRefusals))]
 pub async fn one(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobDetailView>, ApiError> {
     api.authorize(&headers, Scope::Read).await?;
     let detail = api.job(&id).await?;
-    Ok(Json(views::job_detail(&detail)))
+    Ok(Json(JobDetailView::of(&detail)))
 }
 
-/// `GET /v1/jobs/{id}/image`: a redirect to a presigned URL on S3; the bytes
-/// themselves from a directory store.
+/// A job's image: a redirect to a presigned URL on S3; the bytes themselves from a
+/// directory store.
+#[utoipa::path(get, path = "/v1/jobs/{id}/image", operation_id = "get_job_image", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
+    security(("bearer" = ["read"])),
+    responses((status = 200, description = "The image (directory store)",
+               content(("image/png"), ("image/jpeg"), ("image/webp"))),
+              (status = 307, description = "To a presigned URL of the image (S3)"),
+              ItemRefusals,
+              (status = 409, description = "The job has no image (yet)", body = ErrorBody)))]
 pub async fn image(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -81,12 +96,17 @@ fn content_type(key: &str) -> &'static str {
     }
 }
 
-/// `POST /v1/jobs/{id}/cancel`.
+/// Cancels a job that has not finished.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", operation_id = "cancel_job", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "What was cancelled", body = CancelOutcome),
+              ActionRefusals))]
 pub async fn cancel(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CancelOutcome>, ApiError> {
     api.authorize(&headers, Scope::Admin).await?;
     let job = api.job(&id).await?;
     batches::cancelled(&api, job.row.id.0).await

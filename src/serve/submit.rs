@@ -11,49 +11,86 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     Api,
     batches::query,
-    error::{ApiError, rejection},
+    error::{ApiError, ErrorBody, SubmitRefusals, rejection},
 };
 use crate::{
     db::Once,
     input::{self, SubmitOptions},
-    job::{BatchId, Limits, NewJob},
+    job::{BatchId, JobSpec, Limits, NewJob},
     submit::{self, SubmitError},
     token::Scope,
 };
 
 /// The batch's name and how the body becomes jobs: the query string, or the fields
 /// beside `jobs` in a JSON object. The names are `renderq submit`'s flags.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SubmitFields {
+    /// The batch's name ("api").
     name: Option<String>,
+    /// A URL POSTed the batch's summary when its last job ends.
     webhook: Option<String>,
+    /// Attempts per job before it is marked failed, 1 to 100 (3).
     max_attempts: Option<i32>,
+    /// CSV: the prompt over the row's columns, e.g. `studio photo of {name} in {color}`.
     template: Option<String>,
+    /// CSV: jobs per row, each with its own seed (1).
     variants: Option<u32>,
+    /// CSV: the object key over the columns, `{variant}` and `{job_id}`.
     key: Option<String>,
+    /// Default width for jobs that set none.
     width: Option<u32>,
+    /// Default height for jobs that set none.
     height: Option<u32>,
+    /// Default model for jobs that set none.
     model: Option<String>,
+    /// Default steps for jobs that set none.
     steps: Option<u32>,
+    /// Default scheduler (ddim, euler, euler_a, dpmpp_2m, lcm) for jobs that set none.
     scheduler: Option<String>,
+    /// Default format (png, webp, jpeg) for jobs that set none.
     format: Option<String>,
 }
 
 /// A JSON object body: the jobs and the fields.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct JsonBatch {
+pub struct JsonBatch {
+    /// The jobs, in the job JSON.
+    #[schema(value_type = Vec<JobSpec>)]
     jobs: Vec<Value>,
     #[serde(flatten)]
     fields: SubmitFields,
+}
+
+/// The two shapes of a JSON body (read by [`json_body`]).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // described, not built: `json_body` reads the body as a `Value`
+pub enum JsonBody {
+    /// An array of jobs; the fields come from the query.
+    Jobs(Vec<JobSpec>),
+    /// The jobs and the fields.
+    Batch(Box<JsonBatch>),
+}
+
+/// What a submit made.
+#[derive(Serialize, ToSchema)]
+pub struct Submitted {
+    pub batch_id: BatchId,
+    /// Jobs recorded and dispatched.
+    pub jobs: usize,
+    /// Jobs whose `id` was already recorded: no second job was made.
+    pub duplicates: usize,
 }
 
 /// The longest batch name.
@@ -213,11 +250,11 @@ fn created(batch: BatchId, jobs: usize, duplicates: usize, replayed: bool) -> Re
     let mut answer = (
         StatusCode::CREATED,
         [(header::LOCATION, format!("/v1/batches/{batch}"))],
-        Json(json!({
-            "batch_id": batch.to_string(),
-            "jobs": jobs,
-            "duplicates": duplicates,
-        })),
+        Json(Submitted {
+            batch_id: batch,
+            jobs,
+            duplicates,
+        }),
     )
         .into_response();
     if replayed {
@@ -243,9 +280,31 @@ fn request_hash(headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-/// `POST /v1/batches`: `201 {"batch_id", "jobs", "duplicates"}` once every job is
-/// recorded and dispatched. With `Idempotency-Key`, a repeat of the request answers
-/// the same and makes nothing (`Idempotent-Replayed: true`).
+/// Submits a batch: JSON Lines (one job per line), a JSON array of jobs, a JSON
+/// object with `jobs` and the fields, or CSV through `template`. Every line is checked
+/// first: one bad line refuses the whole request (422, each line named with its
+/// field) and nothing is queued. Answers 201 once every job is recorded and
+/// dispatched. With `Idempotency-Key`, a repeat of the request answers the same and
+/// makes nothing (`Idempotent-Replayed: true`).
+#[utoipa::path(post, path = "/v1/batches", operation_id = "submit_batch", tag = "batches",
+    params(SubmitFields,
+           ("Idempotency-Key" = Option<String>, Header,
+            description = "Makes a repeat of this request answer the same and make nothing")),
+    request_body(
+        description = "JSON Lines (one job JSON per line); a JSON array of jobs, or an object \
+                       with `jobs` and the fields; or CSV (a header row, then one row per \
+                       product) with `template`",
+        content((String = "application/jsonl"), (JsonBody = "application/json"),
+                (String = "text/csv"))),
+    security(("bearer" = ["submit"])),
+    responses((status = 201, description = "The batch is recorded and dispatched", body = Submitted,
+               headers(("Location" = String, description = "The batch's URL"))),
+              SubmitRefusals,
+              (status = 413, description = "The body is over the server's limit", body = ErrorBody),
+              (status = 415, description = "A body type this endpoint does not take", body = ErrorBody),
+              (status = 422, description = "Refused lines, or a reused Idempotency-Key",
+               body = ErrorBody),
+              (status = 503, description = "Recorded but not dispatched yet", body = ErrorBody)))]
 pub async fn submit_batch(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::db::rows::{
-    Dialect, JOB_DETAIL, Param, TOKEN_INFO, batch_info, batch_page_sql, browse_impl, job_detail,
-    job_page_sql, token_info, worker_row,
+    Columns, Dialect, JOB_DETAIL, Param, TOKEN_INFO, attempt_history, attempt_row, batch_info,
+    batch_page_sql, browse_impl, job_detail, job_page_sql, token_info, worker_row,
 };
 
 const DIALECT: Dialect = Dialect {
@@ -28,6 +28,7 @@ fn bound(
         Param::Text(t) => q.bind(t),
         Param::Id(id) => q.bind(id.to_string()),
         Param::Int(n) => q.bind(n),
+        Param::Time(t) => q.bind(t.timestamp_millis()),
     })
 }
 

@@ -10,7 +10,7 @@ use crate::{
     serve::{
         Api,
         error::ApiError,
-        views::{self, parse_id, parse_state},
+        views::{Batch, parse_id, parse_state},
     },
 };
 
@@ -24,6 +24,11 @@ const LIVE: &str = r#"
   var root = document.body.dataset.events;
   if (!root || !window.EventSource) return;
   var es = new EventSource(root);
+  function duration(s) {
+    if (s < 60) return Math.round(s) + ' s';
+    if (s < 3600) return Math.floor(s / 60) + ' min ' + Math.round(s % 60) + ' s';
+    return Math.floor(s / 3600) + ' h ' + Math.round((s % 3600) / 60) + ' min';
+  }
   es.addEventListener('progress', function (e) {
     var b = JSON.parse(e.data);
     document.querySelectorAll('[data-batch="' + b.id + '"]').forEach(function (el) {
@@ -35,6 +40,12 @@ const LIVE: &str = r#"
         var c = el.querySelector('.n-' + k);
         if (c) c.textContent = b.counts[k];
       });
+      var started = el.querySelector('.started');
+      if (started && b.started_at) started.textContent = b.started_at.replace('T', ' ').slice(0, 19);
+      var rate = el.querySelector('.rate');
+      if (rate && b.jobs_per_second != null) rate.textContent = b.jobs_per_second.toFixed(1) + ' jobs/s';
+      var eta = el.querySelector('.eta');
+      if (eta) eta.textContent = b.eta_seconds == null ? '–' : duration(b.eta_seconds);
       if (b.done) {
         el.classList.add('done');
         el.querySelectorAll('.while-running').forEach(function (x) { x.remove(); });
@@ -127,6 +138,43 @@ fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     t.map_or("–".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
 }
 
+/// Seconds as a person reads them (as the live script writes them).
+fn duration(secs: f64) -> String {
+    let s = secs.max(0.0);
+    if s < 60.0 {
+        format!("{} s", s.round())
+    } else if s < 3600.0 {
+        format!("{} min {} s", (s / 60.0).floor(), (s % 60.0).round())
+    } else {
+        format!(
+            "{} h {} min",
+            (s / 3600.0).floor(),
+            ((s % 3600.0) / 60.0).round()
+        )
+    }
+}
+
+fn rate(view: &Batch) -> String {
+    view.jobs_per_second
+        .map_or("–".into(), |r| format!("{r:.1} jobs/s"))
+}
+
+fn eta(view: &Batch) -> String {
+    view.eta_seconds.map_or("–".into(), duration)
+}
+
+/// A webhook's origin and outcome, or a dash.
+fn webhook(view: &Batch) -> String {
+    match &view.webhook {
+        Some(h) => format!(
+            "{}: {}",
+            h.origin,
+            h.outcome.as_deref().unwrap_or("not sent yet")
+        ),
+        None => "–".into(),
+    }
+}
+
 /// The newest batches, filtered by name and state.
 pub async fn batches(
     api: &Api,
@@ -163,14 +211,21 @@ pub async fn batches(
             p { "No batches yet. Submit one with " code { "renderq submit FILE" } " or " code { "POST /v1/batches" } "." }
         } @else {
             table {
-                tr { th { "name" } th { "progress" } th { "jobs" } th { "created" } th { "finished" } }
+                tr {
+                    th { "name" } th { "progress" } th { "jobs" } th { "throughput" } th { "ETA" }
+                    th { "started" } th { "finished" } th { "webhook" }
+                }
                 @for b in &page {
+                    @let view = Batch::of(b);
                     tr data-batch=(b.progress.batch_id) class=[b.progress.done.then_some("done")] {
                         td { a href=(format!("/batches/{}", b.progress.batch_id)) { (b.progress.name) } }
                         td { (progress_bar(b)) }
                         td { (b.progress.total) " · " (counts(b)) }
-                        td { (time(Some(b.progress.created_at))) }
-                        td { (time(b.finished_at)) }
+                        td.rate { (rate(&view)) }
+                        td.eta { (eta(&view)) }
+                        td.started { (time(b.first_started_at)) }
+                        td.finished { (time(b.finished_at)) }
+                        td { (webhook(&view)) }
                     }
                 }
             }
@@ -207,11 +262,7 @@ pub async fn batch(
         .batch_info(id)
         .await?
         .ok_or_else(|| ApiError::not_found("batch", id))?;
-    let view = views::batch(
-        &info,
-        Some(api.record.batch_times(id).await?),
-        api.record.webhook(id).await?.as_ref(),
-    );
+    let view = Batch::of(&info);
     let jobs = api.record.job_page(id, &query).await?;
     let failures = api.record.failures(id, 20).await?;
     let csrf = csrf_token(api);
@@ -225,12 +276,13 @@ pub async fn batch(
             p { (progress_bar(&info)) " of " (p.total) " jobs · " (counts(&info)) }
             p {
                 "queue " code { (info.queue) } " · created " (time(Some(p.created_at)))
+                " · started " span.started { (time(info.first_started_at)) }
                 " · finished " span.finished { (time(info.finished_at)) }
-                @if let Some(rate) = view["jobs_per_second"].as_f64() { " · " (format!("{rate:.1}")) " jobs/s" }
-                @if let Some(eta) = view["eta_seconds"].as_f64() { " · about " (eta) " s left" }
+                " · " span.rate { (rate(&view)) }
+                " · ETA " span.eta { (eta(&view)) }
             }
-            @if let Some(hook) = view.get("webhook") {
-                p { "webhook " (hook["origin"].as_str().unwrap_or("")) ": " (hook["outcome"].as_str().unwrap_or("not sent yet")) }
+            @if view.webhook.is_some() {
+                p { "webhook " (webhook(&view)) }
             }
             p {
                 @if !p.done {
@@ -329,6 +381,25 @@ pub async fn job(api: &Api, id: &str) -> Result<Markup, ApiError> {
             tr { th { "object key" } td { (r.output_key.as_deref().unwrap_or("–")) } }
             @if let Some(e) = &r.error { tr { th { "error" } td.error { (e) } } }
         }
+        h2 { "Attempts" }
+        @if d.attempts.is_empty() {
+            p { "None yet: the job waits for a worker." }
+        } @else {
+            table.attempts {
+                tr { th { "attempt" } th { "worker" } th { "started" } th { "ended" } th { "took" } th { "outcome" } th { "error" } }
+                @for a in &d.attempts {
+                    tr data-outcome=(a.outcome) {
+                        td { (a.attempt) }
+                        td { (a.worker.as_deref().unwrap_or("–")) }
+                        td { (time(a.started_at)) }
+                        td { (time(a.ended_at)) }
+                        td { (took(a)) }
+                        td { (outcome(&a.outcome, a.ended_at.is_some())) }
+                        td.error { (a.error.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
         @if r.state == JobState::Succeeded {
             h2 { "Image" }
             img src=(format!("/v1/jobs/{}/image", r.id)) alt=(r.prompt) style="max-width:100%";
@@ -337,6 +408,32 @@ pub async fn job(api: &Api, id: &str) -> Result<Markup, ApiError> {
         pre { (spec) }
     };
     Ok(layout(&format!("Job {}", r.id), None, body))
+}
+
+/// How long an attempt ran.
+fn took(a: &crate::db::AttemptRow) -> String {
+    match (a.started_at, a.ended_at) {
+        (Some(start), Some(end)) => {
+            let ms = (end - start).num_milliseconds().max(0);
+            if ms < 10_000 {
+                format!("{:.2} s", ms as f64 / 1000.0)
+            } else {
+                duration(ms as f64 / 1000.0)
+            }
+        }
+        _ => "–".into(),
+    }
+}
+
+/// What became of an attempt, in words.
+fn outcome(state: &str, ended: bool) -> &str {
+    match (state, ended) {
+        ("running", false) => "running",
+        ("running", true) => "taken over (its worker went silent)",
+        ("retrying", _) => "failed, retried",
+        ("queued", _) => "given back to the queue",
+        (other, _) => other,
+    }
 }
 
 /// The sign-in form.
