@@ -443,12 +443,15 @@ async fn a_renderer_panic_fails_only_its_job(env: Env) {
         .await;
     let (_dir, store) = dir_store();
     let poison = renderq::render::PanicOn::new(Some("POISON".into()));
-    let (stop, h) = env.spawn_worker(
-        fast_config(),
-        store,
-        Renderers::builtin_panicking(0, poison),
-    );
-    env.wait_terminal(8, Duration::from_secs(20)).await;
+    // A lease far longer than the panics take, even with backtraces printed on a
+    // loaded machine: a lease that lapsed would hand the jobs over and bump their
+    // attempt, which is not what this test is about.
+    let config = renderq::worker::WorkerConfig {
+        lease: Duration::from_secs(15),
+        ..fast_config()
+    };
+    let (stop, h) = env.spawn_worker(config, store, Renderers::builtin_panicking(0, poison));
+    env.wait_terminal(8, Duration::from_secs(30)).await;
     stop.cancel();
     h.await.unwrap();
     let rows = env.record.jobs_of_queue(&env.queue).await.unwrap();

@@ -13,8 +13,8 @@ use renderq::{
     render::{
         RenderError, RenderRequest, Renderer, Renderers,
         diffusion::{
-            Architecture, DiffusionRenderer, Pipeline, Sample, Settings, WeightSource, config,
-            tiny, weights,
+            Architecture, DiffusionRenderer, Pipeline, Sample, Settings, WeightSource,
+            arch::TextArch, config, tiny, weights,
         },
     },
 };
@@ -355,12 +355,23 @@ async fn missing_and_corrupt_files_are_named() {
 /// stage it happened in, not only candle's words.
 #[tokio::test]
 async fn an_error_inside_the_device_call_names_the_model_and_the_stage() {
+    // A text encoder from another model: every part loads (each matches its own
+    // weights), and the UNet fails inside its first step when it meets embeddings
+    // 64 wide where it attends over 32.
     let dir = model_dir();
-    // candle 0.11's sliced attention joins its slices with the wrong rank: the weights
-    // load and the UNet fails inside its first step (the reason slicing is not used
-    // until renderq has a sliced attention of its own).
     let mut arch = tiny::architecture(1);
-    arch.unet.sliced_attention_size = Some(1);
+    let mut other = tiny::architecture(1);
+    if let TextArch::Clip(c) = &mut other.text[0].arch {
+        (c.embed_dim, c.projection_dim, c.intermediate_size) = (64, 64, 128);
+    }
+    let donor = tempfile::tempdir().unwrap();
+    tiny::write(donor.path(), &other).unwrap();
+    std::fs::copy(
+        donor.path().join("text_encoder/model.safetensors"),
+        dir.path().join("text_encoder/model.safetensors"),
+    )
+    .unwrap();
+    arch.text = other.text;
     let r = DiffusionRenderer::new(
         "sd-turbo",
         arch,
@@ -374,6 +385,7 @@ async fn an_error_inside_the_device_call_names_the_model_and_the_stage() {
         m.contains("model `sd-turbo`, 32x24, 3 ddim steps, batch of 1"),
         "{m}"
     );
+    assert!(m.contains("UNet, ddim step 1 of 3"), "{m}");
     assert!(m.contains("UNet, ddim step 1 of 3"), "{m}");
 }
 
@@ -614,10 +626,19 @@ async fn the_binary_reports_missing_weights_and_bad_settings() {
         output.contains("--device cpu,cpu: device Cpu is named twice"),
         "{output}"
     );
-    let (code, output) = run(&["--diffusion", "sd-turbo", "--attention-slice", "2"]);
-    assert_eq!(code, Some(2), "{output}");
+    // Sliced attention is served: the flag passes, and the start fails only on the
+    // weights this machine lacks.
+    let (code, output) = run(&[
+        "--diffusion",
+        "sd-turbo",
+        "--attention-slice",
+        "2",
+        "--models-dir",
+        models.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{output}");
     assert!(
-        output.contains("--attention-slice 2: sliced attention is not available"),
+        !output.contains("attention-slice") && output.contains(&expected.display().to_string()),
         "{output}"
     );
     if !cfg!(feature = "cuda") {
@@ -847,4 +868,48 @@ fn a_worker_refuses_a_model_it_cannot_find_at_start() {
             && err.contains("sd-turbo"),
         "{err}"
     );
+}
+
+/// Sliced attention (`--attention-slice N`) renders what unsliced attention renders,
+/// on head layouts like SD 1.5's (several heads, convolution projections) and SD
+/// 2.x's (several heads, linear projections), with slices that divide batch × heads
+/// and one that leaves a remainder. candle 0.11.1's own sliced attention failed here
+/// with "unexpected rank, expected: 3, got: 4".
+#[tokio::test]
+async fn sliced_attention_renders_what_unsliced_attention_renders() {
+    for linear in [false, true] {
+        let mut arch = tiny::architecture(1);
+        arch.unet.use_linear_projection = linear;
+        for block in &mut arch.unet.blocks {
+            block.attention_head_dim = 4;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        tiny::write(dir.path(), &arch).unwrap();
+        let on = |arch: Architecture| {
+            DiffusionRenderer::new(
+                "sd-turbo",
+                arch,
+                WeightSource::Local(dir.path().to_path_buf()),
+                device(),
+                DType::F32,
+            )
+        };
+        let batch = [
+            request("a red shoe", "", 1),
+            request("a blue hat", "blurry", 2),
+        ];
+        let whole = render(&on(arch.clone()), &batch).await;
+        for slice in [1, 3] {
+            let mut sliced = arch.clone();
+            sliced.unet.sliced_attention_size = Some(slice);
+            let images = render(&on(sliced), &batch).await;
+            for (a, b) in whole.iter().zip(&images) {
+                let diff = max_diff(a, b);
+                assert!(
+                    diff <= 1,
+                    "linear projection {linear}, slice {slice}: differs by {diff}"
+                );
+            }
+        }
+    }
 }

@@ -35,8 +35,8 @@ pub struct DiffusionOptions {
     /// f32, f16 or bf16 (default: f32 on CPU, f16 on GPUs)
     #[arg(long, env = "RENDERQ_DTYPE")]
     pub dtype: Option<String>,
-    /// Attention slice size; 0 (the default) is the only value served: candle 0.11's
-    /// sliced attention fails on every model, so a slice size is refused at start
+    /// Computes attention this many heads (of all the batch's images) at a time, to
+    /// lower peak memory at some cost in speed; 0 (the default) computes it whole
     #[arg(long, env = "RENDERQ_ATTENTION_SLICE")]
     pub attention_slice: Option<usize>,
 }
@@ -106,21 +106,13 @@ impl DiffusionOptions {
             Some(d) => diffusion::dtype(d, &device)?,
             None => diffusion::default_dtype(&device),
         };
-        // candle 0.11 joins attention slices with the wrong rank ("unexpected rank,
-        // expected: 3, got: 4") on every real model: refused here rather than failing
-        // every job. Unsliced attention of a 512x512 image needs a few hundred MB.
-        let slice: Option<usize> = match self.attention_slice {
-            None | Some(0) => None,
-            Some(n) => {
-                return Err(format!(
-                    "--attention-slice {n}: sliced attention is not available (candle 0.11's \
-                     fails on every model); leave it unset or 0"
-                ));
-            }
-        };
+        let slice = self.attention_slice.filter(|&n| n > 0);
         for model in &self.diffusion {
             let model = model.trim();
-            let (arch, source) = self.resolve(model, slice)?;
+            let (mut arch, source) = self.resolve(model, slice)?;
+            // A model's own configs never ask for slicing: the flag decides, whatever
+            // the model's source.
+            arch.unet.sliced_attention_size = slice;
             let on = |device: &candle_core::Device| -> Arc<dyn super::Renderer> {
                 let r = DiffusionRenderer::new(
                     model,
