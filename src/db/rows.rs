@@ -390,6 +390,10 @@ macro_rules! browse_impl {
                 let Some(mut detail) = row.as_ref().map(job_detail).transpose()? else {
                     return Ok(None);
                 };
+                if !may_have_ended_attempts(&detail.row) {
+                    detail.attempts = attempt_history(&detail, Vec::new());
+                    return Ok(Some(detail));
+                }
                 let sql = format!(
                     "SELECT attempt, worker, started_at, ended_at, outcome, error
                      FROM {}job_attempts WHERE job_id = {} ORDER BY attempt, ended_at",
@@ -505,6 +509,14 @@ pub(crate) fn attempt_row(r: &impl Columns) -> Result<AttemptRow, DbError> {
         outcome: r.text(4)?,
         error: r.opt_text(5)?,
     })
+}
+
+/// Whether `job_attempts` can hold a row of this job: not for the common status
+/// read of a job on its first attempt, running or succeeded (an attempt that ended
+/// otherwise would have moved it), which so costs one query, not two.
+pub(crate) fn may_have_ended_attempts(job: &JobRow) -> bool {
+    !(job.attempt == 0
+        || (job.attempt == 1 && matches!(job.state, JobState::Running | JobState::Succeeded)))
 }
 
 /// A job's attempts: those `job_attempts` kept (they ended without success), then

@@ -108,9 +108,14 @@ impl Env {
     }
 
     pub async fn with(kind: Kind) -> Env {
+        Env::with_lease(kind, fast_config().lease).await
+    }
+
+    /// With `lease` on database dispatch's claims (a worker of this environment
+    /// should have the same lease, since it renews them on that beat).
+    pub async fn with_lease(kind: Kind, lease: Duration) -> Env {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let queue = unique("t");
-        let lease = fast_config().lease;
         let (db_url, dir) = match kind {
             Kind::PgRedis | Kind::PgDb => {
                 let name = unique("rq_t_");

@@ -3,7 +3,8 @@
 use super::*;
 use crate::db::rows::{
     Columns, Dialect, JOB_DETAIL, Param, TOKEN_INFO, attempt_history, attempt_row, batch_info,
-    batch_page_sql, browse_impl, job_detail, job_page_sql, token_info, worker_row,
+    batch_page_sql, browse_impl, job_detail, job_page_sql, may_have_ended_attempts, token_info,
+    worker_row,
 };
 
 const DIALECT: Dialect = Dialect {
