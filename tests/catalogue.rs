@@ -221,6 +221,15 @@ impl Renderer for Broken {
     }
 }
 
+/// Runs a command off the test's runtime thread: a worker spawned on that runtime must
+/// keep running meanwhile, or a transaction it holds open (finishing a batch) would
+/// block the command forever.
+async fn beside_the_worker(mut cmd: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
 async fn retry_and_done(env: Env) {
     let done = env
         .submit(&[
@@ -238,20 +247,18 @@ async fn retry_and_done(env: Env) {
         rs,
     );
     env.wait_terminal(2, Duration::from_secs(20)).await;
-    let status = renderq(&env, &[])
-        .args(["status", &done.batch.to_string()])
-        .output()
-        .unwrap();
+    let mut status = renderq(&env, &[]);
+    status.args(["status", &done.batch.to_string()]);
+    let status = beside_the_worker(status).await;
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
         text.contains("weights missing") && text.contains("jobs/s"),
         "{text}"
     );
     broken.0.store(true, std::sync::atomic::Ordering::SeqCst);
-    let out = renderq(&env, &[])
-        .args(["retry", &done.batch.to_string()])
-        .output()
-        .unwrap();
+    let mut retry = renderq(&env, &[]);
+    retry.args(["retry", &done.batch.to_string()]);
+    let out = beside_the_worker(retry).await;
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("re-queued 1"),
         "{}",
