@@ -167,7 +167,7 @@ fn write_checkpoint_layouts() {
     let out = PathBuf::from(std::env::var("RENDERQ_CHECKPOINT_KEYS").unwrap());
     std::fs::create_dir_all(&out).unwrap();
     for (model, text) in layouts() {
-        let arch = Architecture::preset(model, None).unwrap();
+        let arch = Architecture::preset(model).unwrap();
         let found = component_keys(&arch, text);
         let mut keys = Shapes::new();
         for (component, part) in found.iter().zip(requested(&arch)) {
@@ -240,7 +240,7 @@ fn the_published_checkpoint_layouts_read_as_their_presets() {
         let file = dir.path().join(format!("{model}.safetensors"));
         header_only(&shapes, &file);
         let read = checkpoint::read(&file).unwrap_or_else(|e| panic!("{model}: {e}"));
-        let preset = Architecture::preset(model, None).unwrap();
+        let preset = Architecture::preset(model).unwrap();
         let debug = |x: &dyn std::fmt::Debug| format!("{x:?}");
         assert_eq!(debug(&read.arch.unet), debug(&preset.unet), "{model}");
         assert_eq!(debug(&read.arch.vae), debug(&preset.vae), "{model}");

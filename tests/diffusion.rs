@@ -249,7 +249,7 @@ fn a_tokenizer_is_tokenizer_json_or_vocab_and_merges() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, b"").unwrap();
     }
-    let arch = Architecture::preset("sd-1.5", None).unwrap();
+    let arch = Architecture::preset("sd-1.5").unwrap();
     let Err(RenderError::Abort(m)) = weights::local("sd-1.5", &arch, dir.path()) else {
         panic!("expected an Abort for a tokenizer with no merges");
     };
@@ -660,7 +660,7 @@ fn model_configs(name: &str) -> std::path::PathBuf {
 fn the_published_configs_of_the_presets_read_as_the_presets() {
     for name in renderq::render::diffusion::PRESETS {
         let read = config::read(&model_configs(name), name).unwrap();
-        let preset = Architecture::preset(name, None).unwrap();
+        let preset = Architecture::preset(name).unwrap();
         let same = |what: &str, a: String, b: String| assert_eq!(a, b, "{name}: {what}");
         same(
             "unet",

@@ -45,11 +45,7 @@ impl DiffusionOptions {
     /// What `model` is made of and where its weights are: a directory with its own
     /// configs (any SD 1.x, 2.x, SDXL or Turbo fine-tune), else a single-file
     /// checkpoint `<model>.safetensors`, else the preset of that name.
-    fn resolve(
-        &self,
-        model: &str,
-        slice: Option<usize>,
-    ) -> Result<(Architecture, WeightSource), String> {
+    fn resolve(&self, model: &str) -> Result<(Architecture, WeightSource), String> {
         crate::job::validate_model_name(model)
             .map_err(|e| format!("--diffusion `{model}`: {}", e.reason))?;
         let dir = self.models_dir.join(model);
@@ -67,7 +63,7 @@ impl DiffusionOptions {
                 .map_err(|e| format!("--diffusion `{model}`: {e}"))?;
             return Ok((found.arch, WeightSource::Checkpoint(file)));
         }
-        let arch = Architecture::preset(model, slice).ok_or_else(|| {
+        let arch = Architecture::preset(model).ok_or_else(|| {
             let stem = model.strip_suffix(".safetensors");
             match stem {
                 Some(stem) => format!(
@@ -109,9 +105,9 @@ impl DiffusionOptions {
         let slice = self.attention_slice.filter(|&n| n > 0);
         for model in &self.diffusion {
             let model = model.trim();
-            let (mut arch, source) = self.resolve(model, slice)?;
-            // A model's own configs never ask for slicing: the flag decides, whatever
-            // the model's source.
+            let (mut arch, source) = self.resolve(model)?;
+            // The flag decides, whatever the model's source: configs and checkpoints
+            // never ask for slicing.
             arch.unet.sliced_attention_size = slice;
             let on = |device: &candle_core::Device| -> Arc<dyn super::Renderer> {
                 let r = DiffusionRenderer::new(

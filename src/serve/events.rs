@@ -74,9 +74,10 @@ pub struct EventsQuery {
 }
 
 /// Server-sent events: `progress` (a batch as `GET /v1/batches/{id}` answers, when
-/// its counts change) on every backend; on Postgres also `job` (`{"job_id",
-/// "batch_id", "state"}`) and `batch` (`{"batch_id", "state": "done", "job_id":
-/// null}`) as they happen, and `lagged` (how many a slow client missed).
+/// its counts change); `job` (`{"job_id", "batch_id", "state"}`) and `batch`
+/// (`{"batch_id", "state": "done", "job_id": null}`), on Postgres as they happen and
+/// on SQLite for a followed batch (`batch=`) from the same reads as its progress; and
+/// on Postgres `lagged` (how many a slow client missed).
 #[utoipa::path(get, path = "/v1/events", operation_id = "stream_events", tag = "events", params(EventsQuery),
     security(("bearer" = ["read"])),
     responses((status = 200, description = "The event stream", content_type = "text/event-stream"),

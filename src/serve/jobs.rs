@@ -2,18 +2,19 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{
-    Api, batches,
-    error::{ActionRefusals, ApiError, ErrorBody, ItemRefusals},
-    views::{CancelOutcome, JobDetailView},
-};
-use crate::{job::JobState, token::Scope};
 use axum::{
     Json,
     extract::{Path, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
 };
+
+use super::{
+    Api, batches,
+    error::{ActionRefusals, ApiError, ErrorBody, ItemRefusals},
+    views::{CancelOutcome, JobDetailView},
+};
+use crate::{job::JobState, token::Scope};
 
 /// How long the presigned URL an image request redirects to stays valid.
 const IMAGE_URL_EXPIRES: Duration = Duration::from_secs(3600);

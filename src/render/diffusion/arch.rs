@@ -86,8 +86,9 @@ impl Architecture {
         1 << (self.vae.block_out_channels.len().saturating_sub(1))
     }
 
-    /// The published models renderq knows by name.
-    pub fn preset(model: &str, slice: Option<usize>) -> Option<Self> {
+    /// The published models renderq knows by name (attention unsliced: the worker's
+    /// `--attention-slice` sets that for every model, whatever its source).
+    pub fn preset(model: &str) -> Option<Self> {
         let sd = |repo, steps, guidance, cfg: StableDiffusionConfig, spacing, scale| {
             let prediction = match model {
                 "sd-2.1" => Prediction::V,
@@ -114,7 +115,7 @@ impl Architecture {
                 });
             }
             Architecture {
-                unet: unet(model, slice),
+                unet: unet(model),
                 vae: AutoEncoderKLConfig {
                     block_out_channels: vec![128, 256, 512, 512],
                     layers_per_block: 2,
@@ -143,7 +144,7 @@ impl Architecture {
                 "stable-diffusion-v1-5/stable-diffusion-v1-5",
                 30,
                 7.5,
-                StableDiffusionConfig::v1_5(slice, None, None),
+                StableDiffusionConfig::v1_5(None, None, None),
                 leading,
                 0.18215,
             ),
@@ -151,7 +152,7 @@ impl Architecture {
                 "stabilityai/stable-diffusion-2-1",
                 30,
                 7.5,
-                StableDiffusionConfig::v2_1(slice, None, None),
+                StableDiffusionConfig::v2_1(None, None, None),
                 leading,
                 0.18215,
             ),
@@ -159,7 +160,7 @@ impl Architecture {
                 "stabilityai/sd-turbo",
                 1,
                 0.0,
-                StableDiffusionConfig::v2_1(slice, None, None),
+                StableDiffusionConfig::v2_1(None, None, None),
                 trailing,
                 0.18215,
             ),
@@ -167,7 +168,7 @@ impl Architecture {
                 "stabilityai/stable-diffusion-xl-base-1.0",
                 30,
                 7.5,
-                StableDiffusionConfig::sdxl(slice, None, None),
+                StableDiffusionConfig::sdxl(None, None, None),
                 leading,
                 0.13025,
             ),
@@ -175,7 +176,7 @@ impl Architecture {
                 "stabilityai/sdxl-turbo",
                 1,
                 0.0,
-                StableDiffusionConfig::sdxl_turbo(slice, None, None),
+                StableDiffusionConfig::sdxl_turbo(None, None, None),
                 trailing,
                 0.13025,
             ),
@@ -186,7 +187,7 @@ impl Architecture {
 
 /// The UNet of a published model, from its `unet/config.json` (candle keeps its own
 /// copy private).
-fn unet(model: &str, slice: Option<usize>) -> UNet2DConditionModelConfig {
+fn unet(model: &str) -> UNet2DConditionModelConfig {
     let bc = |out_channels, use_cross_attn, attention_head_dim| BlockConfig {
         out_channels,
         use_cross_attn,
@@ -224,7 +225,7 @@ fn unet(model: &str, slice: Option<usize>) -> UNet2DConditionModelConfig {
         ),
     };
     UNet2DConditionModelConfig {
-        sliced_attention_size: slice,
+        sliced_attention_size: None,
         ..stable_diffusion_unet(blocks, 2, cross_attention_dim, use_linear_projection)
     }
 }

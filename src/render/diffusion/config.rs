@@ -254,7 +254,7 @@ pub fn read(dir: &Path, name: &str) -> Result<Architecture, ConfigError> {
         &Json::read(dir.join("scheduler/scheduler_config.json"))?,
         &base,
     )?;
-    let preset = Architecture::preset(name, None);
+    let preset = Architecture::preset(name);
     let (default_steps, default_guidance) = match &preset {
         Some(p) => (p.default_steps, p.default_guidance),
         None => job_defaults(schedule.spacing),
