@@ -435,24 +435,7 @@ async fn a_failing_renderer_retries_with_backoff_then_fails_with_its_error(env: 
 /// the worker both get it, and it stays short enough for three attempts.
 const PANIC_TEST_LEASE: Duration = Duration::from_secs(5);
 
-mod a_renderer_panic_fails_only_its_job {
-    use super::*;
-    #[tokio::test]
-    async fn postgres_redis() {
-        let env = Env::with_lease(Kind::PgRedis, PANIC_TEST_LEASE).await;
-        super::a_renderer_panic_fails_only_its_job(env).await
-    }
-    #[tokio::test]
-    async fn postgres_only() {
-        let env = Env::with_lease(Kind::PgDb, PANIC_TEST_LEASE).await;
-        super::a_renderer_panic_fails_only_its_job(env).await
-    }
-    #[tokio::test]
-    async fn sqlite() {
-        let env = Env::with_lease(Kind::Sqlite, PANIC_TEST_LEASE).await;
-        super::a_renderer_panic_fails_only_its_job(env).await
-    }
-}
+conformance!(lease = PANIC_TEST_LEASE; a_renderer_panic_fails_only_its_job);
 
 /// The built-in renderers themselves (not a test renderer): a panic inside their
 /// device call fails only the job that causes it; the jobs batched with it render.
@@ -469,11 +452,7 @@ async fn a_renderer_panic_fails_only_its_job(env: Env) {
         .await;
     let (_dir, store) = dir_store();
     let poison = renderq::render::PanicOn::new(Some("POISON".into()));
-    let config = renderq::worker::WorkerConfig {
-        lease: PANIC_TEST_LEASE,
-        ..fast_config()
-    };
-    let (stop, h) = env.spawn_worker(config, store, Renderers::builtin_panicking(0, poison));
+    let (stop, h) = env.spawn_worker(env.config(), store, Renderers::builtin_panicking(0, poison));
     env.wait_terminal(8, Duration::from_secs(60)).await;
     stop.cancel();
     h.await.unwrap();

@@ -568,7 +568,9 @@ async fn a_panic_in_the_device_call_fails_only_its_job() {
         call.map(|r| r.len())
     );
 
-    let env = Env::with(Kind::Sqlite).await;
+    // A lease longer than the panic and its backtrace take on a loaded machine: a
+    // lapsed one would hand the jobs over and bump their attempt.
+    let env = Env::with_lease(Kind::Sqlite, Duration::from_secs(5)).await;
     env.submit(&[
         r#"{"prompt":"a teal armchair","model":"sd-turbo","width":32,"height":24,"steps":2}"#,
         r#"{"prompt":"POISON lamp","model":"sd-turbo","width":32,"height":24,"steps":2}"#,

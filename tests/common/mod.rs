@@ -23,6 +23,20 @@ pub type Row = renderq::db::JobRow;
 /// Runs a conformance test (an `async fn(Env)`) on every backend combination.
 #[macro_export]
 macro_rules! conformance {
+    // `lease = D;` first: every environment (and the worker from `Env::config`)
+    // holds claims for D, for tests whose renders (panics, backtraces) take longer
+    // than the fast lease on a loaded machine.
+    (lease = $lease:expr; $($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn postgres_redis() { super::$name(Env::with_lease(Kind::PgRedis, $lease).await).await }
+            #[tokio::test]
+            async fn postgres_only() { super::$name(Env::with_lease(Kind::PgDb, $lease).await).await }
+            #[tokio::test]
+            async fn sqlite() { super::$name(Env::with_lease(Kind::Sqlite, $lease).await).await }
+        }
+    )*};
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             use super::*;
@@ -98,6 +112,8 @@ pub struct Env {
     pub record: Arc<dyn Record>,
     pub queue: String,
     pub dispatch: Arc<dyn Dispatch>,
+    /// Database dispatch's claim lease; a worker of this environment renews on it.
+    pub lease: Duration,
     pub _dir: Option<tempfile::TempDir>,
 }
 
@@ -155,6 +171,7 @@ impl Env {
             record: db.record(),
             queue,
             dispatch,
+            lease,
             _dir: dir,
         }
     }
@@ -218,6 +235,14 @@ impl Env {
     }
 
     /// Runs a worker in the background; cancel the token to stop it.
+    /// `fast_config()` with this environment's lease.
+    pub fn config(&self) -> WorkerConfig {
+        WorkerConfig {
+            lease: self.lease,
+            ..fast_config()
+        }
+    }
+
     pub fn spawn_worker(
         &self,
         cfg: WorkerConfig,
@@ -240,7 +265,7 @@ impl Env {
         within: Duration,
     ) -> Vec<Row> {
         let (stop, handle) = self.spawn_worker(
-            fast_config(),
+            self.config(),
             Arc::new(renderq::store::DirStore::new(store)),
             renderers,
         );
