@@ -247,6 +247,30 @@ async fn every_arrow_of_the_lifecycle(env: Env) {
     assert_eq!(run(&env, id[9]).await, 1);
     watch.expect(&env, id[9], Running).await;
     watch.assert_drained();
+
+    // Every attempt that ended other than in success is kept in the job's history,
+    // whoever ended it; claims and completions add nothing of their own.
+    let want: [&[(i32, &str)]; 10] = [
+        &[(1, "succeeded")],
+        &[(1, "retrying"), (2, "failed")],
+        &[(1, "failed")],
+        &[(1, "queued")],
+        &[(1, "queued"), (2, "failed")],
+        &[(1, "running"), (2, "failed")],
+        &[],
+        &[(1, "retrying")],
+        &[(1, "cancelled")],
+        &[(1, "running")],
+    ];
+    for (j, want) in id.iter().zip(want) {
+        let detail = env.record.job_detail(*j).await.unwrap().unwrap();
+        let history: Vec<(i32, &str)> = detail
+            .attempts
+            .iter()
+            .map(|a| (a.attempt, a.outcome.as_str()))
+            .collect();
+        assert_eq!(history, want, "{j}: its attempt history");
+    }
 }
 
 conformance!(every_arrow_of_the_lifecycle);

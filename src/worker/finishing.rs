@@ -152,16 +152,15 @@ async fn retry_upload(s: &Shared, item: &InFlight, put: PutRequest, first: Store
 /// Most outcomes written in one statement.
 const COMPLETE_CHUNK: usize = 1024;
 
+/// Outcome chunks recorded at once, so that one chunk's acknowledgement and batch
+/// check overlap the next chunk's statement.
+const COMPLETIONS_AT_ONCE: usize = 2;
+
 /// Records outcomes in batches (fenced by attempt), then forgets their deliveries.
-pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, Outcome)>) {
-    // Completions are written even while draining; only the drain deadline stops them.
-    let never = CancellationToken::new();
-    let queue = s.dispatch.queue().to_string();
-    loop {
+pub(crate) async fn complete(s: Arc<Shared>, rx: mpsc::Receiver<(InFlight, Outcome)>) {
+    let chunks = futures::stream::unfold(rx, |mut rx| async move {
         idle_current();
-        let Some(first) = rx.recv().await else {
-            break;
-        };
+        let first = rx.recv().await?;
         tick_current();
         let mut batch = vec![first];
         while batch.len() < COMPLETE_CHUNK {
@@ -170,87 +169,96 @@ pub(crate) async fn complete(s: Arc<Shared>, mut rx: mpsc::Receiver<(InFlight, O
                 Err(_) => break,
             }
         }
-        let rows: Vec<_> = batch
-            .iter()
-            .map(|(i, o)| (i.job.id, i.job.attempt, o.clone()))
-            .collect();
-        let Some(recorded) = retry_db(&never, || s.record.record_outcomes(&rows)).await else {
-            continue;
-        };
-        let mut ack = Vec::new();
-        let mut stale = Vec::new();
-        let mut done = 0;
-        let mut touched = std::collections::HashSet::new();
-        // Outcomes counted per (model, outcome) and added once per chunk.
-        let mut counts: HashMap<(&str, &str), u64> = HashMap::new();
-        for ((item, outcome), rec) in batch.iter().zip(&recorded) {
-            let model = item.job.spec.model.as_str();
-            match rec {
-                Recorded::Moved(JobState::Retrying, run_at) => {
-                    *counts.entry((model, "retried")).or_default() += 1;
-                    // On database dispatch the row (`retrying`, `run_at`) is the wait.
-                    if let Some(set) = s.dispatch.delayed() {
-                        let due = run_at.map(|t| t.timestamp_millis()).unwrap_or(0);
-                        if let Err(e) = set.defer(&item.entry, item.job.id, due).await {
-                            // The delivery stays pending; after its lease it is taken over.
-                            warn!(job = %item.job.id, "could not schedule the retry: {e}");
-                        }
+        Some((batch, rx))
+    });
+    chunks
+        .for_each_concurrent(COMPLETIONS_AT_ONCE, |batch| complete_chunk(&s, batch))
+        .await;
+}
+
+/// Records one chunk's outcomes; dropping the chunk returns its concurrency permits.
+async fn complete_chunk(s: &Shared, batch: Vec<(InFlight, Outcome)>) {
+    // Completions are written even while draining; only the drain deadline stops them.
+    let never = CancellationToken::new();
+    let queue = s.dispatch.queue();
+    let rows: Vec<_> = batch
+        .iter()
+        .map(|(i, o)| (i.job.id, i.job.attempt, o.clone()))
+        .collect();
+    let Some(recorded) = retry_db(&never, || s.record.record_outcomes(&rows)).await else {
+        return;
+    };
+    let mut ack = Vec::new();
+    let mut stale = Vec::new();
+    let mut done = 0;
+    let mut touched = std::collections::HashSet::new();
+    // Outcomes counted per (model, outcome) and added once per chunk.
+    let mut counts: HashMap<(&str, &str), u64> = HashMap::new();
+    for ((item, outcome), rec) in batch.iter().zip(&recorded) {
+        let model = item.job.spec.model.as_str();
+        match rec {
+            Recorded::Moved(JobState::Retrying, run_at) => {
+                *counts.entry((model, "retried")).or_default() += 1;
+                // On database dispatch the row (`retrying`, `run_at`) is the wait.
+                if let Some(set) = s.dispatch.delayed() {
+                    let due = run_at.map(|t| t.timestamp_millis()).unwrap_or(0);
+                    if let Err(e) = set.defer(&item.entry, item.job.id, due).await {
+                        // The delivery stays pending; after its lease it is taken over.
+                        warn!(job = %item.job.id, "could not schedule the retry: {e}");
                     }
                 }
-                Recorded::Moved(state, _) => {
-                    *counts.entry((model, state.as_str())).or_default() += 1;
-                    done += 1;
-                    touched.extend(item.job.batch_id);
-                    ack.push(item.entry.clone());
-                    if let Outcome::Failed { error, .. } = outcome {
-                        warn!(job = %item.job.id, attempt = item.job.attempt, "job {state}: {error}");
-                    }
-                }
-                Recorded::Stale => stale.push(item.job.id),
             }
-        }
-        if !stale.is_empty() {
-            // Cancelled or finished meanwhile: forget the delivery. Taken over by a
-            // live worker: leave it to that worker.
-            debug!(n = stale.len(), "stale attempts discarded");
-            let states = s.record.states(&stale).await;
-            let by_id: HashMap<JobId, &InFlight> =
-                batch.iter().map(|(i, _)| (i.job.id, i)).collect();
-            let known: HashMap<JobId, JobState> = match &states {
-                Ok(all) => all.iter().map(|(id, st, _)| (*id, *st)).collect(),
-                Err(_) => HashMap::new(),
-            };
-            for id in &stale {
-                let outcome = match known.get(id) {
-                    Some(JobState::Cancelled) => "cancelled",
-                    _ => "stale",
-                };
-                let model = by_id
-                    .get(id)
-                    .map_or("unknown", |i| i.job.spec.model.as_str());
-                *counts.entry((model, outcome)).or_default() += 1;
-                if let Some(item) = by_id.get(id)
-                    && known.get(id).is_some_and(|st| st.is_terminal())
-                {
-                    ack.push(item.entry.clone());
+            Recorded::Moved(state, _) => {
+                *counts.entry((model, state.as_str())).or_default() += 1;
+                done += 1;
+                touched.extend(item.job.batch_id);
+                ack.push(item.entry.clone());
+                if let Outcome::Failed { error, .. } = outcome {
+                    warn!(job = %item.job.id, attempt = item.job.attempt, "job {state}: {error}");
                 }
             }
+            Recorded::Stale => stale.push(item.job.id),
         }
-        for ((model, outcome), n) in counts {
-            metrics().finished(&queue, model, outcome, n);
-        }
-        if let Err(e) = s.dispatch.ack(&ack).await {
-            warn!("acknowledging {} deliveries failed: {e}", ack.len());
-        }
-        super::finish_batches(&s, touched.into_iter().collect()).await;
-        {
-            let mut in_flight = s.in_flight.lock().unwrap();
-            for (item, _) in &batch {
-                in_flight.remove(&item.entry);
-            }
-            s.count_in_flight(in_flight.len());
-        }
-        s.jobs_done.fetch_add(done, Ordering::Relaxed);
-        // Dropping `batch` returns the concurrency permits.
     }
+    if !stale.is_empty() {
+        // Cancelled or finished meanwhile: forget the delivery. Taken over by a
+        // live worker: leave it to that worker.
+        debug!(n = stale.len(), "stale attempts discarded");
+        let states = s.record.states(&stale).await;
+        let by_id: HashMap<JobId, &InFlight> = batch.iter().map(|(i, _)| (i.job.id, i)).collect();
+        let known: HashMap<JobId, JobState> = match &states {
+            Ok(all) => all.iter().map(|(id, st, _)| (*id, *st)).collect(),
+            Err(_) => HashMap::new(),
+        };
+        for id in &stale {
+            let outcome = match known.get(id) {
+                Some(JobState::Cancelled) => "cancelled",
+                _ => "stale",
+            };
+            let model = by_id
+                .get(id)
+                .map_or("unknown", |i| i.job.spec.model.as_str());
+            *counts.entry((model, outcome)).or_default() += 1;
+            if let Some(item) = by_id.get(id)
+                && known.get(id).is_some_and(|st| st.is_terminal())
+            {
+                ack.push(item.entry.clone());
+            }
+        }
+    }
+    for ((model, outcome), n) in counts {
+        metrics().finished(queue, model, outcome, n);
+    }
+    if let Err(e) = s.dispatch.ack(&ack).await {
+        warn!("acknowledging {} deliveries failed: {e}", ack.len());
+    }
+    super::finish_batches(s, touched.into_iter().collect()).await;
+    {
+        let mut in_flight = s.in_flight.lock().unwrap();
+        for (item, _) in &batch {
+            in_flight.remove(&item.entry);
+        }
+        s.count_in_flight(in_flight.len());
+    }
+    s.jobs_done.fetch_add(done, Ordering::Relaxed);
 }
