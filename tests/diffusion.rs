@@ -915,3 +915,62 @@ async fn sliced_attention_renders_what_unsliced_attention_renders() {
         }
     }
 }
+
+/// The convolution renderq's models run on the CPU (columns by band of output rows,
+/// one matrix product each) gives candle-nn's result for every shape the models use:
+/// 3×3 with padding, the strided downsample, 1×1, batches of two, no bias, and a
+/// layer large enough to be done in several bands.
+#[test]
+fn the_cpu_convolution_matches_candle_nn() -> candle_core::Result<()> {
+    use candle_core::{Module, Tensor};
+    use candle_nn::Conv2dConfig;
+    use candle_transformers::models::cpu_conv;
+    let dev = Device::Cpu;
+    let cases = [
+        // (b, c_in, h, w, c_out, k, padding, stride, bias)
+        (1, 4, 9, 7, 5, 3, 1, 1, true),
+        (2, 3, 8, 8, 6, 3, 1, 2, true),
+        (1, 6, 5, 5, 4, 1, 0, 1, false),
+        (2, 2, 6, 4, 3, 3, 0, 1, true),
+        (1, 3, 7, 6, 2, 3, 2, 3, true),
+        (1, 40, 240, 240, 8, 3, 1, 1, true),
+    ];
+    for (b, c_in, h, w, c_out, k, padding, stride, bias) in cases {
+        let x = Tensor::randn(0f32, 1., (b, c_in, h, w), &dev)?;
+        let mut tensors = vec![(
+            "c.weight".to_string(),
+            Tensor::randn(0f32, 1., (c_out, c_in, k, k), &dev)?,
+        )];
+        if bias {
+            tensors.push(("c.bias".to_string(), Tensor::randn(0f32, 1., c_out, &dev)?));
+        }
+        let vb =
+            candle_nn::VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, &dev);
+        let cfg = Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        let weight = vb.pp("c").get((c_out, c_in, k, k), "weight")?;
+        let bias = bias.then(|| vb.pp("c").get(c_out, "bias")).transpose()?;
+        let reference = candle_nn::Conv2d::new(weight.clone(), bias.clone(), cfg);
+        let want = reference.forward(&x)?;
+        // The models' convolutions (with_tracing's) are served by it on the CPU.
+        assert!(cpu_conv::serves(&x, &weight, 1));
+        let got = cpu_conv::conv2d(&x, &weight, bias.as_ref(), padding, stride, 1)?;
+        let case =
+            format!("{b}×{c_in}×{h}×{w} → {c_out}, {k}×{k}, padding {padding}, stride {stride}");
+        assert_eq!(got.dims(), want.dims(), "{case}");
+        let diff = (got - &want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(
+            scale > 0.1 && diff <= 1e-4 * scale,
+            "{case}: differs by {diff} (of {scale})"
+        );
+    }
+    Ok(())
+}

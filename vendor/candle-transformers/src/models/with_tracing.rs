@@ -82,7 +82,19 @@ pub struct Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
-        self.inner.forward(x)
+        let cfg = self.inner.config();
+        if super::cpu_conv::serves(x, self.inner.weight(), cfg.groups) {
+            super::cpu_conv::conv2d(
+                x,
+                self.inner.weight(),
+                self.inner.bias(),
+                cfg.padding,
+                cfg.stride,
+                cfg.dilation,
+            )
+        } else {
+            self.inner.forward(x)
+        }
     }
 }
 

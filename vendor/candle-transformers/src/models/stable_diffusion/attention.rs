@@ -303,7 +303,7 @@ impl Default for SpatialTransformerConfig {
 
 #[derive(Debug)]
 enum Proj {
-    Conv2d(nn::Conv2d),
+    Conv2d(crate::models::with_tracing::Conv2d),
     Linear(nn::Linear),
 }
 
@@ -332,7 +332,7 @@ impl SpatialTransformer {
         let proj_in = if config.use_linear_projection {
             Proj::Linear(nn::linear(in_channels, inner_dim, vs.pp("proj_in"))?)
         } else {
-            Proj::Conv2d(nn::conv2d(
+            Proj::Conv2d(crate::models::with_tracing::conv2d(
                 in_channels,
                 inner_dim,
                 1,
@@ -357,7 +357,7 @@ impl SpatialTransformer {
         let proj_out = if config.use_linear_projection {
             Proj::Linear(nn::linear(in_channels, inner_dim, vs.pp("proj_out"))?)
         } else {
-            Proj::Conv2d(nn::conv2d(
+            Proj::Conv2d(crate::models::with_tracing::conv2d(
                 inner_dim,
                 in_channels,
                 1,

@@ -34,11 +34,11 @@ impl Default for EncoderConfig {
 
 #[derive(Debug)]
 struct Encoder {
-    conv_in: nn::Conv2d,
+    conv_in: crate::models::with_tracing::Conv2d,
     down_blocks: Vec<DownEncoderBlock2D>,
     mid_block: UNetMidBlock2D,
     conv_norm_out: nn::GroupNorm,
-    conv_out: nn::Conv2d,
+    conv_out: crate::models::with_tracing::Conv2d,
     #[allow(dead_code)]
     config: EncoderConfig,
 }
@@ -54,7 +54,7 @@ impl Encoder {
             padding: 1,
             ..Default::default()
         };
-        let conv_in = nn::conv2d(
+        let conv_in = crate::models::with_tracing::conv2d(
             in_channels,
             config.block_out_channels[0],
             3,
@@ -112,7 +112,7 @@ impl Encoder {
             padding: 1,
             ..Default::default()
         };
-        let conv_out = nn::conv2d(
+        let conv_out = crate::models::with_tracing::conv2d(
             last_block_out_channels,
             conv_out_channels,
             3,
@@ -164,11 +164,11 @@ impl Default for DecoderConfig {
 
 #[derive(Debug)]
 struct Decoder {
-    conv_in: nn::Conv2d,
+    conv_in: crate::models::with_tracing::Conv2d,
     up_blocks: Vec<UpDecoderBlock2D>,
     mid_block: UNetMidBlock2D,
     conv_norm_out: nn::GroupNorm,
-    conv_out: nn::Conv2d,
+    conv_out: crate::models::with_tracing::Conv2d,
     #[allow(dead_code)]
     config: DecoderConfig,
 }
@@ -186,7 +186,7 @@ impl Decoder {
             padding: 1,
             ..Default::default()
         };
-        let conv_in = nn::conv2d(
+        let conv_in = crate::models::with_tracing::conv2d(
             in_channels,
             last_block_out_channels,
             3,
@@ -239,7 +239,7 @@ impl Decoder {
             padding: 1,
             ..Default::default()
         };
-        let conv_out = nn::conv2d(
+        let conv_out = crate::models::with_tracing::conv2d(
             config.block_out_channels[0],
             out_channels,
             3,
@@ -319,8 +319,8 @@ impl DiagonalGaussianDistribution {
 pub struct AutoEncoderKL {
     encoder: Encoder,
     decoder: Decoder,
-    quant_conv: Option<nn::Conv2d>,
-    post_quant_conv: Option<nn::Conv2d>,
+    quant_conv: Option<crate::models::with_tracing::Conv2d>,
+    post_quant_conv: Option<crate::models::with_tracing::Conv2d>,
     pub config: AutoEncoderKLConfig,
 }
 
@@ -349,7 +349,7 @@ impl AutoEncoderKL {
 
         let quant_conv = {
             if config.use_quant_conv {
-                Some(nn::conv2d(
+                Some(crate::models::with_tracing::conv2d(
                     2 * latent_channels,
                     2 * latent_channels,
                     1,
@@ -362,7 +362,7 @@ impl AutoEncoderKL {
         };
         let post_quant_conv = {
             if config.use_post_quant_conv {
-                Some(nn::conv2d(
+                Some(crate::models::with_tracing::conv2d(
                     latent_channels,
                     latent_channels,
                     1,
