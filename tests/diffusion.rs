@@ -931,6 +931,7 @@ fn the_cpu_convolution_matches_candle_nn() -> candle_core::Result<()> {
         (1, 4, 9, 7, 5, 3, 1, 1, true),
         (2, 3, 8, 8, 6, 3, 1, 2, true),
         (1, 6, 5, 5, 4, 1, 0, 1, false),
+        (2, 5, 4, 6, 3, 1, 0, 1, true),
         (2, 2, 6, 4, 3, 3, 0, 1, true),
         (1, 3, 7, 6, 2, 3, 2, 3, true),
         (1, 40, 240, 240, 8, 3, 1, 1, true),

@@ -32,7 +32,7 @@ pub(crate) async fn run(
     out: mpsc::Sender<InFlight>,
     shutdown: CancellationToken,
 ) {
-    // One chunk waits while others are claimed: enough to keep both busy.
+    // One chunk waits while others are claimed: enough to keep the claims busy.
     let (tx, rx) = mpsc::channel(1);
     let claimer = tokio::spawn(watched(
         s.health.watch("claim"),

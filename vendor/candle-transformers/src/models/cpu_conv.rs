@@ -13,6 +13,10 @@ use candle::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 /// bands of output rows so the matrix stays this small.
 const BAND_VALUES: usize = 1 << 23;
 
+/// Fewest column values worth a thread of their own: small layers are copied by fewer
+/// threads than the machine has, rather than paying a thread start per few values.
+const VALUES_PER_THREAD: usize = 1 << 16;
+
 /// The column matrix `[c_in·k·k, rows·w_out]` of one image's band of output rows.
 #[derive(Clone, Copy, Debug)]
 struct Columns {
@@ -45,7 +49,9 @@ impl CustomOp1 for Columns {
         let per_channel = k * k * band;
         let mut out = vec![0f32; c * per_channel];
         let image = &x[image * c * h * w..(image + 1) * c * h * w];
-        let threads = candle::utils::get_num_threads().clamp(1, c.max(1));
+        let threads = candle::utils::get_num_threads()
+            .min(out.len() / VALUES_PER_THREAD)
+            .clamp(1, c.max(1));
         let channels_per_thread = c.div_ceil(threads).max(1);
         std::thread::scope(|scope| {
             for (part, out) in out.chunks_mut(per_channel * channels_per_thread).enumerate() {
@@ -122,13 +128,20 @@ pub fn conv2d(
     if c != c_in {
         candle::bail!("conv2d: {c} input channels for a kernel of {c_in}")
     }
-    let reach = dilation * (k - 1) + 1;
-    if h + 2 * padding < reach || w + 2 * padding < reach || stride == 0 {
+    let reach = dilation * k.saturating_sub(1) + 1;
+    if k == 0 || stride == 0 || h + 2 * padding < reach || w + 2 * padding < reach {
         candle::bail!("conv2d: a {k}×{k} kernel does not fit a {h}×{w} input")
     }
     let h_out = (h + 2 * padding - reach) / stride + 1;
     let w_out = (w + 2 * padding - reach) / stride + 1;
     let kernel = weight.reshape((c_out, c_in * k * k))?;
+    // A plain 1×1 convolution reads each image as it is: its columns are its planes.
+    if k == 1 && padding == 0 && stride == 1 {
+        let images = (0..b)
+            .map(|image| kernel.matmul(&x.get(image)?.reshape((c, h * w))?))
+            .collect::<Result<Vec<_>>>()?;
+        return with_bias(Tensor::stack(&images, 0)?.reshape((b, c_out, h, w))?, bias);
+    }
     let band_rows = (BAND_VALUES / (c_in * k * k * w_out).max(1)).clamp(1, h_out);
     let mut images = Vec::with_capacity(b);
     for image in 0..b {
@@ -149,9 +162,12 @@ pub fn conv2d(
         }
         images.push(Tensor::cat(&bands, 1)?);
     }
-    let out = Tensor::stack(&images, 0)?.reshape((b, c_out, h_out, w_out))?;
+    with_bias(Tensor::stack(&images, 0)?.reshape((b, c_out, h_out, w_out))?, bias)
+}
+
+fn with_bias(out: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
-        Some(bias) => out.broadcast_add(&bias.reshape((1, c_out, 1, 1))?),
+        Some(bias) => out.broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?),
         None => Ok(out),
     }
 }
