@@ -8,7 +8,11 @@
 //!
 //! Random weights cost what trained ones do to compute; the figures are the device's.
 
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::arg;
 
 use bytes::Bytes;
 use renderq::{
@@ -19,14 +23,6 @@ use renderq::{
     },
     store::{DirStore, ObjectMeta, Store},
 };
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

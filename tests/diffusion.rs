@@ -919,7 +919,9 @@ async fn sliced_attention_renders_what_unsliced_attention_renders() {
 /// The convolution renderq's models run on the CPU (columns by band of output rows,
 /// one matrix product each) gives candle-nn's result for every shape the models use:
 /// 3×3 with padding, the strided downsample, 1×1, batches of two, no bias, and a
-/// layer large enough to be done in several bands.
+/// layer large enough to be done in several bands; and Winograd's method, which serves
+/// the large 3×3 layers (odd sizes, several bands of tiles) and is checked on its own on
+/// every 3×3 case, down to a single pixel.
 #[test]
 fn the_cpu_convolution_matches_candle_nn() -> candle_core::Result<()> {
     use candle_core::{Module, Tensor};
@@ -929,12 +931,21 @@ fn the_cpu_convolution_matches_candle_nn() -> candle_core::Result<()> {
     let cases = [
         // (b, c_in, h, w, c_out, k, padding, stride, bias)
         (1, 4, 9, 7, 5, 3, 1, 1, true),
+        // Down to a single pixel (Winograd's method is tried on every 3×3 case).
+        (1, 2, 1, 1, 3, 3, 1, 1, true),
+        (2, 3, 2, 5, 2, 3, 1, 1, false),
         (2, 3, 8, 8, 6, 3, 1, 2, true),
         (1, 6, 5, 5, 4, 1, 0, 1, false),
         (2, 5, 4, 6, 3, 1, 0, 1, true),
         (2, 2, 6, 4, 3, 3, 0, 1, true),
         (1, 3, 7, 6, 2, 3, 2, 3, true),
         (1, 40, 240, 240, 8, 3, 1, 1, true),
+        (1, 40, 240, 240, 8, 3, 0, 1, true),
+        // Winograd's: 16×16 tiles, then odd sizes with a batch of two, then a layer
+        // wide enough to be done in two bands of tile rows.
+        (1, 5, 32, 32, 6, 3, 1, 1, true),
+        (2, 3, 33, 35, 4, 3, 1, 1, false),
+        (1, 64, 40, 512, 3, 3, 1, 1, true),
     ];
     for (b, c_in, h, w, c_out, k, padding, stride, bias) in cases {
         let x = Tensor::randn(0f32, 1., (b, c_in, h, w), &dev)?;
@@ -958,20 +969,30 @@ fn the_cpu_convolution_matches_candle_nn() -> candle_core::Result<()> {
         let want = reference.forward(&x)?;
         // The models' convolutions (with_tracing's) are served by it on the CPU.
         assert!(cpu_conv::serves(&x, &weight, 1));
-        let got = cpu_conv::conv2d(&x, &weight, bias.as_ref(), padding, stride, 1)?;
-        let case =
-            format!("{b}×{c_in}×{h}×{w} → {c_out}, {k}×{k}, padding {padding}, stride {stride}");
-        assert_eq!(got.dims(), want.dims(), "{case}");
-        let diff = (got - &want)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?;
-        let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        assert!(
-            scale > 0.1 && diff <= 1e-4 * scale,
-            "{case}: differs by {diff} (of {scale})"
-        );
+        let mut results = vec![(
+            "",
+            cpu_conv::conv2d(&x, &weight, bias.as_ref(), padding, stride, 1)?,
+        )];
+        if k == 3 && padding == 1 && stride == 1 {
+            let direct = cpu_conv::winograd::conv3x3(&x, &weight, bias.as_ref())?;
+            results.push((" (Winograd)", direct));
+        }
+        for (how, got) in results {
+            let case = format!(
+                "{b}×{c_in}×{h}×{w} → {c_out}, {k}×{k}, padding {padding}, stride {stride}{how}"
+            );
+            assert_eq!(got.dims(), want.dims(), "{case}");
+            let diff = (got - &want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(
+                scale > 0.1 && diff <= 1e-4 * scale,
+                "{case}: differs by {diff} (of {scale})"
+            );
+        }
     }
     Ok(())
 }

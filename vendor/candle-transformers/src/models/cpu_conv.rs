@@ -9,6 +9,8 @@
 
 use candle::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
+pub mod winograd;
+
 /// Most values in one band's column matrix (32 MiB of f32): large layers are done in
 /// bands of output rows so the matrix stays this small.
 const BAND_VALUES: usize = 1 << 23;
@@ -116,6 +118,25 @@ pub fn serves(x: &Tensor, weight: &Tensor, groups: usize) -> bool {
 
 /// `x` `[b, c_in, h, w]` convolved with `weight` `[c_out, c_in, k, k]`, plus `bias`.
 pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (_, _, k, _) = weight.dims4()?;
+    // The 3×3 layers that keep their size, most of a VAE decode's work, need fewer
+    // multiplications by Winograd's method.
+    if k == 3 && padding == 1 && stride == 1 && dilation == 1 && winograd::pays(h, w) {
+        return winograd::conv3x3(x, weight, bias);
+    }
+    by_columns(x, weight, bias, padding, stride, dilation)
+}
+
+/// [`conv2d`] by column matrices alone, whatever the layer.
+pub fn by_columns(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
