@@ -996,3 +996,47 @@ fn the_cpu_convolution_matches_candle_nn() -> candle_core::Result<()> {
     }
     Ok(())
 }
+
+/// The group normalization renderq's models run on the CPU (one pass per group, SiLU
+/// fused where the models apply it next) gives candle-nn's GroupNorm, and its SiLU,
+/// on inputs far from zero mean, with uneven scales per channel, and on one value per
+/// group.
+#[test]
+fn the_cpu_group_norm_matches_candle_nn() -> candle_core::Result<()> {
+    use candle_core::{Module, Tensor};
+    use candle_transformers::models::cpu_norm;
+    let dev = Device::Cpu;
+    // (b, channels, groups, h, w)
+    for (b, c, groups, h, w) in [(1, 64, 32, 16, 16), (2, 12, 3, 5, 7), (1, 4, 4, 1, 1)] {
+        let x = (Tensor::randn(0f32, 2., (b, c, h, w), &dev)? + 5.)?;
+        let tensors = [
+            ("weight".to_string(), Tensor::randn(0f32, 1., c, &dev)?),
+            ("bias".to_string(), Tensor::randn(0f32, 1., c, &dev)?),
+        ];
+        let vb =
+            candle_nn::VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, &dev);
+        let reference = candle_nn::group_norm(groups, c, 1e-6, vb.clone())?;
+        let norm = cpu_norm::group_norm(groups, c, 1e-6, vb)?;
+        let want = reference.forward(&x)?;
+        let pairs = [
+            ("group norm", norm.forward(&x)?, want.clone()),
+            (
+                "group norm and SiLU",
+                norm.forward_silu(&x)?,
+                candle_nn::ops::silu(&want)?,
+            ),
+        ];
+        for (what, got, want) in pairs {
+            let diff = (got - &want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(
+                diff <= 1e-4,
+                "{what} of {b}×{c}×{h}×{w} in {groups} groups: differs by {diff}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! Attention Based Building Blocks
 use candle::{DType, IndexOp, Result, Tensor, D};
+use crate::models::cpu_norm::{group_norm, GroupNorm};
 use candle_nn as nn;
 use candle_nn::Module;
 
@@ -310,7 +311,7 @@ enum Proj {
 // Aka Transformer2DModel
 #[derive(Debug)]
 pub struct SpatialTransformer {
-    norm: nn::GroupNorm,
+    norm: GroupNorm,
     proj_in: Proj,
     transformer_blocks: Vec<BasicTransformerBlock>,
     proj_out: Proj,
@@ -328,7 +329,7 @@ impl SpatialTransformer {
         config: SpatialTransformerConfig,
     ) -> Result<Self> {
         let inner_dim = n_heads * d_head;
-        let norm = nn::group_norm(config.num_groups, in_channels, 1e-6, vs.pp("norm"))?;
+        let norm = group_norm(config.num_groups, in_channels, 1e-6, vs.pp("norm"))?;
         let proj_in = if config.use_linear_projection {
             Proj::Linear(nn::linear(in_channels, inner_dim, vs.pp("proj_in"))?)
         } else {
@@ -442,7 +443,7 @@ impl Default for AttentionBlockConfig {
 
 #[derive(Debug)]
 pub struct AttentionBlock {
-    group_norm: nn::GroupNorm,
+    group_norm: GroupNorm,
     query: nn::Linear,
     key: nn::Linear,
     value: nn::Linear,
@@ -476,7 +477,7 @@ impl AttentionBlock {
         let num_head_channels = config.num_head_channels.unwrap_or(channels);
         let num_heads = channels / num_head_channels;
         let group_norm =
-            nn::group_norm(config.num_groups, channels, config.eps, vs.pp("group_norm"))?;
+            group_norm(config.num_groups, channels, config.eps, vs.pp("group_norm"))?;
         let (q_path, k_path, v_path, out_path) = if vs.contains_tensor("to_q.weight") {
             ("to_q", "to_k", "to_v", "to_out.0")
         } else {

@@ -6,6 +6,7 @@ use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::unet_2d_blocks::*;
 use crate::models::with_tracing::{conv2d, Conv2d};
 use candle::{Result, Tensor};
+use crate::models::cpu_norm::{group_norm, GroupNorm};
 use candle_nn as nn;
 use candle_nn::Module;
 
@@ -94,7 +95,7 @@ pub struct UNet2DConditionModel {
     down_blocks: Vec<UNetDownBlock>,
     mid_block: UNetMidBlock2DCrossAttn,
     up_blocks: Vec<UNetUpBlock>,
-    conv_norm_out: nn::GroupNorm,
+    conv_norm_out: GroupNorm,
     conv_out: Conv2d,
     span: tracing::Span,
     config: UNet2DConditionModelConfig,
@@ -274,7 +275,7 @@ impl UNet2DConditionModel {
             })
             .collect::<Result<Vec<_>>>()?;
 
-        let conv_norm_out = nn::group_norm(
+        let conv_norm_out = group_norm(
             config.norm_num_groups,
             b_channels,
             config.norm_eps,
@@ -394,8 +395,7 @@ impl UNet2DConditionModel {
             };
         }
         // 6. post-process
-        let xs = self.conv_norm_out.forward(&xs)?;
-        let xs = nn::ops::silu(&xs)?;
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 }

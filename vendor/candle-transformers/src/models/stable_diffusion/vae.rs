@@ -9,6 +9,7 @@ use super::unet_2d_blocks::{
     UpDecoderBlock2D, UpDecoderBlock2DConfig,
 };
 use candle::{Result, Tensor};
+use crate::models::cpu_norm::{group_norm, GroupNorm};
 use candle_nn as nn;
 use candle_nn::Module;
 
@@ -37,7 +38,7 @@ struct Encoder {
     conv_in: crate::models::with_tracing::Conv2d,
     down_blocks: Vec<DownEncoderBlock2D>,
     mid_block: UNetMidBlock2D,
-    conv_norm_out: nn::GroupNorm,
+    conv_norm_out: GroupNorm,
     conv_out: crate::models::with_tracing::Conv2d,
     #[allow(dead_code)]
     config: EncoderConfig,
@@ -97,7 +98,7 @@ impl Encoder {
         };
         let mid_block =
             UNetMidBlock2D::new(vs.pp("mid_block"), last_block_out_channels, None, mid_cfg)?;
-        let conv_norm_out = nn::group_norm(
+        let conv_norm_out = group_norm(
             config.norm_num_groups,
             last_block_out_channels,
             1e-6,
@@ -136,11 +137,8 @@ impl Encoder {
         for down_block in self.down_blocks.iter() {
             xs = xs.apply(down_block)?
         }
-        let xs = self
-            .mid_block
-            .forward(&xs, None)?
-            .apply(&self.conv_norm_out)?;
-        nn::ops::silu(&xs)?.apply(&self.conv_out)
+        let xs = self.mid_block.forward(&xs, None)?;
+        self.conv_norm_out.forward_silu(&xs)?.apply(&self.conv_out)
     }
 }
 
@@ -167,7 +165,7 @@ struct Decoder {
     conv_in: crate::models::with_tracing::Conv2d,
     up_blocks: Vec<UpDecoderBlock2D>,
     mid_block: UNetMidBlock2D,
-    conv_norm_out: nn::GroupNorm,
+    conv_norm_out: GroupNorm,
     conv_out: crate::models::with_tracing::Conv2d,
     #[allow(dead_code)]
     config: DecoderConfig,
@@ -229,7 +227,7 @@ impl Decoder {
             )?;
             up_blocks.push(up_block)
         }
-        let conv_norm_out = nn::group_norm(
+        let conv_norm_out = group_norm(
             config.norm_num_groups,
             config.block_out_channels[0],
             1e-6,
@@ -263,9 +261,7 @@ impl Decoder {
         for up_block in self.up_blocks.iter() {
             xs = up_block.forward(&xs)?
         }
-        let xs = self.conv_norm_out.forward(&xs)?;
-        let xs = nn::ops::silu(&xs)?;
-        self.conv_out.forward(&xs)
+        self.conv_out.forward(&self.conv_norm_out.forward_silu(&xs)?)
     }
 }
 
