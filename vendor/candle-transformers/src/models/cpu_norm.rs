@@ -128,16 +128,18 @@ impl Fused {
         let (mean, variance) = moments(input);
         let inv = 1.0 / (variance + self.eps).sqrt();
         for (c, (input, out)) in input.chunks(plane).zip(out.chunks_mut(plane)).enumerate() {
+            // Centred before scaling: with a tiny variance the scale is huge, and
+            // `x · scale − mean · scale` would lose the difference.
             let scale = inv * self.weight[first_channel + c];
-            let shift = self.bias[first_channel + c] - mean * scale;
+            let shift = self.bias[first_channel + c];
             if self.silu {
                 for (y, x) in out.iter_mut().zip(input) {
-                    let v = x * scale + shift;
+                    let v = (x - mean) * scale + shift;
                     *y = v / (1.0 + (-v).exp());
                 }
             } else {
                 for (y, x) in out.iter_mut().zip(input) {
-                    *y = x * scale + shift;
+                    *y = (x - mean) * scale + shift;
                 }
             }
         }
