@@ -916,6 +916,11 @@ async fn sliced_attention_renders_what_unsliced_attention_renders() {
     }
 }
 
+/// The largest absolute value of `t`.
+fn largest_magnitude(t: &candle_core::Tensor) -> candle_core::Result<f32> {
+    t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
 /// The convolution renderq's models run on the CPU (columns by band of output rows,
 /// one matrix product each) gives candle-nn's result for every shape the models use:
 /// 3×3 with padding, the strided downsample, 1×1, batches of two, no bias, and a
@@ -982,12 +987,10 @@ fn the_cpu_convolution_matches_candle_nn() -> candle_core::Result<()> {
                 "{b}×{c_in}×{h}×{w} → {c_out}, {k}×{k}, padding {padding}, stride {stride}{how}"
             );
             assert_eq!(got.dims(), want.dims(), "{case}");
-            let diff = (got - &want)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
-            let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let (diff, scale) = (
+                largest_magnitude(&(got - &want)?)?,
+                largest_magnitude(&want)?,
+            );
             assert!(
                 scale > 0.1 && diff <= 1e-4 * scale,
                 "{case}: differs by {diff} (of {scale})"
@@ -1027,11 +1030,7 @@ fn the_cpu_group_norm_matches_candle_nn() -> candle_core::Result<()> {
             ),
         ];
         for (what, got, want) in pairs {
-            let diff = (got - &want)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
+            let diff = largest_magnitude(&(got - &want)?)?;
             assert!(
                 diff <= 1e-4,
                 "{what} of {b}×{c}×{h}×{w} in {groups} groups: differs by {diff}"

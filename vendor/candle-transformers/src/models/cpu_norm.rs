@@ -166,5 +166,5 @@ fn moments(x: &[f32]) -> (f32, f32) {
     }
     let n = x.len().max(1) as f64;
     let mean = sum / n;
-    ((mean) as f32, (squares / n - mean * mean).max(0.0) as f32)
+    (mean as f32, (squares / n - mean * mean).max(0.0) as f32)
 }
