@@ -6,6 +6,7 @@
 //! cargo bench --bench conv                  # the VAE decoder's layers at 256×256
 //! cargo bench --bench conv -- --size 512 --rounds 5
 //! cargo bench --bench conv -- --model unet  # the UNet's (SD 2.x widths)
+//! cargo bench --bench conv -- --model upsample  # the decoder's upsamplers, fused or not
 //!
 //! Threads: RAYON_NUM_THREADS (the matrix products and the copies both follow it).
 
@@ -33,6 +34,9 @@ fn main() -> Result<()> {
     let size: usize = arg("--size", "256").parse().expect("--size");
     let rounds: usize = arg("--rounds", "3").parse().expect("--rounds");
     let dev = Device::Cpu;
+    if arg("--model", "vae") == "upsample" {
+        return upsamplers(size, rounds, &dev);
+    }
     // (channels in, channels out, side) of the model's 3×3 layers.
     let latent = size / 8;
     let layers = match arg("--model", "vae").as_str() {
@@ -84,6 +88,40 @@ fn main() -> Result<()> {
             show(columns),
             show(winograd),
             show(renderq)
+        );
+    }
+    Ok(())
+}
+
+/// The VAE decoder's three upsamplers: candle's upsample then the convolution renderq
+/// would run on the upsampled image, against the fused pair.
+fn upsamplers(size: usize, rounds: usize, dev: &Device) -> Result<()> {
+    println!("2× upsample + 3×3 convolution, f32, best of {rounds}; ms per call (GFLOP/s)");
+    println!(
+        "{:>18} {:>16} {:>16} {:>16}",
+        "layer (input)", "upsample", "+ conv", "fused"
+    );
+    let latent = size / 8;
+    for (c, side) in [(512, latent), (512, latent * 2), (256, latent * 4)] {
+        let x = Tensor::randn(0f32, 1., (1, c, side, side), dev)?;
+        let weight = Tensor::randn(0f32, 0.05, (c, c, 3, 3), dev)?;
+        let bias = Tensor::randn(0f32, 1., c, dev)?;
+        let flops = 2.0 * 9.0 * (c * c * 4 * side * side) as f64;
+        let show = |secs: f64| format!("{:7.1} ({:5.1})", secs * 1e3, flops / secs / 1e9);
+        let up = best(rounds, || x.upsample_nearest2d(2 * side, 2 * side))?;
+        let separate = best(rounds, || {
+            let up = x.upsample_nearest2d(2 * side, 2 * side)?;
+            cpu_conv::conv2d(&up, &weight, Some(&bias), 1, 1, 1)
+        })?;
+        let fused = best(rounds, || {
+            cpu_conv::upsample::conv3x3(&x, &weight, Some(&bias))
+        })?;
+        println!(
+            "{:>18} {:>16} {:>16} {:>16}",
+            format!("{c}→{c} {side}²"),
+            format!("{:7.1}", up * 1e3),
+            show(separate),
+            show(fused)
         );
     }
     Ok(())

@@ -921,6 +921,22 @@ fn largest_magnitude(t: &candle_core::Tensor) -> candle_core::Result<f32> {
     t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
 }
 
+/// `got` has `want`'s shape and differs from it by at most 1e-4 of its largest value,
+/// which is not tiny (a result of zeros would match anything).
+fn assert_close(
+    got: &candle_core::Tensor,
+    want: &candle_core::Tensor,
+    case: &str,
+) -> candle_core::Result<()> {
+    assert_eq!(got.dims(), want.dims(), "{case}");
+    let (diff, scale) = (largest_magnitude(&(got - want)?)?, largest_magnitude(want)?);
+    assert!(
+        scale > 0.1 && diff <= 1e-4 * scale,
+        "{case}: differs by {diff} (of {scale})"
+    );
+    Ok(())
+}
+
 /// The convolution renderq's models run on the CPU (columns by band of output rows,
 /// one matrix product each) gives candle-nn's result for every shape the models use:
 /// 3×3 with padding, the strided downsample, 1×1, batches of two, no bias, and a
@@ -986,16 +1002,45 @@ fn the_cpu_convolution_matches_candle_nn() -> candle_core::Result<()> {
             let case = format!(
                 "{b}×{c_in}×{h}×{w} → {c_out}, {k}×{k}, padding {padding}, stride {stride}{how}"
             );
-            assert_eq!(got.dims(), want.dims(), "{case}");
-            let (diff, scale) = (
-                largest_magnitude(&(got - &want)?)?,
-                largest_magnitude(&want)?,
-            );
-            assert!(
-                scale > 0.1 && diff <= 1e-4 * scale,
-                "{case}: differs by {diff} (of {scale})"
-            );
+            assert_close(&got, &want, &case)?;
         }
+    }
+    Ok(())
+}
+
+/// A 2× nearest-neighbour upsample followed by a 3×3 convolution, as renderq's decoders
+/// run it on the CPU (the kernel folded into four 2×2 phases, no upsampled image), gives
+/// candle's upsample then candle-nn's convolution: single pixels, odd sizes, a batch of
+/// two, no bias, and a layer done in several bands.
+#[test]
+fn the_fused_upsample_convolution_matches_upsampling_then_convolving() -> candle_core::Result<()> {
+    use candle_core::{Module, Tensor};
+    use candle_nn::Conv2dConfig;
+    use candle_transformers::models::cpu_conv::upsample;
+    let dev = Device::Cpu;
+    // (b, c_in, h, w, c_out, bias)
+    let cases = [
+        (1, 3, 1, 1, 2, true),
+        (1, 4, 5, 7, 6, true),
+        (2, 3, 4, 3, 5, false),
+        (1, 8, 16, 16, 8, true),
+        (1, 64, 30, 260, 3, true),
+    ];
+    for (b, c_in, h, w, c_out, bias) in cases {
+        let x = Tensor::randn(0f32, 1., (b, c_in, h, w), &dev)?;
+        let weight = Tensor::randn(0f32, 1., (c_out, c_in, 3, 3), &dev)?;
+        let bias = bias
+            .then(|| Tensor::randn(0f32, 1., c_out, &dev))
+            .transpose()?;
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let reference = candle_nn::Conv2d::new(weight.clone(), bias.clone(), cfg);
+        let want = reference.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?;
+        let got = upsample::conv3x3(&x, &weight, bias.as_ref())?;
+        let case = format!("{b}×{c_in}×{h}×{w} → {c_out}");
+        assert_close(&got, &want, &case)?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     fs::File,
-    io::{Read, Seek, SeekFrom},
+    io::Read,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -133,20 +133,67 @@ impl FileTensors {
             .entries
             .get(name)
             .ok_or_else(|| Error::CannotFindTensor { path: name.into() })?;
-        let mut file = File::open(e.file.as_path())?;
-        file.seek(SeekFrom::Start(e.start))?;
+        let file = File::open(e.file.as_path())?;
         let tensor = if e.dtype == DType::F32 {
             // Straight into the tensor's own memory.
             let mut values = vec![0f32; e.len / 4];
-            file.read_exact(bytemuck::cast_slice_mut(&mut values))?;
+            read_at(&file, e.start, bytemuck::cast_slice_mut(&mut values))?;
             Tensor::from_vec(values, e.shape.as_slice(), &Device::Cpu)?
         } else {
             let mut bytes = vec![0u8; e.len];
-            file.read_exact(&mut bytes)?;
+            read_at(&file, e.start, &mut bytes)?;
             Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, &Device::Cpu)?
         };
         tensor.to_device(device)
     }
+}
+
+/// Fewest bytes worth a reading thread of their own.
+const BYTES_PER_THREAD: usize = 4 << 20;
+
+/// Fills `out` from `file` at `start`, a large tensor in parts on as many threads as the
+/// models compute on: most of a load's time is the kernel handing the tensors fresh
+/// pages and copying the file's cached pages into them, which every core can do at once.
+fn read_at(file: &File, start: u64, out: &mut [u8]) -> std::io::Result<()> {
+    let threads = candle_core::utils::get_num_threads();
+    read_in_parts(
+        file,
+        start,
+        out,
+        threads.clamp(1, (out.len() / BYTES_PER_THREAD).max(1)),
+    )
+}
+
+/// Fills `out` from `file` at `start` in `threads` parts, one thread each.
+#[cfg(unix)]
+fn read_in_parts(file: &File, start: u64, out: &mut [u8], threads: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    if threads <= 1 {
+        return file.read_exact_at(out, start);
+    }
+    let per_thread = out.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = out
+            .chunks_mut(per_thread)
+            .enumerate()
+            .map(|(i, part)| {
+                let at = start + (i * per_thread) as u64;
+                scope.spawn(move || file.read_exact_at(part, at))
+            })
+            .collect();
+        parts.into_iter().try_for_each(|part| match part.join() {
+            Ok(read) => read,
+            Err(_) => Err(std::io::Error::other("a weight-reading thread panicked")),
+        })
+    })
+}
+
+/// Fills `out` from `file` at `start`.
+#[cfg(not(unix))]
+fn read_in_parts(mut file: &File, start: u64, out: &mut [u8], _: usize) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    file.seek(SeekFrom::Start(start))?;
+    file.read_exact(out)
 }
 
 /// The dimensions without trailing ones: a 1×1 convolution's weight and the linear
@@ -220,6 +267,41 @@ mod tests {
         let b = b.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(b, f32s.to_vec2::<f32>().unwrap());
         assert!(read.load("c.weight", &Device::Cpu).is_err());
+    }
+
+    #[cfg(unix)]
+    use std::os::unix::fs::FileExt;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_tensor_read_in_parts_on_several_threads_reads_back_whole() {
+        // 12 MiB: several parts wherever more than one thread computes.
+        let n = 3 * (1 << 20);
+        let values = Tensor::arange(0u32, n as u32, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let tail = Tensor::arange(0f32, 5., &Device::Cpu).unwrap();
+        let (_dir, path) = write(&[("big", values.clone()), ("tail", tail.clone())]);
+        let read = FileTensors::open(&[path]).unwrap();
+        let big = read.load("big", &Device::Cpu).unwrap();
+        assert_eq!(
+            big.to_vec1::<f32>().unwrap(),
+            values.to_vec1::<f32>().unwrap()
+        );
+        let tail_read = read.load("tail", &Device::Cpu).unwrap();
+        assert_eq!(
+            tail_read.to_vec1::<f32>().unwrap(),
+            tail.to_vec1::<f32>().unwrap()
+        );
+        // However many threads this machine has: three uneven parts.
+        let entry = &read.entries["big"];
+        let file = File::open(entry.file.as_path()).unwrap();
+        let mut bytes = vec![0u8; entry.len - 2];
+        read_in_parts(&file, entry.start + 1, &mut bytes, 3).unwrap();
+        let mut whole = vec![0u8; entry.len];
+        file.read_exact_at(&mut whole, entry.start).unwrap();
+        assert!(bytes == whole[1..entry.len - 1]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use candle::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
+pub mod upsample;
 pub mod winograd;
 
 /// Most values in one band's column matrix (32 MiB of f32): large layers are done in

@@ -98,6 +98,27 @@ impl Module for Conv2d {
     }
 }
 
+impl Conv2d {
+    /// `x` upsampled 2× by nearest neighbour, then this convolution. On the CPU a 3×3
+    /// layer at stride 1 and padding 1 never makes the upsampled image (see
+    /// `cpu_conv::upsample`).
+    pub fn forward_upsampled(&self, x: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let cfg = self.inner.config();
+        let weight = self.inner.weight();
+        let (_, _, h, w) = x.dims4()?;
+        let fused = super::cpu_conv::serves(x, weight, cfg.groups)
+            && matches!(weight.dims(), [_, _, 3, 3])
+            && (cfg.padding, cfg.stride, cfg.dilation) == (1, 1, 1)
+            && super::cpu_conv::upsample::pays(h, w);
+        if fused {
+            return super::cpu_conv::upsample::conv3x3(x, weight, self.inner.bias());
+        }
+        drop(_enter);
+        self.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)
+    }
+}
+
 pub fn conv2d(
     in_channels: usize,
     out_channels: usize,

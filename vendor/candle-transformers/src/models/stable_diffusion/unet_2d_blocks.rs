@@ -84,14 +84,13 @@ impl Upsample2D {
 impl Upsample2D {
     fn forward(&self, xs: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let xs = match size {
-            None => {
-                let (_bsize, _channels, h, w) = xs.dims4()?;
-                xs.upsample_nearest2d(2 * h, 2 * w)?
+        let (_, _, h, w) = xs.dims4()?;
+        match size {
+            Some(size) if size != (2 * h, 2 * w) => {
+                self.conv.forward(&xs.upsample_nearest2d(size.0, size.1)?)
             }
-            Some((h, w)) => xs.upsample_nearest2d(h, w)?,
-        };
-        self.conv.forward(&xs)
+            _ => self.conv.forward_upsampled(xs),
+        }
     }
 }
 
