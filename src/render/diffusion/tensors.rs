@@ -270,9 +270,6 @@ mod tests {
     }
 
     #[cfg(unix)]
-    use std::os::unix::fs::FileExt;
-
-    #[cfg(unix)]
     #[test]
     fn a_tensor_read_in_parts_on_several_threads_reads_back_whole() {
         // 12 MiB: several parts wherever more than one thread computes.
@@ -297,6 +294,7 @@ mod tests {
         // However many threads this machine has: three uneven parts.
         let entry = &read.entries["big"];
         let file = File::open(entry.file.as_path()).unwrap();
+        use std::os::unix::fs::FileExt;
         let mut bytes = vec![0u8; entry.len - 2];
         read_in_parts(&file, entry.start + 1, &mut bytes, 3).unwrap();
         let mut whole = vec![0u8; entry.len];

@@ -7,7 +7,7 @@
 //! the same way, which took longer than the matrix products themselves in a VAE
 //! decode. Other devices, types and grouped convolutions keep candle's version.
 
-use candle::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
 
 pub mod upsample;
 pub mod winograd;
@@ -192,4 +192,33 @@ fn with_bias(out: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         Some(bias) => out.broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?),
         None => Ok(out),
     }
+}
+
+/// Runs `f` on a contiguous f32 CPU tensor's values, in place.
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Ok(f(&v[start..end])),
+        _ => candle::bail!("cpu conv: not a contiguous f32 CPU tensor"),
+    }
+}
+
+/// Runs `work(index, part)` for consecutive `per_item`-sized parts of `out`, spread
+/// over at most `threads` threads.
+fn split<F>(out: &mut [f32], per_item: usize, threads: usize, work: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    let items = out.len() / per_item.max(1);
+    let per_thread = items.div_ceil(threads.clamp(1, items.max(1))).max(1);
+    let work = &work;
+    std::thread::scope(|scope| {
+        for (part, chunk) in out.chunks_mut(per_thread * per_item).enumerate() {
+            scope.spawn(move || {
+                for (i, item) in chunk.chunks_mut(per_item).enumerate() {
+                    work(part * per_thread + i, item);
+                }
+            });
+        }
+    });
 }

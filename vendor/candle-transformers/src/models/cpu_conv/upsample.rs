@@ -8,7 +8,8 @@
 //! multiplications per block of four outputs and input channel instead of 36, no
 //! upsampled copy, and one plain matrix product per band.
 
-use candle::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use super::{split, with_values};
+use candle::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 /// Whether the fused pair pays for a `h`×`w` input: as for Winograd's method, the
 /// per-call kernel folding must be small next to the convolution.
@@ -32,14 +33,7 @@ pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Ten
     if h == 0 || w == 0 {
         candle::bail!("upsample conv3x3: an empty {h}×{w} input")
     }
-    let folded = {
-        let weight = weight.contiguous()?;
-        let (storage, layout) = weight.storage_and_layout();
-        match (&*storage, layout.contiguous_offsets()) {
-            (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => fold(&v[start..end], k, c),
-            _ => candle::bail!("upsample conv3x3: not an f32 CPU kernel"),
-        }
-    };
+    let folded = with_values(&weight.contiguous()?, |g| fold(g, k, c))?;
     let folded = Tensor::from_vec(folded, (4 * k, c, 2, 2), x.device())?;
     let bias = match bias {
         Some(bias) => Some(Tensor::cat(&[bias, bias, bias, bias], 0)?),
@@ -101,32 +95,21 @@ impl CustomOp1 for Interleave {
         let (h, w) = (h1 - 1, w1 - 1);
         let plane = h1 * w1;
         let mut out = vec![0f32; b * k * 4 * h * w];
-        let planes = b * k;
-        let threads = candle::utils::get_num_threads().clamp(1, planes.max(1));
-        let per_thread = planes.div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            for (part, out) in out.chunks_mut(per_thread * 4 * h * w).enumerate() {
-                scope.spawn(move || {
-                    for (i, out) in out.chunks_mut(4 * h * w).enumerate() {
-                        let (image, channel) =
-                            ((part * per_thread + i) / k, (part * per_thread + i) % k);
-                        // Phase (a, b)'s plane for this image and channel.
-                        let phase = |a: usize, b: usize| {
-                            let first = (image * 4 * k + (2 * a + b) * k + channel) * plane;
-                            &phases[first..first + plane]
-                        };
-                        for (y, row) in out.chunks_mut(2 * w).enumerate() {
-                            let (i, a) = (y / 2, y % 2);
-                            let line = |b: usize| &phase(a, b)[(i + a) * w1 + b..][..w];
-                            for (pair, (left, right)) in
-                                row.chunks_mut(2).zip(line(0).iter().zip(line(1)))
-                            {
-                                pair[0] = *left;
-                                pair[1] = *right;
-                            }
-                        }
-                    }
-                });
+        let threads = candle::utils::get_num_threads();
+        split(&mut out, 4 * h * w, threads, |index, out| {
+            let (image, channel) = (index / k, index % k);
+            // Phase (a, b)'s plane for this image and channel.
+            let phase = |a: usize, b: usize| {
+                let first = (image * 4 * k + (2 * a + b) * k + channel) * plane;
+                &phases[first..first + plane]
+            };
+            for (y, row) in out.chunks_mut(2 * w).enumerate() {
+                let (i, a) = (y / 2, y % 2);
+                let line = |b: usize| &phase(a, b)[(i + a) * w1 + b..][..w];
+                for (pair, (left, right)) in row.chunks_mut(2).zip(line(0).iter().zip(line(1))) {
+                    pair[0] = *left;
+                    pair[1] = *right;
+                }
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((b, k, 2 * h, 2 * w))))

@@ -7,7 +7,8 @@
 //! (`Aᵀ m A`) straight into the output with the bias added, one band of tile rows at a
 //! time so the transformed tiles stay small.
 
-use candle::{CpuStorage, Result, Storage, Tensor};
+use super::{split, with_values};
+use candle::{Result, Tensor};
 
 /// Most values in one band's transformed tiles or products (16 MiB of f32).
 const BAND_VALUES: usize = 1 << 22;
@@ -60,15 +61,6 @@ pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Ten
     Tensor::from_vec(out, (b, k, h, w), x.device())
 }
 
-/// Runs `f` on a contiguous f32 CPU tensor's values, in place.
-fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Ok(f(&v[start..end])),
-        _ => candle::bail!("winograd conv3x3: not a contiguous f32 CPU tensor"),
-    }
-}
-
 /// Rows `first..first + rows` of an image's `tiles_y × tiles_x` output tiles.
 #[derive(Clone, Copy, Debug)]
 struct Band {
@@ -83,26 +75,6 @@ impl Band {
     fn len(&self) -> usize {
         self.rows * self.tiles_x
     }
-}
-
-/// Runs `work(index, part)` for consecutive `per_item`-sized parts of `out`, spread
-/// over at most `threads` threads.
-fn split<F>(out: &mut [f32], per_item: usize, threads: usize, work: F)
-where
-    F: Fn(usize, &mut [f32]) + Sync,
-{
-    let items = out.len() / per_item.max(1);
-    let per_thread = items.div_ceil(threads.clamp(1, items.max(1))).max(1);
-    let work = &work;
-    std::thread::scope(|scope| {
-        for (part, chunk) in out.chunks_mut(per_thread * per_item).enumerate() {
-            scope.spawn(move || {
-                for (i, item) in chunk.chunks_mut(per_item).enumerate() {
-                    work(part * per_thread + i, item);
-                }
-            });
-        }
-    });
 }
 
 /// `G g Gᵀ` for every kernel, laid out `[k, 16, c]`.
