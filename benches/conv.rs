@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig};
-use candle_transformers::models::cpu_conv;
+use candle_transformers::models::cpu_conv::{self, winograd::Block};
 use common::arg;
 
 /// Best of `rounds` calls of `f`, in seconds.
@@ -57,8 +57,8 @@ fn main() -> Result<()> {
     };
     println!("3×3 convolutions, padding 1, f32, best of {rounds}; ms per call (GFLOP/s)");
     println!(
-        "{:>18} {:>16} {:>16} {:>16} {:>16}",
-        "layer", "candle-nn", "columns", "winograd", "renderq"
+        "{:>18} {:>16} {:>16} {:>16} {:>16} {:>16}",
+        "layer", "candle-nn", "columns", "winograd 2×2", "winograd 4×4", "renderq"
     );
     for (c_in, c_out, side) in layers {
         let x = Tensor::randn(0f32, 1., (1, c_in, side, side), &dev)?;
@@ -75,18 +75,22 @@ fn main() -> Result<()> {
         let columns = best(rounds, || {
             cpu_conv::by_columns(&x, &weight, Some(&bias), 1, 1, 1)
         })?;
-        let winograd = best(rounds, || {
-            cpu_conv::winograd::conv3x3(&x, &weight, Some(&bias))
-        })?;
+        let winograd = |block| {
+            best(rounds, || {
+                cpu_conv::winograd::conv3x3_by(&x, &weight, Some(&bias), block)
+            })
+        };
+        let (two, four) = (winograd(Block::Two)?, winograd(Block::Four)?);
         let renderq = best(rounds, || {
             cpu_conv::conv2d(&x, &weight, Some(&bias), 1, 1, 1)
         })?;
         println!(
-            "{:>18} {:>16} {:>16} {:>16} {:>16}",
+            "{:>18} {:>16} {:>16} {:>16} {:>16} {:>16}",
             format!("{c_in}→{c_out} {side}²"),
             show(candle),
             show(columns),
-            show(winograd),
+            show(two),
+            show(four),
             show(renderq)
         );
     }

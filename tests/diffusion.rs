@@ -941,13 +941,13 @@ fn assert_close(
 /// one matrix product each) gives candle-nn's result for every shape the models use:
 /// 3×3 with padding, the strided downsample, 1×1, batches of two, no bias, and a
 /// layer large enough to be done in several bands; and Winograd's method, which serves
-/// the large 3×3 layers (odd sizes, several bands of tiles) and is checked on its own on
-/// every 3×3 case, down to a single pixel.
+/// the large 3×3 layers (odd sizes, several bands of tiles) and is checked on its own,
+/// with 2×2 and with 4×4 output blocks, on every 3×3 case, down to a single pixel.
 #[test]
 fn the_cpu_convolution_matches_candle_nn() -> candle_core::Result<()> {
     use candle_core::{Module, Tensor};
     use candle_nn::Conv2dConfig;
-    use candle_transformers::models::cpu_conv;
+    use candle_transformers::models::cpu_conv::{self, winograd::Block};
     let dev = Device::Cpu;
     let cases = [
         // (b, c_in, h, w, c_out, k, padding, stride, bias)
@@ -963,10 +963,10 @@ fn the_cpu_convolution_matches_candle_nn() -> candle_core::Result<()> {
         (1, 40, 240, 240, 8, 3, 1, 1, true),
         (1, 40, 240, 240, 8, 3, 0, 1, true),
         // Winograd's: 16×16 tiles, then odd sizes with a batch of two, then a layer
-        // wide enough to be done in two bands of tile rows.
+        // wide enough to be done in two bands of tile rows by either tile size.
         (1, 5, 32, 32, 6, 3, 1, 1, true),
         (2, 3, 33, 35, 4, 3, 1, 1, false),
-        (1, 64, 40, 512, 3, 3, 1, 1, true),
+        (1, 64, 60, 512, 3, 3, 1, 1, true),
     ];
     for (b, c_in, h, w, c_out, k, padding, stride, bias) in cases {
         let x = Tensor::randn(0f32, 1., (b, c_in, h, w), &dev)?;
@@ -995,8 +995,13 @@ fn the_cpu_convolution_matches_candle_nn() -> candle_core::Result<()> {
             cpu_conv::conv2d(&x, &weight, bias.as_ref(), padding, stride, 1)?,
         )];
         if k == 3 && padding == 1 && stride == 1 {
-            let direct = cpu_conv::winograd::conv3x3(&x, &weight, bias.as_ref())?;
-            results.push((" (Winograd)", direct));
+            for (how, block) in [
+                (" (Winograd 2×2)", Block::Two),
+                (" (Winograd 4×4)", Block::Four),
+            ] {
+                let direct = cpu_conv::winograd::conv3x3_by(&x, &weight, bias.as_ref(), block)?;
+                results.push((how, direct));
+            }
         }
         for (how, got) in results {
             let case = format!(
