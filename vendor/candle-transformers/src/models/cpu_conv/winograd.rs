@@ -120,6 +120,7 @@ impl Minimal<4, 6> for F4 {
     }
 }
 
+/// [`conv3x3`] by the algorithm `W`.
 fn convolve<W: Minimal<M, T>, const M: usize, const T: usize>(
     x: &Tensor,
     weight: &Tensor,
